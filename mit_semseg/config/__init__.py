@@ -1,0 +1,48 @@
+"""YACS configuration: ``from mit_semseg.config import cfg``.
+
+``cfg`` is the tree of defaults (see defaults.py). ``load_cfg`` returns a copy
+merged with a YAML file and ``KEY VALUE`` overrides, with errors that name the
+offending key and where it came from.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from yacs.config import CfgNode
+
+from .defaults import _C as cfg
+
+__all__ = ["cfg", "load_cfg", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A config file or override names a key that does not exist or is malformed."""
+
+
+def load_cfg(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CfgNode:
+    """Return a clone of the defaults merged with ``cfg_file`` then ``opts``."""
+    out = cfg.clone()
+    if cfg_file:
+        if not os.path.isfile(cfg_file):
+            raise ConfigError(f"config file not found: {cfg_file}")
+        try:
+            out.merge_from_file(cfg_file)
+        except (KeyError, AssertionError, ValueError) as exc:
+            raise ConfigError(f"{cfg_file}: {_reason(exc)}") from None
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ConfigError(f"overrides must be KEY VALUE pairs; '{opts[-1]}' has no value")
+    try:
+        out.merge_from_list(opts)
+    except (KeyError, AssertionError, ValueError) as exc:
+        raise ConfigError(f"command-line override: {_reason(exc)}") from None
+    return out
+
+
+def _reason(exc: Exception) -> str:
+    msg = exc.args[0] if exc.args else str(exc)
+    if "Non-existent" in str(msg):
+        key = str(msg).rsplit(":", 1)[-1].strip()
+        return f"unknown config key '{key}' (see mit_semseg/config/defaults.py for the valid keys)"
+    return str(msg)

@@ -1,0 +1,106 @@
+"""Reading weight files: strict state-dict loading and the ImageNet cache.
+
+Every load is strict. Missing, unexpected or wrongly shaped keys raise
+``WeightsError`` naming them; nothing is skipped silently.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Callable, Iterable, Mapping
+
+import torch
+import torch.nn as nn
+
+DEFAULT_PRETRAINED_DIR = "./pretrained"
+
+
+class WeightsError(RuntimeError):
+    """A weights file does not fit the model it is loaded into."""
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Read a state dict saved with ``torch.save`` (safely, ``weights_only=True``).
+
+    A file holding ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped and a
+    ``module.`` prefix (left by DataParallel / DDP) is removed.
+    """
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, truncated or not a torch file
+        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
+            obj = obj[wrapper]
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path} does not hold a state dict (found {type(obj).__name__})")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                 skip: Callable[[str], bool] | None = None,
+                 allow_unexpected: bool = False) -> list[str]:
+    """Copy ``state`` into ``module`` strictly.
+
+    Keys for which ``skip(key)`` is true are left at their initial values (the
+    caller says so to the user); the skipped keys are returned. With
+    ``allow_unexpected`` extra keys in ``state`` are reported on stderr instead of
+    raising (ImageNet files carry classifier heads the encoders do not have).
+    """
+    own = module.state_dict()
+    skipped = [k for k in own if skip is not None and skip(k)]
+    missing = [k for k in own if k not in state and k not in skipped]
+    unexpected = [k for k in state if k not in own]
+    wrong_shape = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
+                   if k in state and k not in skipped and state[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_short(missing)}")
+    if unexpected and not allow_unexpected:
+        problems.append(f"unexpected keys: {_short(unexpected)}")
+    if wrong_shape:
+        problems.append("wrong shapes: " + _short(
+            [f"{k} (file {a}, model {b})" for k, a, b in wrong_shape]))
+    if problems:
+        raise WeightsError(f"{source} does not fit {type(module).__name__}: " + "; ".join(problems))
+    if unexpected:
+        print(f"[mit_semseg] {source}: not used by {type(module).__name__}: {_short(unexpected)}",
+              file=sys.stderr)
+    kept = {k: v for k, v in state.items() if k in own and k not in skipped}
+    module.load_state_dict(kept, strict=not skipped)
+    return skipped
+
+
+def load_url(url: str, model_dir: str = DEFAULT_PRETRAINED_DIR) -> dict[str, torch.Tensor]:
+    """Return the state dict at ``url``, downloading it once into ``model_dir``.
+
+    Offline, the error names the URL and the path to place the file at.
+    """
+    cached = os.path.join(model_dir, url.rsplit("/", 1)[-1])
+    if not os.path.isfile(cached):
+        os.makedirs(model_dir, exist_ok=True)
+        print(f"[mit_semseg] downloading {url} to {cached}", file=sys.stderr)
+        partial = cached + ".part"
+        try:
+            urllib.request.urlretrieve(url, partial)
+        except (urllib.error.URLError, OSError) as exc:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise WeightsError(
+                f"cannot download pretrained weights {url} ({exc}). Download the file by other "
+                f"means and place it at {os.path.abspath(cached)}, or start from random init "
+                f"with MODEL.pretrained False (pretrained=False).") from exc
+        os.replace(partial, cached)
+    return read_state_dict(cached)
+
+
+def _short(keys: Iterable[str], limit: int = 12) -> str:
+    keys = list(keys)
+    head = ", ".join(keys[:limit])
+    return head + (f" ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
