@@ -58,9 +58,10 @@ _C.MODEL.pretrained_dir = "./pretrained"
 # whose output has num_class channels) so a checkpoint made for another class
 # count can be fine-tuned. Every other key is still loaded strictly.
 _C.MODEL.reinit_classifier = False
-# new: momentum of every BatchNorm's running statistics. 0.001 is the
-# original's (the released models were trained with it).
-_C.MODEL.bn_momentum = 0.001
+# new: momentum of every BatchNorm's running statistics. A negative value
+# keeps each layer's original momentum (0.001; 0.1 inside HRNet), with which
+# the released models were trained.
+_C.MODEL.bn_momentum = -1.0
 
 # -----------------------------------------------------------------------------
 # Training
