@@ -1,0 +1,42 @@
+"""ResNeXt-101 (32 groups) with the deep stem of the MIT scene-parsing ResNets.
+
+Shares the network and stage builder of :mod:`mit_semseg.models.resnet`; only the
+block (expansion 2, grouped 3x3) and the stage widths differ. As in the original,
+the segmentation encoder is the plain :class:`~mit_semseg.models.resnet.Resnet`.
+"""
+from __future__ import annotations
+
+from mit_semseg.models.resnet import Bottleneck, ResNet, Resnet, load_imagenet_weights
+from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR
+
+__all__ = ["GroupBottleneck", "ResNeXt", "Resnet", "resnext101"]
+
+model_urls = {
+    "resnext101": "http://sceneparsing.csail.mit.edu/model/pretrained_resnet/"
+                  "resnext101-imagenet.pth",
+}
+
+_WIDTHS = (128, 256, 512, 1024)
+
+
+class GroupBottleneck(Bottleneck):
+    """Bottleneck whose 3x3 conv is grouped and whose output is 2x its width."""
+
+    expansion = 2
+
+
+class ResNeXt(ResNet):
+    """ImageNet ResNeXt: :class:`ResNet` with grouped bottlenecks and doubled widths."""
+
+    def __init__(self, layers: tuple[int, ...] = (3, 4, 23, 3), groups: int = 32,
+                 num_classes: int = 1000) -> None:
+        super().__init__(GroupBottleneck, layers, num_classes=num_classes, widths=_WIDTHS,
+                         groups=groups)
+
+
+def resnext101(pretrained: bool = False, model_dir: str = DEFAULT_PRETRAINED_DIR) -> ResNeXt:
+    """ResNeXt-101 32-group, ImageNet weights if ``pretrained``."""
+    model = ResNeXt((3, 4, 23, 3), groups=32)
+    if pretrained:
+        load_imagenet_weights(model, model_urls["resnext101"], model_dir)
+    return model
