@@ -1,0 +1,76 @@
+"""The models reproduce the numbers the original implementation computed.
+
+Weights come from the rule in parity/README.md, are saved to a file and loaded
+through the public API (``build_encoder(..., weights=path)``), so strict
+loading is exercised too.
+"""
+import pytest
+import torch
+import torch.nn as nn
+
+from _support import load_case, parity_names, rule_state_dict
+from mit_semseg.models import ModelBuilder, SegmentationModule
+
+NAMES = parity_names()
+
+
+def _build(case: dict, tmp_path, use_softmax: bool):
+    enc_file, dec_file = tmp_path / "enc.pth", tmp_path / "dec.pth"
+    torch.save(rule_state_dict(case["encoder_keys"]), enc_file)
+    torch.save(rule_state_dict(case["decoder_keys"]), dec_file)
+    enc = ModelBuilder.build_encoder(case["enc_arch"], case["fc_dim"], weights=str(enc_file))
+    dec = ModelBuilder.build_decoder(case["dec_arch"], case["fc_dim"], case["num_class"],
+                                     weights=str(dec_file), use_softmax=use_softmax)
+    return enc.eval(), dec.eval()
+
+
+def _check_features(got: list, expected: list) -> None:
+    assert len(got) == len(expected)
+    for fmap, ref in zip(got, expected):
+        assert list(fmap.shape) == list(ref["shape"])
+        scale = float(fmap.abs().max())
+        flat = fmap.reshape(-1)
+        err = (flat[ref["sample_index"]] - ref["sample_value"]).abs().max().item()
+        assert err <= 1e-4 * scale, f"feature sample error {err} (max |x| {scale})"
+        assert abs(fmap.sum().item() - ref["sum"]) <= 1e-4 * scale * 1e-2 * flat.numel() + 1e-3
+        assert abs(fmap.abs().sum().item() - ref["abs_sum"]) <= 1e-4 * scale * 1e-2 * flat.numel() + 1e-3
+
+
+def _check_prediction(probs: torch.Tensor, case: dict) -> None:
+    # probs: N x C x H x W; argmax / logprob reference over the flattened N*H*W pixels
+    argmax = probs.argmax(dim=1)
+    assert torch.equal(argmax.to(torch.int16), case["argmax"].reshape(argmax.shape))
+    # the reference takes log(max(p, 1e-30))
+    logp = torch.log(probs.clamp_min(1e-30)).permute(0, 2, 3, 1).reshape(-1, probs.shape[1])
+    ref = case["logprob_at_pixels"]
+    # 1e-4, relative for the very unlikely classes (|log p| > 1) whose float32
+    # logits carry rounding of that relative size
+    err = ((logp[case["logprob_pixel_index"]] - ref).abs() / ref.abs().clamp_min(1.0)).max().item()
+    assert err <= 1e-4, f"log-probability error {err}"
+
+
+def _check_loss(enc, dec_train, case: dict) -> None:
+    deep_sup = 0.4 if case["dec_arch"].endswith("deepsup") else None
+    module = SegmentationModule(enc, dec_train, nn.NLLLoss(ignore_index=-1), deep_sup).eval()
+    with torch.no_grad():
+        loss, acc = module({"img_data": case["input"], "seg_label": case["label"]})
+    assert abs(loss.item() - case["loss"]) <= 1e-4 * abs(case["loss"])
+    assert abs(acc.item() - case["acc"]) <= 1e-4 * max(abs(case["acc"]), 1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_original_numbers(name, tmp_path):
+    case = load_case(name)
+    enc, dec = _build(case, tmp_path, use_softmax=True)
+    x = case["input"]
+    with torch.no_grad():
+        feats = enc(x, return_feature_maps=True)
+        _check_features(feats, case["features"])
+        probs = dec(feats, segSize=tuple(x.shape[2:]))
+    _check_prediction(probs, case)
+    _, dec_train = _build(case, tmp_path, use_softmax=False)
+    _check_loss(enc, dec_train, case)
+
+
+def test_all_pairs_present():
+    assert len(NAMES) == 14
