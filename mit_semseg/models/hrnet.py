@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mit_semseg.lib.nn import SynchronizedBatchNorm2d
-from mit_semseg.models.weights import load_url, load_weights
+from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
 
 __all__ = ["BasicBlock", "Bottleneck", "HighResolutionModule", "HRNetV2", "hrnetv2"]
 
@@ -239,17 +239,9 @@ class HRNetV2(nn.Module):
 
 # --------------------------------------------------------------------------- builder
 
-def _optional_in_imagenet_file(key: str) -> bool:
-    """BatchNorm bookkeeping buffers that ImageNet files may lack (left at init)."""
-    return key.endswith(("num_batches_tracked", "_tmp_running_mean", "_tmp_running_var",
-                         "_running_iter"))
-
-
-def hrnetv2(pretrained: bool = False, model_dir: str = "./pretrained") -> nn.Module:
+def hrnetv2(pretrained: bool = False, model_dir: str = DEFAULT_PRETRAINED_DIR) -> nn.Module:
     """Build the HRNetV2-W48 encoder, optionally with ImageNet weights (cached in ``model_dir``)."""
     model = HRNetV2()
     if pretrained:
-        state = load_url(IMAGENET_URL, model_dir)
-        load_weights(model, state, IMAGENET_URL, allow_unexpected=True,
-                     allow_missing=_optional_in_imagenet_file)
+        load_pretrained(model, IMAGENET_URL, model_dir)
     return model

@@ -15,8 +15,7 @@ import torch.nn as nn
 
 from mit_semseg.lib.nn import SynchronizedBatchNorm2d
 from mit_semseg.models._layers import dilate_conv_
-from mit_semseg.models.resnet import load_imagenet_weights
-from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR
+from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
 
 __all__ = ["InvertedResidual", "MobileNetV2", "MobileNetV2Dilated", "mobilenetv2"]
 
@@ -163,5 +162,5 @@ def mobilenetv2(pretrained: bool = False, model_dir: str = DEFAULT_PRETRAINED_DI
     """MobileNetV2 (width 1.0), ImageNet weights if ``pretrained``."""
     model = MobileNetV2(n_class=1000)
     if pretrained:
-        load_imagenet_weights(model, model_urls["mobilenetv2"], model_dir)
+        load_pretrained(model, model_urls["mobilenetv2"], model_dir)
     return model

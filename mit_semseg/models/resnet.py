@@ -15,10 +15,10 @@ import torch.nn as nn
 
 from mit_semseg.lib.nn import SynchronizedBatchNorm2d
 from mit_semseg.models._layers import dilate_conv_
-from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_url, load_weights
+from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "Resnet", "ResnetDilated",
-           "resnet18", "resnet50", "resnet101", "load_imagenet_weights"]
+           "resnet18", "resnet50", "resnet101"]
 
 _URL_ROOT = "http://sceneparsing.csail.mit.edu/model/pretrained_resnet/"
 model_urls = {name: f"{_URL_ROOT}{name}-imagenet.pth"
@@ -28,9 +28,6 @@ model_urls = {name: f"{_URL_ROOT}{name}-imagenet.pth"
 _STEM = ((3, 64, 2), (64, 64, 1), (64, 128, 1))
 _STEM_CHANNELS = _STEM[-1][1]
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
-# BatchNorm bookkeeping buffers that 2018 ImageNet files may not carry.
-_BN_BOOKKEEPING = ("num_batches_tracked", "_tmp_running_mean", "_tmp_running_var",
-                   "_running_iter")
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -207,25 +204,11 @@ class ResnetDilated(Resnet):
 
 # --------------------------------------------------------------------------- builders
 
-def load_imagenet_weights(model: nn.Module, url: str, model_dir: str) -> None:
-    """Load ImageNet weights from ``url`` (cached in ``model_dir``) into ``model``.
-
-    Old files may lack BatchNorm bookkeeping buffers; those keep their initial
-    values. Any other missing or mis-shaped key is an error.
-    """
-    state = load_url(url, model_dir)
-
-    def absent_bookkeeping(key: str) -> bool:
-        return key not in state and key.endswith(_BN_BOOKKEEPING)
-
-    load_weights(model, state, url, skip=absent_bookkeeping, allow_unexpected=True)
-
-
 def _build(block: type[_ResidualBlock], layers: Sequence[int], name: str, pretrained: bool,
            model_dir: str) -> ResNet:
     model = ResNet(block, layers)
     if pretrained:
-        load_imagenet_weights(model, model_urls[name], model_dir)
+        load_pretrained(model, model_urls[name], model_dir)
     return model
 
 

@@ -6,8 +6,8 @@ the segmentation encoder is the plain :class:`~mit_semseg.models.resnet.Resnet`.
 """
 from __future__ import annotations
 
-from mit_semseg.models.resnet import Bottleneck, ResNet, Resnet, load_imagenet_weights
-from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR
+from mit_semseg.models.resnet import Bottleneck, ResNet, Resnet
+from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
 
 __all__ = ["GroupBottleneck", "ResNeXt", "Resnet", "resnext101"]
 
@@ -38,5 +38,5 @@ def resnext101(pretrained: bool = False, model_dir: str = DEFAULT_PRETRAINED_DIR
     """ResNeXt-101 32-group, ImageNet weights if ``pretrained``."""
     model = ResNeXt((3, 4, 23, 3), groups=32)
     if pretrained:
-        load_imagenet_weights(model, model_urls["resnext101"], model_dir)
+        load_pretrained(model, model_urls["resnext101"], model_dir)
     return model

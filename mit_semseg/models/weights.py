@@ -100,6 +100,25 @@ def load_url(url: str, model_dir: str = DEFAULT_PRETRAINED_DIR) -> dict[str, tor
     return read_state_dict(cached)
 
 
+_BN_BOOKKEEPING = ("num_batches_tracked", "_tmp_running_mean", "_tmp_running_var",
+                   "_running_iter")
+
+
+def load_pretrained(model: nn.Module, url: str, model_dir: str = DEFAULT_PRETRAINED_DIR) -> None:
+    """Load the ImageNet weights at ``url`` (cached in ``model_dir``) into ``model``.
+
+    Files from 2018 may lack BatchNorm bookkeeping buffers (they keep their
+    initial values) and carry classifier heads an encoder does not use
+    (reported on stderr). Any other missing or mis-shaped key is an error.
+    """
+    state = load_url(url, model_dir)
+
+    def absent_bookkeeping(key: str) -> bool:
+        return key not in state and key.endswith(_BN_BOOKKEEPING)
+
+    load_weights(model, state, url, skip=absent_bookkeeping, allow_unexpected=True)
+
+
 def _short(keys: Iterable[str], limit: int = 12) -> str:
     keys = list(keys)
     head = ", ".join(keys[:limit])
