@@ -19,6 +19,9 @@ Randomness (train only): every DataLoader worker draws from its own
 never repeat each other's batches and a run is reproducible for a given seed,
 rank and worker count. With ``seed=None`` the stream is seeded from
 ``torch.initial_seed()`` instead (reproducible after ``torch.manual_seed``).
+A new DataLoader iterator restarts the streams (keep one iterator for the
+whole run, or ``persistent_workers=True``); a resumed run that wants fresh
+batches should pass a different seed, e.g. ``TRAIN.seed + start_epoch``.
 """
 from __future__ import annotations
 
@@ -109,16 +112,20 @@ class BaseDataset(torch.utils.data.Dataset):
     def _read_odgt(path: str) -> Iterable[tuple[str, dict]]:
         if not os.path.isfile(path):
             raise DatasetError(f"{path}: odgt file not found")
-        with open(path, "r", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}, line {lineno}"
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{where}: malformed odgt line (not JSON: {exc.msg})") from None
-                yield where, rec
+        try:
+            with open(path, "r", encoding="utf-8") as f:
+                lines = f.read().split("\n")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{path}: odgt file is not UTF-8 text ({exc.reason})") from None
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{where}: malformed odgt line (not JSON: {exc.msg})") from None
+            yield where, rec
 
     def _check_record(self, where: str, rec: Any) -> None:
         if not isinstance(rec, dict):

@@ -28,12 +28,9 @@ _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 class DatasetError(ValueError):
     """An input file or list entry is missing, unreadable or inconsistent.
 
-    Constructed from one message string (so DataLoader workers can re-raise
-    it); ``located`` returns a copy prefixed with the odgt file and line.
+    Constructed from a single message string, so a DataLoader worker can
+    re-raise it in the main process with the same type.
     """
-
-    def located(self, source: str, line: int) -> "DatasetError":
-        return DatasetError(f"{source}, line {line}: {self.args[0]}")
 
 
 def _open(path: str, what: str) -> Image.Image:
