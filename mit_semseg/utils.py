@@ -1,0 +1,214 @@
+"""Small helpers kept from the original API: meters, colours, metrics, devices,
+file search, logging, and the dataset's class colours and names."""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+import sys
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+# ----------------------------------------------------------------------------- logging
+
+def setup_logger(distributed_rank: int = 0, filename: str | None = "log.txt") -> logging.Logger:
+    """The "Logger" logger: stdout, plus ``filename`` when given; silent on rank > 0.
+
+    Calling it again replaces the handlers it added before (no duplicate lines).
+    """
+    logger = logging.getLogger("Logger")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    if distributed_rank > 0:
+        logger.addHandler(logging.NullHandler())
+        return logger
+    fmt = logging.Formatter("[%(asctime)s %(levelname)s %(filename)s line %(lineno)d "
+                            "%(process)d] %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream=sys.stdout)]
+    if filename:
+        folder = os.path.dirname(filename)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        handlers.append(logging.FileHandler(filename))
+    for h in handlers:
+        h.setFormatter(fmt)
+        logger.addHandler(h)
+    return logger
+
+
+# ----------------------------------------------------------------------------- files
+
+def find_recursive(root_dir: str, ext: str | Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
+    """Files under ``root_dir`` (recursively, sorted) whose name ends with ``ext``
+    (a suffix or a sequence of them), compared case-insensitively."""
+    exts = (ext,) if isinstance(ext, str) else tuple(ext)
+    exts = tuple(e.lower() for e in exts)
+    found = []
+    for root, dirs, names in os.walk(root_dir):
+        dirs.sort()
+        found += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(exts)]
+    return found
+
+
+# ----------------------------------------------------------------------------- meters
+
+class AverageMeter:
+    """Running weighted average: ``update(val, weight)``; ``average()``, ``value()``."""
+
+    def __init__(self) -> None:
+        self.initialized = False
+        self.val = self.avg = self.sum = self.count = None
+
+    def initialize(self, val: float, weight: float) -> None:
+        self.val, self.avg, self.sum, self.count = val, val, val * weight, weight
+        self.initialized = True
+
+    def update(self, val: float, weight: float = 1) -> None:
+        if not self.initialized:
+            self.initialize(val, weight)
+        else:
+            self.add(val, weight)
+
+    def add(self, val: float, weight: float) -> None:
+        self.val = val
+        self.sum += val * weight
+        self.count += weight
+        self.avg = self.sum / self.count
+
+    def value(self) -> float:
+        return self.val
+
+    def average(self) -> float:
+        return self.avg
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def accuracy(preds: np.ndarray, label: np.ndarray) -> tuple[float, int]:
+    """Pixel accuracy over labeled pixels (label >= 0), and their count."""
+    valid = label >= 0
+    valid_sum = int(valid.sum())
+    correct = int(np.logical_and(valid, preds == label).sum())
+    return correct / (valid_sum + 1e-10), valid_sum
+
+
+def intersectionAndUnion(imPred: np.ndarray, imLab: np.ndarray,
+                         numClass: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class intersection and union areas (classes 0..numClass-1).
+
+    Pixels with a negative label are unlabeled: predictions there are not
+    counted. Equals the original's histogram-based computation.
+    """
+    pred = np.asarray(imPred).astype(np.int64) + 1
+    lab = np.asarray(imLab).astype(np.int64) + 1
+    pred = pred * (lab > 0)
+    inter = pred * (pred == lab)
+    area_inter = _class_hist(inter, numClass)
+    area_pred = _class_hist(pred, numClass)
+    area_lab = _class_hist(lab, numClass)
+    return area_inter, area_pred + area_lab - area_inter
+
+
+def _class_hist(values: np.ndarray, num_class: int) -> np.ndarray:
+    # histogram of 1..num_class, bins as the original's np.histogram(range=(1, numClass))
+    hist, _ = np.histogram(values, bins=num_class, range=(1, num_class))
+    return hist
+
+
+# ----------------------------------------------------------------------------- colours
+
+def unique(ar: np.ndarray, return_index: bool = False, return_inverse: bool = False,
+           return_counts: bool = False):
+    """``np.unique`` (kept for the original's API)."""
+    return np.unique(ar, return_index=return_index, return_inverse=return_inverse,
+                     return_counts=return_counts)
+
+
+def colorEncode(labelmap: np.ndarray, colors: np.ndarray, mode: str = "RGB") -> np.ndarray:
+    """Colour a class-index map (H x W, 0-based; negative = black) with ``colors`` (K x 3)."""
+    labelmap = np.asarray(labelmap).astype(np.int64)
+    colors = np.asarray(colors, dtype=np.uint8)
+    palette = np.concatenate([colors, np.zeros((1, 3), np.uint8)])  # last row: unlabeled
+    index = np.where((labelmap >= 0) & (labelmap < len(colors)), labelmap, len(colors))
+    rgb = palette[index]
+    return rgb[:, :, ::-1] if mode == "BGR" else rgb
+
+
+@lru_cache(maxsize=None)
+def _ade20k_files() -> tuple[str, str]:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (os.path.join(here, "data"), os.path.join(os.path.dirname(here), "data")):
+        colors, names = os.path.join(folder, "color150.mat"), os.path.join(folder, "object150_info.csv")
+        if os.path.isfile(colors) and os.path.isfile(names):
+            return colors, names
+    raise FileNotFoundError("ADE20K colour/name tables (color150.mat, object150_info.csv) are "
+                            "missing from the installed package; reinstall mit_semseg")
+
+
+def ade20k_colors() -> np.ndarray:
+    """The 150 ADE20K class colours, 150 x 3 uint8 (works from any directory)."""
+    from scipy.io import loadmat
+    return np.asarray(loadmat(_ade20k_files()[0])["colors"], dtype=np.uint8)
+
+
+def ade20k_names() -> dict[int, str]:
+    """0-based class index -> short ADE20K name (first of the ';'-separated names)."""
+    with open(_ade20k_files()[1]) as fh:
+        return {int(row["Idx"]) - 1: row["Name"].split(";")[0] for row in csv.DictReader(fh)}
+
+
+def class_colors(num_class: int) -> np.ndarray:
+    """ADE20K colours when ``num_class`` is 150 (or fewer), else a fixed generated palette."""
+    colors = ade20k_colors()
+    if num_class <= len(colors):
+        return colors[:num_class]
+    rng = np.random.default_rng(0)
+    return np.concatenate([colors, rng.integers(0, 256, (num_class - len(colors), 3), dtype=np.uint8)])
+
+
+def class_names(num_class: int) -> dict[int, str]:
+    """ADE20K names for 150 classes; ``class_k`` for other datasets."""
+    if num_class == 150:
+        return ade20k_names()
+    return {k: f"class_{k}" for k in range(num_class)}
+
+
+# ----------------------------------------------------------------------------- devices
+
+class NotSupportedCliException(ValueError):
+    """A device string that parse_devices does not understand."""
+
+
+_DEVICE_PATTERNS = (
+    re.compile(r"^(?:gpu)?(\d+)$"),
+    re.compile(r"^(?:gpu)?(\d+)-(?:gpu)?(\d+)$"),
+)
+
+
+def parse_devices(input_devices: str) -> list[str]:
+    """``'0-3'``, ``'0,2'``, ``'gpu1'``, ``'gpu0-gpu2'`` -> ``['gpu0', ...]`` (no duplicates);
+    ``'cpu'`` -> ``['cpu']``."""
+    out: list[str] = []
+    for part in str(input_devices).split(","):
+        token = part.strip().lower()
+        if token == "cpu":
+            ids: Iterable[str] = ["cpu"]
+        elif m := _DEVICE_PATTERNS[0].match(token):
+            ids = [f"gpu{m.group(1)}"]
+        elif m := _DEVICE_PATTERNS[1].match(token):
+            lo, hi = sorted(int(g) for g in m.groups())
+            ids = [f"gpu{i}" for i in range(lo, hi + 1)]
+        else:
+            raise NotSupportedCliException(
+                f'Can not recognize device: "{part}" (use e.g. 0, 0-3, 0,2, gpu1 or cpu)')
+        out += [d for d in ids if d not in out]
+    return out
