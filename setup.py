@@ -1,0 +1,30 @@
+import os
+
+import setuptools
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+with open(os.path.join(HERE, "README.md"), encoding="utf-8") as fh:
+    long_description = fh.read()
+
+setuptools.setup(
+    name="mit_semseg",
+    version="2.0.0",
+    author="mit_semseg developers",
+    description="Semantic segmentation / scene parsing on ADE20K (PyTorch): a faithful, "
+                "modern re-implementation of MIT CSAIL's toolkit",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=setuptools.find_packages(include=["mit_semseg", "mit_semseg.*"]) + ["mit_semseg.data"],
+    # The ADE20K colour and name tables live in ./data and ship inside the package.
+    package_dir={"mit_semseg.data": "data"},
+    package_data={"mit_semseg.data": ["color150.mat", "object150_info.csv"]},
+    install_requires=["torch>=2.1", "numpy", "scipy", "pillow", "yacs", "tqdm"],
+    extras_require={"test": ["pytest"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: BSD License",
+        "Operating System :: OS Independent",
+    ],
+)
