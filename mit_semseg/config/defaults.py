@@ -109,6 +109,9 @@ _C.TRAIN.checkpoint_every = 0
 _C.TRAIN.precision = "fp32"
 # new: use channels-last memory layout for the model and inputs.
 _C.TRAIN.channels_last = False
+# new: seconds a torchrun rank waits in a collective (e.g. for a dead or stuck
+# rank) before the run fails instead of hanging.
+_C.TRAIN.dist_timeout = 1800
 
 # -----------------------------------------------------------------------------
 # Validation
