@@ -4,24 +4,38 @@ Weights come from the rule in parity/README.md, are saved to a file and loaded
 through the public API (``build_encoder(..., weights=path)``), so strict
 loading is exercised too.
 """
+import functools
+import os
+
 import pytest
 import torch
 import torch.nn as nn
 
-from _support import PARITY_EXTRA_DIR, load_case, parity_names, rule_state_dict
+from _support import PARITY_DIR, PARITY_EXTRA_DIR, load_case, parity_names, rule_state_dict
 from mit_semseg.models import ModelBuilder, SegmentationModule
 
 NAMES = parity_names()
 
 
-def _build(case: dict, tmp_path, use_softmax: bool):
-    enc_file, dec_file = tmp_path / "enc.pth", tmp_path / "dec.pth"
+@functools.lru_cache(maxsize=1)
+def _models(name: str, folder: str, weights_dir: str):
+    """Encoder, softmax decoder and training decoder of one pair, built once.
+
+    Weights follow the parity rule, saved to files and loaded through the public
+    API so strict loading is exercised too.
+    """
+    case = load_case(name, folder)
+    enc_file = os.path.join(weights_dir, name + ".enc.pth")
+    dec_file = os.path.join(weights_dir, name + ".dec.pth")
     torch.save(rule_state_dict(case["encoder_keys"]), enc_file)
     torch.save(rule_state_dict(case["decoder_keys"]), dec_file)
-    enc = ModelBuilder.build_encoder(case["enc_arch"], case["fc_dim"], weights=str(enc_file))
-    dec = ModelBuilder.build_decoder(case["dec_arch"], case["fc_dim"], case["num_class"],
-                                     weights=str(dec_file), use_softmax=use_softmax)
-    return enc.eval(), dec.eval()
+    enc = ModelBuilder.build_encoder(case["enc_arch"], case["fc_dim"], weights=enc_file)
+    decoders = [ModelBuilder.build_decoder(case["dec_arch"], case["fc_dim"], case["num_class"],
+                                           weights=dec_file, use_softmax=soft).eval()
+                for soft in (True, False)]
+    os.remove(enc_file)
+    os.remove(dec_file)
+    return (enc.eval(), *decoders)
 
 
 def _check_features(got: list, expected: list) -> None:
@@ -64,40 +78,30 @@ def _check_loss(enc, dec_train, case: dict) -> None:
     assert abs(acc.item() - case["acc"]) <= 1e-4 * max(abs(case["acc"]), 1e-6)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_original_numbers(name, tmp_path):
-    case = load_case(name)
-    enc, dec = _build(case, tmp_path, use_softmax=True)
+# (pair, input): 1x3x64x80 from parity/, 1x3x65x97 and 2x3x57x42 from parity_extra/
+CASES = [(name, None) for name in NAMES] + [
+    (name, size) for name in parity_names(PARITY_EXTRA_DIR) for size in ("1x3x65x97", "2x3x57x42")]
+CASES.sort(key=lambda c: c[0])  # consecutive cases share the cached models
+
+
+@pytest.mark.parametrize("name,size", CASES)
+def test_original_numbers(name, size, tmp_path_factory):
+    if size is None:
+        case = load_case(name)
+    else:
+        pair = load_case(name, PARITY_EXTRA_DIR)
+        case = dict(pair, **pair["cases"][size])
+    weights_dir = str(tmp_path_factory.getbasetemp())
+    enc, dec, dec_train = _models(name, PARITY_DIR, weights_dir)
     x = case["input"]
     with torch.no_grad():
         feats = enc(x, return_feature_maps=True)
         _check_features(feats, case["features"])
         probs = dec(feats, segSize=tuple(x.shape[2:]))
     _check_prediction(probs, case)
-    _, dec_train = _build(case, tmp_path, use_softmax=False)
-    _check_loss(enc, dec_train, case)
-
-
-EXTRA = [(name, size) for name in parity_names(PARITY_EXTRA_DIR)
-         for size in ("1x3x65x97", "2x3x57x42")]
-
-
-@pytest.mark.parametrize("name,size", EXTRA)
-def test_original_numbers_other_sizes_and_batches(name, size, tmp_path):
-    """Odd, non-square inputs and a batch of 2, computed by the original mit-semseg 1.0.0."""
-    pair = load_case(name, PARITY_EXTRA_DIR)
-    case = dict(pair, **pair["cases"][size])
-    enc, dec = _build(case, tmp_path, use_softmax=True)
-    x = case["input"]
-    with torch.no_grad():
-        feats = enc(x, return_feature_maps=True)
-        _check_features(feats, case["features"])
-        probs = dec(feats, segSize=tuple(x.shape[2:]))
-    _check_prediction(probs, case)
-    _, dec_train = _build(case, tmp_path, use_softmax=False)
     _check_loss(enc, dec_train, case)
 
 
 def test_all_pairs_present():
     assert len(NAMES) == 14
-    assert len(EXTRA) == 28
+    assert len(CASES) == 42
