@@ -64,7 +64,7 @@ def test_original_defaults_kept():
 def test_every_default_key_is_commented():
     src = _read("mit_semseg/config/defaults.py").splitlines()
     for i, line in enumerate(src):
-        if re.match(r"_C(\.\w+)+ = (?!CN\(\))", line):
+        if re.match(r'(_C(\.\w+)+ = (?!CN\()|\s+"\w+": )', line):
             assert src[i - 1].lstrip().startswith("#"), f"defaults.py:{i + 1} has no comment"
 
 
