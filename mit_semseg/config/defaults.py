@@ -130,6 +130,9 @@ _C.VAL = CN({
     "flip": False,
     # new: "fp32" (default), or "bf16"/"fp16" autocast for inference.
     "precision": "fp32",
+    # new: DataLoader worker processes reading validation images, per evaluation
+    # process (the original used 5 in eval.py, 2 in eval_multipro.py).
+    "workers": 4,
 })
 
 # -----------------------------------------------------------------------------
@@ -146,4 +149,6 @@ _C.TEST = CN({
     "flip": False,
     # new: "fp32" (default), or "bf16"/"fp16" autocast for inference.
     "precision": "fp32",
+    # new: DataLoader worker processes reading test images (the original used 5).
+    "workers": 4,
 })
