@@ -1,0 +1,29 @@
+"""Segment photos: a file, a folder (searched recursively) or an odgt list.
+
+    python3 test.py --imgs photo.jpg --cfg config/ade20k-resnet50dilated-ppm_deepsup.yaml \
+        DIR ckpt/ade20k-resnet50dilated-ppm_deepsup TEST.result ./
+Writes image | prediction PNGs to TEST.result and prints the classes found.
+Unreadable images are reported and skipped; the exit code stays 0.
+"""
+import argparse
+import sys
+
+from mit_semseg.evaluate import test_main
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="PyTorch Semantic Segmentation Testing")
+    parser.add_argument("--imgs", required=True,
+                        help="an image, a folder of images (recursive), or an .odgt list")
+    parser.add_argument("--cfg", default="config/ade20k-resnet50dilated-ppm_deepsup.yaml",
+                        metavar="FILE", help="path to config file")
+    parser.add_argument("--gpu", default="auto",
+                        help="GPU id, or -1 / cpu for the CPU (default: GPU 0 if available)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER,
+                        help="config overrides as KEY VALUE pairs")
+    args = parser.parse_args(argv)
+    return test_main(args.imgs, args.cfg, args.opts, args.gpu)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
