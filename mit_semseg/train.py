@@ -626,7 +626,7 @@ def _check_cfg(cfg: CfgNode) -> None:
     for key in ("epoch_iters", "num_epoch", "batch_size_per_gpu"):
         if int(t[key]) < 1:
             raise ConfigError(f"TRAIN.{key} must be >= 1, got {t[key]}")
-    for key in ("workers", "checkpoint_every", "precise_bn_iters"):
+    for key in ("workers", "checkpoint_every", "precise_bn_iters", "num_threads"):
         if int(t[key]) < 0:
             raise ConfigError(f"TRAIN.{key} must be >= 0, got {t[key]}")
 
@@ -671,6 +671,8 @@ def _train(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: list[int
     check_dataset(cfg)
     point = _resume_point(cfg, resume)
 
+    if device.type == "cpu" and int(cfg.TRAIN.num_threads) > 0:
+        torch.set_num_threads(int(cfg.TRAIN.num_threads))
     seed = int(cfg.TRAIN.seed)
     _seed_everything(seed)
     module = _build_module(cfg, point, env)

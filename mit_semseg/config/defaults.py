@@ -111,6 +111,10 @@ _C.TRAIN = CN({
     "precision": "fp32",
     # new: use channels-last memory layout for the model and inputs.
     "channels_last": False,
+    # new: intra-op CPU threads for training on the CPU (torch.set_num_threads);
+    # 0 keeps PyTorch's default (one per core). On small or shared CPUs fewer
+    # threads can be faster: OpenMP threads that wait for each other stall.
+    "num_threads": 0,
     # new: seconds a torchrun rank waits in a collective (e.g. for a dead or stuck
     # rank) before the run fails instead of hanging.
     "dist_timeout": 1800,
