@@ -254,28 +254,31 @@ def evaluate_multiprocess(cfg: CfgNode, devices: Sequence[str], *, progress: boo
 
 # ============================================================================ test
 
-def list_test_images(spec: str, root_dataset: str = "") -> tuple[list[str], str]:
-    """Images named by ``spec`` and the folder output names are relative to.
+def list_test_images(spec: str, root_dataset: str = "") -> tuple[list[str], list[str]]:
+    """Images named by ``spec`` and their output names (see ``result_names``).
 
     ``spec``: an image file; a folder (searched recursively for .jpg .jpeg .png
-    .bmp .webp .tif .tiff, any case); or an ``.odgt`` list whose relative
-    ``fpath_img`` are looked up under ``root_dataset``, then next to the list.
+    .bmp .webp .tif .tiff, any case; names relative to the folder); or an
+    ``.odgt`` list whose relative ``fpath_img`` are looked up under
+    ``root_dataset``, then next to the list (names follow the listed paths).
     """
     if os.path.isdir(spec):
         paths = find_recursive(spec)
         if not paths:
             raise FileNotFoundError(f"--imgs {spec}: no images (.jpg .jpeg .png .bmp .webp .tif) "
                                     f"found in this folder or below")
-        return paths, spec
+        return paths, result_names(paths, spec)
     if not os.path.exists(spec):
         raise FileNotFoundError(f"--imgs {spec}: no such file or folder")
     if spec.lower().endswith(".odgt"):
-        entries = TestDataset(spec, CfgNode({"imgSizes": (1,), "imgMaxSize": 1,
-                                             "padding_constant": 1})).list_sample
-        paths = [_resolve_listed(rec["fpath_img"], root_dataset, os.path.dirname(spec))
-                 for rec in entries]
-        return paths, os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-    return [spec], os.path.dirname(os.path.abspath(spec))
+        listed = [rec["fpath_img"] for rec in TestDataset(spec, _NO_RESIZE).list_sample]
+        paths = [_resolve_listed(p, root_dataset, os.path.dirname(spec)) for p in listed]
+        return paths, result_names(listed)
+    return [spec], result_names([spec])
+
+
+# TestDataset options for reading an odgt list without loading images
+_NO_RESIZE = CfgNode({"imgSizes": (1,), "imgMaxSize": 1, "padding_constant": 1})
 
 
 def _resolve_listed(path: str, *folders: str) -> str:
@@ -313,11 +316,10 @@ def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = 
     Returns the number of images skipped as unreadable."""
     stream, err = stream or sys.stdout, err or sys.stderr
     enc, dec = checkpoint_paths(cfg.DIR, cfg.TEST.checkpoint)
-    paths, base = list_test_images(imgs, cfg.DATASET.root_dataset)
+    paths, names = list_test_images(imgs, cfg.DATASET.root_dataset)
     engine = build_engine(cfg, enc, dec, device=device, flip=cfg.TEST.flip,
                           precision=cfg.TEST.precision)
     out_dir = cfg.TEST.result
-    names = result_names(paths, base)
     inputs = {os.path.abspath(p) for p in paths}
     outputs = []
     for name in names:

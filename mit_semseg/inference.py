@@ -256,6 +256,8 @@ def interpolate_rows(x: torch.Tensor, out_size: tuple[int, int], r0: int, r1: in
     H, W = out_size
     if not 0 <= r0 < r1 <= H:
         raise ValueError(f"rows {r0}:{r1} outside 0:{H}")
+    if x.shape[1] <= 3 or x.shape[2] * x.shape[3] == 1:  # kernels that _needs_full avoids
+        return F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)[:, :, r0:r1]
     plan = _row_plan(x.shape[2], H, x.device)
     if plan is None:
         raise RuntimeError(f"cannot reproduce F.interpolate rows for {x.shape[2]} -> {H} on {x.device}")
@@ -267,8 +269,9 @@ def _needs_full(logits: Sequence[torch.Tensor], out_size: tuple[int, int], band_
     C = logits[0].shape[1]
     if H + W <= _SMALL_OUTPUT_SIDES or C * H * W * 4 <= band_bytes:
         return True  # small enough: one piece is the bounded form
-    # a 1x1 map is also channels-last contiguous, which F.interpolate treats differently
-    return any(x.shape[2] * x.shape[3] == 1 and C > 3 for x in logits)
+    # F.interpolate picks other kernels for 3 channels (single-threaded) and for
+    # 1x1 maps (also channels-last contiguous); full buffers of <= 3 classes are small.
+    return C <= 3 or any(x.shape[2] * x.shape[3] == 1 for x in logits)
 
 
 def fuse_banded(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
@@ -322,25 +325,27 @@ def _warn_once(what: str) -> None:
                       RuntimeWarning, stacklevel=3)
 
 
-_self_check: dict[str, bool] = {}
+_self_check: dict[tuple[str, int, int], bool] = {}
 
 
-def _banding_verified(device: torch.device) -> bool:
-    """One-time end-to-end comparison of fuse_banded with fuse_full on ``device``."""
-    key = str(device)
+def _banding_verified(device: torch.device, num_class: int) -> bool:
+    """Compare fuse_banded with fuse_full on random scores once per device, class
+    count and thread count (the things F.interpolate's kernel choice depends on)."""
+    key = (str(device), int(num_class), torch.get_num_threads())
     if key not in _self_check:
         gen = torch.Generator().manual_seed(1234)
         # up- and downsampled rows, a narrow output (padded horizontal pass), a wide one
-        logits = [(torch.randn(1, 19, h, w, generator=gen) * 4).to(device)
+        logits = [(torch.randn(1, num_class, h, w, generator=gen) * 4).to(device)
                   for h, w in ((11, 9), (17, 13), (70, 150))]
         ok = True
         for size in ((67, 75), (41, 131)):
             ref = fuse_full(logits, size, return_probs=True)
-            got = fuse_banded(logits, size, return_probs=True, band_bytes=19 * size[1] * 4 * 5)
+            got = fuse_banded(logits, size, return_probs=True,
+                              band_bytes=num_class * size[1] * 4 * 5)
             ok = ok and np.array_equal(ref.labels, got.labels) and torch.equal(ref.probs, got.probs)
         _self_check[key] = ok
         if not ok:
-            _warn_once(f"self-check on {device}")
+            _warn_once(f"self-check on {device} with {num_class} classes")
     return _self_check[key]
 
 
@@ -405,7 +410,7 @@ class InferenceEngine:
     def fuse(self, logits: Sequence[torch.Tensor], out_size: tuple[int, int],
              return_probs: bool = False) -> Prediction:
         """Resize, softmax, average and argmax ``logits`` at ``out_size`` (H, W)."""
-        if self.band_bytes <= 0 or not _banding_verified(self.device):
+        if self.band_bytes <= 0 or not _banding_verified(self.device, logits[0].shape[1]):
             return fuse_full(logits, out_size, return_probs)
         return fuse_banded(logits, out_size, return_probs, self.band_bytes)
 

@@ -1,0 +1,258 @@
+"""Inference engine: band-wise resize and fusion are bit-identical to full-size
+buffers; the engine equals the straightforward multi-scale procedure (and the
+original's module-forward loop up to float ties); the Segmenter API."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mit_semseg.config import load_cfg
+from mit_semseg import dataset
+from mit_semseg.inference import (CheckpointNotFoundError, DeviceUnavailableError, InferenceEngine,
+                                  Segmenter, fuse_banded, fuse_full, interpolate_rows,
+                                  resolve_device)
+from mit_semseg.models import ModelBuilder, SegmentationModule
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLASS = 8
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny ops on a shared machine: one thread avoids OpenMP contention
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    enc = ModelBuilder.build_encoder("resnet18dilated", 512, "", pretrained=False).eval()
+    dec = ModelBuilder.build_decoder("c1", 512, NUM_CLASS, "", use_softmax=True).eval()
+    return enc, dec
+
+
+def rand_logits(shapes, num_class, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, num_class, h, w, generator=g) * 4 for h, w in shapes]
+
+
+# ---------------------------------------------------------------- band-wise resize
+
+@pytest.mark.parametrize("num_class,src,out", [
+    (4, (9, 13), (131, 97)),      # upsampling, odd sizes
+    (150, (23, 31), (181, 243)),  # ADE20K class count
+    (5, (60, 50), (47, 111)),     # downsampling rows
+    (4, (7, 5), (300, 20)),       # narrow output: the horizontal pass is padded
+    (6, (40, 40), (40, 129)),     # rows unchanged
+])
+def test_band_rows_equal_full_interpolate(num_class, src, out):
+    x = rand_logits([src], num_class, seed=sum(out))[0]
+    full = F.interpolate(x, size=out, mode="bilinear", align_corners=False)
+    H = out[0]
+    for step in (1, 2, 7, H // 3 + 1):
+        bands = [interpolate_rows(x, out, r, min(H, r + step)) for r in range(0, H, step)]
+        assert torch.equal(torch.cat(bands, dim=2), full), f"band height {step}"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_banded_fusion_equals_full_buffers(seed):
+    rng = np.random.default_rng(seed)
+    num_class = int(rng.choice([4, 8, 150]))
+    out = tuple(int(v) for v in rng.integers(40, 260, size=2))
+    shapes = [tuple(int(v) for v in rng.integers(3, 45, size=2)) for _ in range(rng.integers(1, 5))]
+    logits = rand_logits(shapes, num_class, seed)
+    ref = fuse_full(logits, out, return_probs=True)
+    band_rows = int(rng.integers(1, 9))
+    got = fuse_banded(logits, out, return_probs=True, band_bytes=band_rows * num_class * out[1] * 4)
+    assert np.array_equal(ref.labels, got.labels)
+    assert torch.equal(ref.probs, got.probs)
+    assert got.labels.shape == out and got.labels.dtype == np.int64
+    assert tuple(got.probs.shape) == (num_class,) + out
+
+
+def test_banded_fusion_never_interpolates_full_size(monkeypatch):
+    out, num_class = (900, 700), 6
+    logits = rand_logits([(60, 45), (90, 70)], num_class, seed=3)
+    largest = []
+    real = F.interpolate
+
+    def spy(x, *args, **kwargs):
+        y = real(x, *args, **kwargs)
+        largest.append(y.numel())
+        return y
+    monkeypatch.setattr(F, "interpolate", spy)
+    band = 16 * num_class * out[1] * 4
+    labels = fuse_banded(logits, out, band_bytes=band).labels
+    assert max(largest) * 4 <= 2 * band  # only band-sized pieces (a band's source rows)
+    monkeypatch.setattr(F, "interpolate", real)
+    assert np.array_equal(labels, fuse_full(logits, out).labels)
+
+
+# ---------------------------------------------------------------- engine vs procedures
+
+def multi_scale(img, sizes):
+    opt = load_cfg(None, ["DATASET.imgSizes", str(tuple(sizes)), "DATASET.imgMaxSize", "200"]).DATASET
+    return dataset.TestDataset([{"fpath_img": "unused"}], opt)._multi_scale(img)
+
+
+def straightforward(enc, dec, img_data, size, flip):
+    """The full-buffer procedure written out: per copy (and mirrored copy) resize
+    the scores to full size, softmax over classes, sum probability / count."""
+    maps = []
+    with torch.no_grad():
+        for img in img_data:
+            maps.append(dec.logits(enc(img, return_feature_maps=True)))
+            if flip:
+                maps.append(dec.logits(enc(img.flip(-1), return_feature_maps=True)).flip(-1))
+        scores = torch.zeros(1, size[0], size[1], maps[0].shape[1])
+        for m in maps:
+            full = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+            scores = scores + F.softmax(full.permute(0, 2, 3, 1), dim=-1) / len(maps)
+    return torch.max(scores[0], dim=-1).indices.numpy(), scores[0]
+
+
+def original_loop(enc, dec, img_data, size):
+    """The original eval.py/test.py loop (module forward with segSize)."""
+    module = SegmentationModule(enc, dec, torch.nn.NLLLoss(ignore_index=-1)).eval()
+    with torch.no_grad():
+        scores = torch.zeros(1, NUM_CLASS, size[0], size[1])
+        for img in img_data:
+            scores = scores + module({"img_data": img}, segSize=size) / len(img_data)
+        _, pred = torch.max(scores, dim=1)
+    return pred[0].numpy(), scores[0]
+
+
+IMAGES = [((75, 97), (40, 57)), ((101, 64), (33, 48, 64)), ((133, 41), (50,))]
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_engine_equals_straightforward_procedure(tiny_model, flip):
+    enc, dec = tiny_model
+    rng = np.random.default_rng(7)
+    for (h, w), sizes in IMAGES:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        img_data = multi_scale(img, sizes)
+        engine = InferenceEngine(enc, dec, device="cpu", flip=flip,
+                                 band_bytes=3 * NUM_CLASS * w * 4)  # 3-row bands
+        pred = engine.predict(img_data, (h, w), return_probs=True)
+        labels, scores = straightforward(enc, dec, img_data, (h, w), flip)
+        assert np.array_equal(pred.labels, labels)
+        assert torch.equal(pred.probs, scores.permute(2, 0, 1))
+        # with full buffers (band_bytes=0) the engine is the same procedure
+        engine.band_bytes = 0
+        assert np.array_equal(engine.predict(img_data, (h, w)).labels, labels)
+
+
+def test_engine_equals_original_loop_up_to_float_ties(tiny_model):
+    enc, dec = tiny_model
+    rng = np.random.default_rng(11)
+    for (h, w), sizes in IMAGES:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        img_data = multi_scale(img, sizes)
+        engine = InferenceEngine(enc, dec, device="cpu", band_bytes=4 * NUM_CLASS * w * 4)
+        pred = engine.predict(img_data, (h, w), return_probs=True)
+        labels, scores = original_loop(enc, dec, img_data, (h, w))
+        # The original's softmax kernel (classes on axis 1) rounds differently in
+        # the last bit; only pixels whose two best classes are that close may differ.
+        diff = pred.labels != labels
+        if diff.any():
+            top2 = scores.topk(2, dim=0).values
+            assert ((top2[0] - top2[1])[torch.from_numpy(diff)] <= 1e-6).all()
+        assert diff.sum() <= 1
+        assert torch.allclose(pred.probs, scores, atol=1e-6)
+
+
+def test_scale_logits_and_fuse_are_the_two_steps(tiny_model):
+    enc, dec = tiny_model
+    engine = InferenceEngine(enc, dec, device="cpu", flip=True)
+    img_data = multi_scale(Image.new("RGB", (60, 90), (120, 30, 200)), (32, 48))
+    logits = engine.scale_logits(img_data)
+    assert len(logits) == 4 and all(x.dtype == torch.float32 and x.shape[:2] == (1, NUM_CLASS)
+                                    for x in logits)
+    a = engine.fuse(logits, (90, 60)).labels
+    assert np.array_equal(a, engine.predict(img_data, (90, 60)).labels)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device(-1).type == "cpu" and resolve_device("-1").type == "cpu"
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(DeviceUnavailableError, match="CUDA is not available"):
+            resolve_device(0)
+        with pytest.raises(DeviceUnavailableError):
+            resolve_device("cuda:1")
+
+
+# ---------------------------------------------------------------- Python API
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory, tiny_model):
+    folder = tmp_path_factory.mktemp("ckpt")
+    enc, dec = tiny_model
+    torch.save(enc.state_dict(), folder / "encoder_epoch_1.pth")
+    torch.save(dec.state_dict(), folder / "decoder_epoch_1.pth")
+    return folder
+
+
+OPTS = ["MODEL.arch_decoder", "c1", "DATASET.imgSizes", "(40, 56)", "DATASET.imgMaxSize", "120"]
+CFG = os.path.join(ROOT, "config", "synthetic-demo.yaml")
+
+
+def test_segmenter_on_path_pil_and_numpy(tmp_path, checkpoint_dir):
+    seg = Segmenter.from_config(CFG, checkpoint_dir=str(checkpoint_dir), checkpoint="epoch_1.pth",
+                                device="cpu", opts=OPTS)
+    rng = np.random.default_rng(5)
+    arr = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    path = tmp_path / "photo.png"
+    Image.fromarray(arr).save(path)
+    from_path = seg(str(path))
+    assert from_path.shape == (70, 90) and from_path.dtype == np.int64
+    assert np.array_equal(seg(Image.open(path)), from_path)
+    assert np.array_equal(seg(arr), from_path)
+    assert np.array_equal(seg(Image.fromarray(arr).convert("RGBA")), from_path)
+    labels, probs = seg.predict(arr, return_probs=True)
+    assert tuple(probs.shape) == (NUM_CLASS, 70, 90)
+    assert torch.allclose(probs.sum(0), torch.ones(70, 90), atol=1e-5)
+    assert np.array_equal(probs.argmax(0).numpy(), labels)
+    colors = seg.colorize(labels)
+    assert colors.shape == (70, 90, 3) and colors.dtype == np.uint8
+    shares = seg.describe(labels)
+    assert sum(s.percent for s in shares) == pytest.approx(100.0)
+    assert shares == sorted(shares, key=lambda s: -s.percent)
+    assert all(s.name == f"class_{s.index}" for s in shares)
+    # explicit weight files give the same model
+    seg2 = Segmenter.from_config(CFG, encoder_weights=str(checkpoint_dir / "encoder_epoch_1.pth"),
+                                 decoder_weights=str(checkpoint_dir / "decoder_epoch_1.pth"),
+                                 device="cpu", opts=OPTS)
+    assert np.array_equal(seg2(arr), from_path)
+    with pytest.raises(TypeError):
+        seg(arr.astype(np.float32))
+
+
+def test_segmenter_applies_exif_orientation_to_paths(tmp_path, checkpoint_dir):
+    seg = Segmenter.from_config(CFG, checkpoint_dir=str(checkpoint_dir), checkpoint="epoch_1.pth",
+                                device="cpu", opts=OPTS)
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 64, 3), dtype=np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    path = tmp_path / "rotated.jpg"
+    img.save(path, exif=exif)
+    assert seg(str(path)).shape == (64, 40)
+    assert seg(Image.open(path)).shape == (40, 64)  # PIL input: pixels as given
+
+
+def test_segmenter_missing_checkpoint_names_the_path(tmp_path):
+    with pytest.raises(CheckpointNotFoundError, match=r"encoder_epoch_4\.pth.*train"):
+        Segmenter.from_config(CFG, checkpoint_dir=str(tmp_path), device="cpu", opts=OPTS)
+    with pytest.raises(CheckpointNotFoundError,
+                       match=r"python3 -m mit_semseg.pretrained ade20k-resnet50dilated-ppm_deepsup"):
+        Segmenter.from_config(os.path.join(ROOT, "config", "ade20k-resnet50dilated-ppm_deepsup.yaml"),
+                              checkpoint_dir=str(tmp_path / "ade20k-resnet50dilated-ppm_deepsup"),
+                              device="cpu")
