@@ -179,6 +179,17 @@ def test_scale_logits_and_fuse_are_the_two_steps(tiny_model):
     assert np.array_equal(a, engine.predict(img_data, (90, 60)).labels)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_runs_and_fuses_in_float32(tiny_model, precision):
+    enc, dec = tiny_model
+    engine = InferenceEngine(enc, dec, device="cpu", precision=precision)
+    img_data = multi_scale(Image.new("RGB", (90, 70), (20, 140, 60)), (40,))
+    assert all(x.dtype == torch.float32 for x in engine.scale_logits(img_data))
+    assert engine.predict(img_data, (70, 90)).labels.shape == (70, 90)
+    with pytest.raises(ValueError, match="precision"):
+        InferenceEngine(enc, dec, device="cpu", precision="int8")
+
+
 def test_resolve_device():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device(-1).type == "cpu" and resolve_device("-1").type == "cpu"
