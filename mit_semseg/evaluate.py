@@ -145,7 +145,8 @@ def _report(metrics: SegmentationMetrics, cfg: CfgNode, seconds: float | None,
           f"Frequency-weighted IoU: {metrics.frequency_weighted_iou:.4f}", file=stream)
     enc, dec = (os.path.join(cfg.DIR, f"{part}_{cfg.VAL.checkpoint}") for part in ("encoder", "decoder"))
     record = {"checkpoint": cfg.VAL.checkpoint, "encoder": enc, "decoder": dec,
-              "list_val": cfg.DATASET.list_val, "imgSizes": list(np.atleast_1d(cfg.DATASET.imgSizes).tolist()),
+              "list_val": cfg.DATASET.list_val,
+              "imgSizes": np.atleast_1d(cfg.DATASET.imgSizes).tolist(),
               "flip": bool(cfg.VAL.flip), "precision": cfg.VAL.precision, **summary}
     if seconds is not None:
         record["inference_time_per_image_s"] = seconds / max(metrics.num_images, 1)

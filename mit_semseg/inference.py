@@ -43,7 +43,6 @@ still exact, only memory is not bounded.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -59,8 +58,6 @@ __all__ = ["InferenceEngine", "Prediction", "Segmenter", "ClassShare", "Checkpoi
            "DeviceUnavailableError", "fuse_full", "fuse_banded", "interpolate_rows",
            "resolve_device", "checkpoint_paths", "build_engine", "describe_labels",
            "DEFAULT_BAND_BYTES"]
-
-logger = logging.getLogger(__name__)
 
 # Size of one band tensor (float32, C x rows x W); about 7 such tensors are
 # alive at once while a band is fused.
@@ -94,12 +91,12 @@ def resolve_device(device: str | int | torch.device | None = "auto") -> torch.de
     dev = torch.device(spec)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceUnavailableError(f"device {device!r} requested but CUDA is not available; "
-                               f"use 'cpu' (e.g. --gpu cpu)")
+            raise DeviceUnavailableError(f"device {device!r} requested but CUDA is not "
+                                         f"available; use 'cpu' (e.g. --gpu cpu)")
         index = 0 if dev.index is None else dev.index
         if index >= torch.cuda.device_count():
             raise DeviceUnavailableError(f"device {device!r} requested but only "
-                               f"{torch.cuda.device_count()} GPU(s) are visible")
+                                         f"{torch.cuda.device_count()} GPU(s) are visible")
         dev = torch.device("cuda", index)
     return dev
 
@@ -142,8 +139,9 @@ def _finish(labels: torch.Tensor, probs: torch.Tensor | None) -> "Prediction":
 def fuse_full(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
               return_probs: bool = False) -> "Prediction":
     """Reference fusion with full-size buffers: for each ``[1, C, h, w]`` score map,
-    resize to ``out_size`` (bilinear, align_corners=False), softmax over classes,
-    divide by the number of maps and sum; labels = argmax."""
+    resize to ``out_size`` (bilinear, align_corners=False), softmax over classes
+    (class-last, see the module docstring), divide by the number of maps and
+    sum; labels = argmax."""
     logits = _as_nchw(logits)
     n = len(logits)
     scores = None

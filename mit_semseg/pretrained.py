@@ -40,13 +40,15 @@ class ReleasedModel(NamedTuple):
 
 # Folder names on the model server (= DIR basenames of the presets).
 RELEASED_MODELS: dict[str, ReleasedModel] = {
-    "ade20k-mobilenetv2dilated-c1_deepsup": ReleasedModel("config/ade20k-mobilenetv2dilated-c1_deepsup.yaml", 20),
-    "ade20k-resnet18dilated-ppm_deepsup": ReleasedModel("config/ade20k-resnet18dilated-ppm_deepsup.yaml", 20),
-    "ade20k-resnet50dilated-ppm_deepsup": ReleasedModel("config/ade20k-resnet50dilated-ppm_deepsup.yaml", 20),
-    "ade20k-resnet101dilated-ppm_deepsup": ReleasedModel("config/ade20k-resnet101dilated-ppm_deepsup.yaml", 25),
-    "ade20k-resnet50-upernet": ReleasedModel("config/ade20k-resnet50-upernet.yaml", 30),
-    "ade20k-resnet101-upernet": ReleasedModel("config/ade20k-resnet101-upernet.yaml", 50),
-    "ade20k-hrnetv2-c1": ReleasedModel("config/ade20k-hrnetv2.yaml", 30),
+    name: ReleasedModel(f"config/{config}.yaml", epoch) for name, config, epoch in (
+        ("ade20k-mobilenetv2dilated-c1_deepsup", "ade20k-mobilenetv2dilated-c1_deepsup", 20),
+        ("ade20k-resnet18dilated-ppm_deepsup", "ade20k-resnet18dilated-ppm_deepsup", 20),
+        ("ade20k-resnet50dilated-ppm_deepsup", "ade20k-resnet50dilated-ppm_deepsup", 20),
+        ("ade20k-resnet101dilated-ppm_deepsup", "ade20k-resnet101dilated-ppm_deepsup", 25),
+        ("ade20k-resnet50-upernet", "ade20k-resnet50-upernet", 30),
+        ("ade20k-resnet101-upernet", "ade20k-resnet101-upernet", 50),
+        ("ade20k-hrnetv2-c1", "ade20k-hrnetv2", 30),
+    )
 }
 # Accepted spellings: the preset file names where they differ from the folder.
 _ALIASES = {"ade20k-hrnetv2": "ade20k-hrnetv2-c1"}
