@@ -203,13 +203,21 @@ def _row_plan(in_size: int, out_size: int, device: torch.device) -> _RowPlan | N
     """Row weights that reproduce F.interpolate on ``device`` for in_size -> out_size
     rows, checked on a probe; None if no candidate matches."""
     key = (in_size, out_size, str(device))
-    if key in _plan_cache:
-        return _plan_cache[key]
+    if key not in _plan_cache:
+        # cached across calls: normal tensors, usable in and out of inference mode
+        with torch.inference_mode(False), torch.no_grad():
+            plan = _find_row_plan(in_size, out_size, device)
+        if len(_plan_cache) > 4096:
+            _plan_cache.clear()
+        _plan_cache[key] = plan
+    return _plan_cache[key]
+
+
+def _find_row_plan(in_size: int, out_size: int, device: torch.device) -> _RowPlan | None:
     gen = torch.Generator().manual_seed(in_size * 100003 + out_size)
     width = max(2, _SMALL_OUTPUT_SIDES + 1 - out_size)  # keep the probe on the general kernel
     probe = (torch.rand(1, 1, in_size, width, generator=gen) * 20 - 10).to(device)
     target = F.interpolate(probe, size=(out_size, width), mode="bilinear", align_corners=False)
-    plan = None
     for fused in (True, False):
         i0, i1, l0, l1 = _row_weights(in_size, out_size, fused)
         cand = _RowPlan(torch.from_numpy(i0).to(device), torch.from_numpy(i1).to(device),
@@ -217,12 +225,8 @@ def _row_plan(in_size: int, out_size: int, device: torch.device) -> _RowPlan | N
         got = _combine_rows(probe[0, 0, cand.i0], probe[0, 0, cand.i1],
                             cand.l0[:, None], cand.l1[:, None])
         if torch.equal(got, target[0, 0]):
-            plan = cand
-            break
-    if len(_plan_cache) > 4096:
-        _plan_cache.clear()
-    _plan_cache[key] = plan
-    return plan
+            return cand
+    return None
 
 
 def _resize_rows_cl(x: torch.Tensor, plan: _RowPlan, r0: int, r1: int, width: int) -> torch.Tensor:

@@ -60,6 +60,17 @@ def test_band_rows_equal_full_interpolate(num_class, src, out):
         assert torch.equal(torch.cat(bands, dim=2), full), f"band height {step}"
 
 
+def test_cached_row_weights_work_outside_inference_mode():
+    x = rand_logits([(20, 30)], 6, seed=9)[0]
+    with torch.inference_mode():
+        fuse_banded([x], (200, 300), band_bytes=6 * 300 * 4 * 7)  # caches the 20 -> 200 rows
+    x.requires_grad_(True)
+    rows = interpolate_rows(x, (200, 300), 5, 50)
+    rows.sum().backward()
+    full = F.interpolate(x, size=(200, 300), mode="bilinear", align_corners=False)
+    assert torch.equal(rows, full[:, :, 5:50]) and x.grad is not None
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_banded_fusion_equals_full_buffers(seed):
     rng = np.random.default_rng(seed)
