@@ -19,7 +19,9 @@ import torch.nn as nn
 import mit_semseg.train as T
 from mit_semseg.checkpoint import load_file, load_training_state
 from mit_semseg.config import load_cfg
-from mit_semseg.models import ModelBuilder
+from mit_semseg.dataset import TrainDataset
+from mit_semseg.lib.nn import SynchronizedBatchNorm2d
+from mit_semseg.models import ModelBuilder, SegmentationModule
 from mit_semseg.synthetic import make_synthetic_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -212,6 +214,31 @@ def test_nan_loss_stops_with_iteration_and_last_checkpoint(data_root, tmp_path, 
     assert str(tmp_path / "state_epoch_1.pth") in msg
     assert os.path.isfile(tmp_path / "encoder_epoch_1.pth")
     assert not os.path.exists(tmp_path / "encoder_epoch_2.pth")
+
+
+def test_precise_bn_averages_the_batch_statistics(data_root, tmp_path):
+    cfg = _cfg(data_root, tmp_path)
+    enc, dec = _nets()
+    module = SegmentationModule(enc, dec, nn.NLLLoss(ignore_index=-1), 0.4).eval()
+    dataset = TrainDataset(data_root, cfg.DATASET.list_train, cfg.DATASET, batch_per_gpu=2, seed=0)
+    run = T._Run(cfg, T.D.DistEnv(), torch.device("cpu"), [], module, module,
+                 T.create_optimizers((enc, dec), cfg), None, dataset)
+    bns = [m for m in module.modules() if isinstance(m, SynchronizedBatchNorm2d)]
+    bn = bns[0]
+    inputs = []
+    bn.register_forward_hook(lambda m, args, out: inputs.append(args[0].detach().clone()))
+    running_iter = bn._running_iter.clone()
+    T.precise_bn(run, 3)
+
+    assert len(inputs) == 3
+    expect_mean = torch.stack([x.mean(dim=(0, 2, 3)) for x in inputs]).mean(0)
+    expect_var = torch.stack([x.var(dim=(0, 2, 3), unbiased=True) for x in inputs]).mean(0)
+    torch.testing.assert_close(bn.running_mean, expect_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, expect_var, rtol=1e-5, atol=1e-6)
+    assert all(m.momentum == 0.001 for m in bns) and not module.training  # restored
+    # the synchronised moving average continues from the new statistics
+    assert torch.equal(bn._running_iter, running_iter)
+    torch.testing.assert_close(bn._tmp_running_mean / bn._running_iter, bn.running_mean)
 
 
 def test_bf16_autocast_and_channels_last_train(data_root, tmp_path):
