@@ -217,7 +217,8 @@ def evaluate_multiprocess(cfg: CfgNode, devices: Sequence[str], *, progress: boo
         print(f"{device}: start_idx {start}, end_idx {end}", file=stream)
         dev_threads = threads if resolve_device(device).type == "cpu" else 0
         proc = ctx.Process(target=_worker, args=(cfg.dump(), str(device), start, end, dev_threads,
-                                                 names[start:end], results, rank), daemon=True)
+                                                 names[start:end], results, rank))
+        # not daemonic: each process may start DataLoader workers (VAL.workers)
         proc.start()
         procs[rank] = proc
     merged = SegmentationMetrics(cfg.DATASET.num_class)

@@ -65,7 +65,9 @@ def test_eval_and_eval_multipro_print_identical_numbers(setup):
     assert single.returncode == 0, single.stderr[-3000:]
     with open(os.path.join(ckpt, "eval_epoch_1.json")) as fh:
         first = json.load(fh)
-    multi = run_script("eval_multipro.py", "--cfg", CFG, "--gpus", "cpu", "--workers", "2", *opts)
+    # one DataLoader worker inside each evaluation process (they must not be daemonic)
+    multi = run_script("eval_multipro.py", "--cfg", CFG, "--gpus", "cpu", "--workers", "2", *opts,
+                       "VAL.workers", "1")
     assert multi.returncode == 0, multi.stderr[-3000:]
     with open(os.path.join(ckpt, "eval_epoch_1.json")) as fh:
         second = json.load(fh)
