@@ -50,7 +50,7 @@ __all__ = [
     "fold_conv_bn", "fuse_bn", "FusedConv2d", "FusedResidual", "KeepFloat32",
     "optimize_for_inference", "prepare_input", "precision_dtype", "mkldnn_fusion_available",
     "fuse_banded_fast", "release_workspace", "FAST_BAND_BYTES", "FastInferenceEngine",
-    "make_sgd", "channels_last_",
+    "make_sgd", "channels_last_", "confusion_counts",
 ]
 
 # Size of one band tensor (float32, rows x W x C) in fuse_banded_fast. Three
@@ -638,6 +638,51 @@ class FastInferenceEngine(_engine_base()):  # type: ignore[misc]
         if self.band_bytes <= 0 or not _fast_banding_verified(self.device, logits[0].shape[1]):
             return fuse_full(logits, out_size, return_probs)
         return fuse_banded_fast(logits, out_size, return_probs, self.band_bytes)
+
+
+# ============================================================================ metrics
+
+def confusion_counts(pred: Any, label: Any, num_class: int) -> "np.ndarray | None":
+    """``num_class x num_class`` int64 counts (rows: label, columns: prediction)
+    over the pixels with ``label >= 0``, or None where this fast path does not
+    apply; the caller then counts the straightforward way (which also raises
+    the right errors).
+
+    One fused pass builds ``(label + 1) * k + pred`` (unlabeled pixels land in
+    a row that is dropped, so no masking) into a reused buffer, then one
+    ``bincount``. Applies when ``pred`` and ``label`` are integer numpy arrays
+    or tensors of the same number of elements, every prediction (labeled or
+    not) is in ``0..k-1`` and every label in ``-1..k-1``.
+    """
+    import numpy as np
+    k = int(num_class)
+    for x in (pred, label):
+        if not torch.is_tensor(x) and not (isinstance(x, np.ndarray) and x.flags.writeable):
+            return None  # lists, read-only arrays (torch would warn): the slow path
+    try:
+        p = pred if torch.is_tensor(pred) else torch.from_numpy(np.ascontiguousarray(pred))
+        t = label if torch.is_tensor(label) else torch.from_numpy(np.ascontiguousarray(label))
+    except (TypeError, ValueError):
+        return None
+    if (p.dtype.is_floating_point or t.dtype.is_floating_point or p.dtype == torch.bool
+            or t.dtype == torch.bool or p.is_complex() or t.is_complex()
+            or p.numel() != t.numel() or p.numel() == 0 or p.device != t.device):
+        return None
+    p = p.reshape(-1).to(torch.int64)
+    t = t.reshape(-1).to(torch.int64)
+    lo, hi = torch.aminmax(p)
+    if int(lo) < 0 or int(hi) >= k:
+        return None
+    idx = _workspace.get("confusion", (p.numel(),), torch.int64, p.device)
+    torch.add(p, t, alpha=k, out=idx)
+    idx.add_(k)
+    try:
+        counts = torch.bincount(idx, minlength=(k + 1) * k)
+    except RuntimeError:  # a label below -1
+        return None
+    if counts.numel() != (k + 1) * k:  # a label >= k
+        return None
+    return counts[k:].view(k, k).cpu().numpy()
 
 
 # ============================================================================ training
