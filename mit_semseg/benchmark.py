@@ -146,13 +146,15 @@ class _Stamp:
 
 
 def original_inference(encoder: nn.Module, decoder: nn.Module, imgs: Sequence[torch.Tensor],
-                       size: tuple[int, int], num_class: int,
-                       device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+                       size: tuple[int, int], num_class: int, device: torch.device,
+                       gap: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """The original toolkit's eval procedure (eval.py / test.py), transcribed:
     per resized copy ``decoder(encoder(img), segSize)`` (interpolate + softmax
     inside the decoder built with use_softmax=True), ``scores = scores + p / n``,
     labels = argmax. Returns (labels [H, W] int64 on CPU, seconds {total, model, post});
     ``model`` runs until the class layer (``decoder.conv_last``) has produced its scores.
+    ``gap``: also return, untimed, the margin of the best class over the second
+    (``times["gap"]``, [H, W] float32 on CPU) to tell float ties from real differences.
     """
     stamp = _Stamp(device)
     handle = decoder.conv_last.register_forward_hook(stamp)
@@ -175,7 +177,11 @@ def original_inference(encoder: nn.Module, decoder: nn.Module, imgs: Sequence[to
         total = time.perf_counter() - t0
     finally:
         handle.remove()
-    return labels, {"total": total, "model": model_s, "post": total - model_s}
+    out: dict[str, Any] = {"total": total, "model": model_s, "post": total - model_s}
+    if gap:
+        top2 = torch.topk(scores[0], 2, dim=0).values
+        out["gap"] = (top2[0] - top2[1]).cpu()
+    return labels, out
 
 
 def group_weight(module: nn.Module) -> list[dict[str, Any]]:
@@ -273,11 +279,12 @@ def _worker_command(cmd: dict, state: dict) -> dict:  # pragma: no cover
         return {"ok": True}
     if op == "infer":
         enc, dec, imgs = state[cmd["key"]]
+        keep = bool(cmd.get("labels_out"))
         with MemoryProbe(device) as mem:
             labels, times = original_inference(enc, dec, imgs, tuple(cmd["size"]),
-                                                cmd["num_class"], device)
-        if cmd.get("labels_out"):
-            torch.save(labels, cmd["labels_out"])
+                                                cmd["num_class"], device, gap=keep)
+        if keep:
+            torch.save({"labels": labels, "gap": times.pop("gap")}, cmd["labels_out"])
         return {**times, "peak_mb": mem.peak_mb, "delta_mb": mem.delta_mb}
     if op == "load_train":
         enc = ModelBuilder.build_encoder(arch=cmd["enc"], fc_dim=cmd["fc_dim"],
@@ -614,13 +621,17 @@ class Bench:
                                        num_class=pair.num_class,
                                        labels_out=labels_path if keep_labels else None)
                 if keep_labels:
-                    rec_labels = torch.load(labels_path, weights_only=True).numpy()
-                    rec_store[method] = rec_labels
+                    saved = torch.load(labels_path, weights_only=True)
+                    rec_store[method] = saved["labels"].numpy()
+                    gaps[method] = saved["gap"].numpy()
                 return rec
             with MemoryProbe(dev) as mem:
                 if method == "plain":
-                    labels, rec = original_inference(enc, dec, imgs, size, pair.num_class, dev)
+                    labels, rec = original_inference(enc, dec, imgs, size, pair.num_class, dev,
+                                                     gap=keep_labels)
                     lab = labels.numpy()
+                    if "gap" in rec:
+                        gaps[method] = rec.pop("gap").numpy()
                 else:
                     eng = engines[method]
                     _sync(dev)
@@ -637,6 +648,7 @@ class Bench:
             return {**rec, "peak_mb": mem.peak_mb, "delta_mb": mem.delta_mb}
 
         rec_store: dict[str, np.ndarray] = {}
+        gaps: dict[str, np.ndarray] = {}
         recorder = _Recorder()
         for _ in range(a.warmup):
             for m in methods:
@@ -673,6 +685,12 @@ class Bench:
                                     / _median([1.0 / t for t in recorder.field(ref_name, "total")]))
                 entry["agreement_vs_" + ref_name] = _agreement(rec_store.get(m),
                                                                rec_store.get(ref_name))
+                mine, ref_lab = rec_store.get(m), rec_store.get(ref_name)
+                if mine is not None and ref_lab is not None and ref_name in gaps:
+                    differ = mine != ref_lab
+                    entry["differing_pixels"] = int(differ.sum())
+                    entry["max_ref_gap_at_differing"] = (float(gaps[ref_name][differ].max())
+                                                         if differ.any() else None)
             if m == "fast-bf16":
                 entry["agreement_vs_fast_fp32"] = _agreement(rec_store.get(m), rec_store.get("fast"))
             out["methods"][m] = entry
@@ -980,6 +998,9 @@ def format_report(results: dict[str, Any]) -> str:
                     agree_s = f"{_fmt(agree, '.4%')} (vs fp32 {_fmt(e['agreement_vs_fast_fp32'], '.3%')})"
                 else:
                     agree_s = _fmt(agree, ".4%") if agree is not None else ("ref" if name == r["reference"] else "-")
+                if e.get("differing_pixels") and name != "fast-bf16":
+                    agree_s += (f" ({e['differing_pixels']} px, ref margin "
+                                f"<= {_fmt(e['max_ref_gap_at_differing'], '.0e')})")
                 table.append([
                     r["pair"] if i == 0 else "", name, _spread(e["img_per_s"]),
                     _fmt(e["model_ms"]["median"], ".0f"), _fmt(e["post_ms"]["median"], ".0f"),

@@ -82,8 +82,10 @@ def test_worker_commands_in_process(tmp_path):
     rec = B._worker_command(dict(cmd="infer", key="k", size=[30, 50], num_class=7,
                                  labels_out=labels_out), state)
     assert rec["total"] >= rec["model"] > 0 and rec["post"] >= 0
-    labels = torch.load(labels_out, weights_only=True)
-    assert labels.shape == (30, 50) and labels.dtype == torch.int64
+    saved = torch.load(labels_out, weights_only=True)
+    labels, gap = saved["labels"], saved["gap"]
+    assert labels.shape == gap.shape == (30, 50) and labels.dtype == torch.int64
+    assert (gap >= 0).all()
     batches = str(tmp_path / "batches.pt")
     torch.save([{"img_data": torch.randn(2, 3, 32, 32),
                  "seg_label": torch.randint(-1, 7, (2, 4, 4))}], batches)

@@ -150,6 +150,15 @@ def test_fast_banded_fusion_reuses_buffers():
     assert first and {k: v.data_ptr() for k, v in fast._workspace.buffers.items()} == first
 
 
+def test_fast_banded_fusion_in_and_outside_inference_mode():
+    logits = [torch.randn(1, 12, 10, 14) * 3]
+    fast.release_workspace()
+    with torch.inference_mode():
+        first = fast.fuse_banded_fast(logits, (40, 130), band_bytes=12 * 130 * 4 * 3).labels
+    second = fast.fuse_banded_fast(logits, (40, 130), band_bytes=12 * 130 * 4 * 3).labels
+    assert np.array_equal(first, second)
+
+
 def test_fast_banding_self_check_passes_on_cpu():
     assert fast._fast_banding_verified(torch.device("cpu"), 150)
 
