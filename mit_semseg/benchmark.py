@@ -858,17 +858,21 @@ class Bench:
                                                  num_workers=workers,
                                                  worker_init_fn=worker_init_fn)
             it = iter(loader)
-            next(it)
+            for _ in range(1 + 2 * workers):  # start-up, then drain the prefetched batches
+                next(it)
             times = []
+            t0 = time.perf_counter()
             for _ in range(a.data_batches):
                 t = time.perf_counter()
                 next(it)
                 times.append(time.perf_counter() - t)
+            rate = a.data_batches / (time.perf_counter() - t0)
             del it, loader
-            out["loaders"][str(workers)] = {"batches_per_s": _summary([1.0 / t for t in times]),
-                                            "ms_per_batch": _summary([1e3 * t for t in times])}
-            self.log(f"data loader, {workers} workers: "
-                     f"{_median([1.0 / t for t in times]):.1f} batches/s")
+            entry: dict[str, Any] = {"batches_per_s": rate, "images_per_s": rate * a.train_batch}
+            if workers == 0:  # per-batch times mean something only without prefetching
+                entry["ms_per_batch"] = _summary([1e3 * t for t in times])
+            out["loaders"][str(workers)] = entry
+            self.log(f"data loader, {workers} workers: {rate:.1f} batches/s")
         # data wait vs compute of the fast training step, fed by the in-process loader
         if a.train_pairs:
             from .fast import channels_last_, make_sgd
@@ -1034,8 +1038,9 @@ def format_report(results: dict[str, Any]) -> str:
     if d:
         out.append(f"\nData loader (TrainDataset, batch {d['batch']}, synthetic "
                    f"~{d['image_side']} px images)")
-        out.append(_table(["workers", "batches/s", "ms/batch"],
-                          [[w, _spread(v["batches_per_s"], ".1f"), _fmt(v["ms_per_batch"]["median"], ".1f")]
+        out.append(_table(["workers", "batches/s", "images/s", "ms/batch [min-max]"],
+                          [[w, _fmt(v["batches_per_s"], ".1f"), _fmt(v["images_per_s"], ".1f"),
+                            _spread(v["ms_per_batch"], ".1f") if "ms_per_batch" in v else "-"]
                            for w, v in d["loaders"].items()]))
         s = d.get("train_step_split")
         if s:
@@ -1103,14 +1108,17 @@ def build_parser() -> argparse.ArgumentParser:
                    default=DEFAULT_SCALES, help="multi-scale short sides (DATASET.imgSizes)")
     p.add_argument("--max-size", type=int, default=1000, help="DATASET.imgMaxSize")
     p.add_argument("--padding", type=int, default=8, help="DATASET.padding_constant")
-    p.add_argument("--num-class", type=int, default=150)
-    p.add_argument("--train-batch", type=int, default=2)
-    p.add_argument("--train-size", type=int, default=256)
+    p.add_argument("--num-class", type=int, default=150, help="classes of the decoders")
+    p.add_argument("--train-batch", type=int, default=2, help="training images per iteration")
+    p.add_argument("--train-size", type=int, default=256, help="training image side")
     p.add_argument("--train-iters", type=int, default=5, help="timed training iterations")
-    p.add_argument("--data-batches", type=int, default=8)
-    p.add_argument("--data-images", type=int, default=16)
-    p.add_argument("--data-workers", type=lambda t: [int(x) for x in _csv(t)], default=[0, 2])
-    p.add_argument("--metrics-size", type=int, default=2048)
+    p.add_argument("--data-batches", type=int, default=8, help="timed data-loader batches")
+    p.add_argument("--data-images", type=int, default=16,
+                   help="synthetic training images written for the data-loader test")
+    p.add_argument("--data-workers", type=lambda t: [int(x) for x in _csv(t)], default=[0, 2],
+                   help="DataLoader worker counts to measure")
+    p.add_argument("--metrics-size", type=int, default=2048,
+                   help="side of the prediction/label maps of the metrics test")
     p.add_argument("--mm-size", type=int, default=2048, help="matmul peak problem size")
     p.add_argument("--runs", type=int, default=3, help="timed runs per measurement")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first")

@@ -303,3 +303,19 @@ def test_segmentation_metrics_fast_and_slow_paths_agree():
     assert np.array_equal(a.confusion, b.confusion) and a.num_images == b.num_images == 3
     with pytest.raises(ValueError):
         a.update(np.full((2, 2), k), np.zeros((2, 2), dtype=int))
+
+
+def test_fused_conv_nchw_route_for_large_convolutions(monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    conv = nn.Conv2d(16, 8, 3, padding=1, bias=True)
+    fused = fast.FusedConv2d(conv, "relu").to(memory_format=torch.channels_last)
+    monkeypatch.setattr(fast.FusedConv2d, "nchw_min_k", 16 * 9)
+    monkeypatch.setattr(fast.FusedConv2d, "nchw_min_pixels", 1)
+    x = torch.randn(1, 16, 9, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    other = torch.randn(1, 8, 9, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert fused._prefers_nchw(x)
+        got = fused(x, other)
+        ref = F.relu(conv(x.contiguous()) + other)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, ref)
