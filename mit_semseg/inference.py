@@ -414,6 +414,9 @@ class InferenceEngine:
         """Resize, softmax, average and argmax ``logits`` at ``out_size`` (H, W)."""
         if self.band_bytes <= 0 or not _banding_verified(self.device, logits[0].shape[1]):
             return fuse_full(logits, out_size, return_probs)
+        from . import fast  # same bits as fuse_banded, reused buffers (see fast.py)
+        if fast._fast_banding_verified(self.device, logits[0].shape[1]):
+            return fast.fuse_banded_fast(logits, out_size, return_probs, self.band_bytes)
         return fuse_banded(logits, out_size, return_probs, self.band_bytes)
 
     def predict(self, img_data: Sequence[torch.Tensor], out_size: tuple[int, int],
