@@ -16,7 +16,7 @@ Reports, for encoder/decoder pairs and image sizes:
 Inference methods: ``plain`` (this package's models, the original toolkit's
 procedure: per scale ``softmax(interpolate(logits))`` at full size, summed
 divided by the number of scales, argmax), ``engine`` (``InferenceEngine``),
-``fast`` / ``fast-bf16`` (``fast.FastInferenceEngine``) and, with
+``fast`` / ``fast-bf16`` / ``fast-fp16`` (``fast.FastInferenceEngine``) and, with
 ``--compare-original PYTHON``, ``original``: the original implementation run
 by that interpreter in a worker process on the same inputs and weights, with
 the same procedure (transcribed here; the original's eval code needs
@@ -572,6 +572,8 @@ class Bench:
             out["fp16"] = matmul_peak(self.device, torch.float16, n, a.runs + 1)
         if "bf16" in a.precisions:
             out["bf16"] = matmul_peak(self.device, torch.bfloat16, n, a.runs + 1)
+        if "fp16" in a.precisions and "fp16" not in out:
+            out["fp16"] = matmul_peak(self.device, torch.float16, n, a.runs + 1)
         self.peaks = out
         self.results["matmul_peak_gflops"] = out
         self.log(f"matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in out.items()
@@ -579,9 +581,9 @@ class Bench:
 
     # ------------------------------------------------------------------ inference
     def _methods(self) -> list[str]:
-        methods = [m for m in self.args.methods if m != "fast-bf16" or "bf16" in self.args.precisions]
-        if "bf16" in self.args.precisions and "fast-bf16" not in methods and "fast" in methods:
-            methods.append("fast-bf16")
+        methods = [m for m in self.args.methods if not m.startswith("fast-")]
+        if "fast" in methods:
+            methods += [f"fast-{p}" for p in self.args.precisions if p != "fp32"]
         if self.worker is not None:
             methods = ["original"] + methods
         return methods
@@ -602,8 +604,9 @@ class Bench:
             engines["engine"] = InferenceEngine(enc, dec, device=dev)
         if "fast" in methods:
             engines["fast"] = FastInferenceEngine(enc, dec, device=dev)
-        if "fast-bf16" in methods:
-            engines["fast-bf16"] = FastInferenceEngine(enc, dec, device=dev, precision="bf16")
+        for m in methods:
+            if m.startswith("fast-"):
+                engines[m] = FastInferenceEngine(enc, dec, device=dev, precision=m[5:])
         key = f"{kind}:{pair.name}"
         labels_path = os.path.join(self.workdir, "orig_labels.pt")
         if self.worker is not None:
@@ -677,7 +680,7 @@ class Bench:
             }
             model_s = _median(model)
             entry["achieved_gflops"] = gflops / model_s if model_s > 0 else None
-            peak = self.peaks.get("bf16" if m == "fast-bf16" else "fp32")
+            peak = self.peaks.get(m[5:] if m.startswith("fast-") else "fp32")
             entry["share_of_peak"] = (entry["achieved_gflops"] / peak
                                       if peak and entry["achieved_gflops"] else None)
             if ref_name is not None and m != ref_name:
@@ -691,7 +694,7 @@ class Bench:
                     entry["differing_pixels"] = int(differ.sum())
                     entry["max_ref_gap_at_differing"] = (float(gaps[ref_name][differ].max())
                                                          if differ.any() else None)
-            if m == "fast-bf16":
+            if m.startswith("fast-"):
                 entry["agreement_vs_fast_fp32"] = _agreement(rec_store.get(m), rec_store.get("fast"))
             out["methods"][m] = entry
         out["reference"] = ref_name
@@ -998,11 +1001,11 @@ def format_report(results: dict[str, Any]) -> str:
         for r in rows:
             for i, (name, e) in enumerate(r["methods"].items()):
                 agree = e.get(f"agreement_vs_{r['reference']}")
-                if name == "fast-bf16" and e.get("agreement_vs_fast_fp32") is not None:
+                if name.startswith("fast-") and e.get("agreement_vs_fast_fp32") is not None:
                     agree_s = f"{_fmt(agree, '.4%')} (vs fp32 {_fmt(e['agreement_vs_fast_fp32'], '.3%')})"
                 else:
                     agree_s = _fmt(agree, ".4%") if agree is not None else ("ref" if name == r["reference"] else "-")
-                if e.get("differing_pixels") and name != "fast-bf16":
+                if e.get("differing_pixels") and not name.startswith("fast-"):
                     agree_s += (f" ({e['differing_pixels']} px, ref margin "
                                 f"<= {_fmt(e['max_ref_gap_at_differing'], '.0e')})")
                 table.append([
@@ -1098,9 +1101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", type=_csv, default=list(SECTIONS),
                    help=f"what to measure: {','.join(SECTIONS)}")
     p.add_argument("--methods", type=_csv, default=["plain", "engine", "fast"],
-                   help="inference methods: plain, engine, fast (fast-bf16 follows --precisions)")
+                   help="inference methods: plain, engine, fast (fast-bf16/fast-fp16 follow "
+                        "--precisions)")
     p.add_argument("--precisions", type=_csv, default=None,
-                   help="fp32 and/or bf16 (default: bf16 too where the hardware has it)")
+                   help="fp32, bf16, fp16 (default: fp32, bf16 where the hardware has it, fp16 "
+                        "on CUDA); training uses bf16 only (fp16 training: train.py's "
+                        "TRAIN.precision with its GradScaler)")
     p.add_argument("--size", type=int, default=512, help="single-scale image side")
     p.add_argument("--photo", type=_size_pair, default=(480, 640),
                    help="multi-scale photo size HxW")
@@ -1170,10 +1176,12 @@ def _apply_preset(args: argparse.Namespace) -> None:
         if s not in SECTIONS:
             raise SystemExit(f"unknown section '{s}'; expected some of {','.join(SECTIONS)}")
     if args.precisions is None:
-        args.precisions = ["fp32"] + (["bf16"] if bf16_supported(_device(args.device)) else [])
+        dev = _device(args.device)
+        args.precisions = (["fp32"] + (["bf16"] if bf16_supported(dev) else [])
+                           + (["fp16"] if dev.type == "cuda" else []))
     for prec in args.precisions:
-        if prec not in ("fp32", "bf16"):
-            raise SystemExit(f"unknown precision '{prec}'; expected fp32 and/or bf16")
+        if prec not in ("fp32", "bf16", "fp16"):
+            raise SystemExit(f"unknown precision '{prec}'; expected fp32, bf16 and/or fp16")
 
 
 def _reexec_with_policy(policy: str, argv: Sequence[str]) -> None:
