@@ -579,7 +579,8 @@ class _Horizontal:
 
 
 def fuse_banded_fast(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
-                     return_probs: bool = False, band_bytes: int = FAST_BAND_BYTES):
+                     return_probs: bool = False, band_bytes: int = FAST_BAND_BYTES,
+                     softmax: bool = True):
     """``inference.fuse_banded`` with the same arguments and bit-identical results
     (equal to ``inference.fuse_full``), faster and with reused buffers.
 
@@ -587,6 +588,11 @@ def fuse_banded_fast(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
     resized source rows for two bands; plus the labels (and ``return_probs``'
     full map). Falls back to ``fuse_full`` where the engine's row plans cannot
     reproduce this platform's interpolation.
+
+    ``softmax=False`` with a single score map and no probabilities: labels are
+    the argmax of the resized scores themselves (softmax is monotonic, so they
+    equal the softmax's argmax except where rounding makes two probabilities
+    exactly equal); saves the softmax pass. Ignored otherwise.
     """
     from . import inference as inf
     logits = inf._as_nchw(logits)
@@ -598,6 +604,7 @@ def fuse_banded_fast(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
     if any(p is None for p in plans):
         return inf.fuse_full(logits, (H, W), return_probs)
     C, n = logits[0].shape[1], len(logits)
+    argmax_only = not softmax and n == 1 and not return_probs
     row_bytes = C * W * 4
     rows_per_band = max(1, int(band_bytes) // row_bytes)
     scales = [_Horizontal(x, W, max(2, 2 * rows_per_band), k) for k, x in enumerate(logits)]
@@ -629,7 +636,9 @@ def fuse_banded_fast(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
                 torch.mul(src[b - base:b - base + 1], w1[k][s:e], out=dst)
                 dst.addcmul_(src[a - base:a - base + 1], w0[k][s:e])
                 s = e
-            if k == 0:
+            if argmax_only:
+                acc = band
+            elif k == 0:
                 torch._softmax(band, -1, False, out=acc)
                 acc.div_(n)
             else:
@@ -679,14 +688,17 @@ class FastInferenceEngine(_engine_base()):  # type: ignore[misc]
     plain model's to float32 rounding (see the module docstring). With
     ``precision="bf16"`` the model itself is cast (class layers kept float32),
     which is faster on CPU than autocast; ``"fp16"`` uses autocast.
+    ``single_scale_softmax=False``: a single copy's labels are the argmax of its
+    resized scores, without the softmax (same labels up to exact float ties).
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, *,
                  device: Any = "auto", flip: bool = False, precision: str = "fp32",
                  band_bytes: int = FAST_BAND_BYTES, channels_last: bool = True,
-                 fuse: bool = True) -> None:
+                 fuse: bool = True, single_scale_softmax: bool = True) -> None:
         super().__init__(encoder, decoder, device=device, flip=flip, precision=precision,
                          band_bytes=band_bytes)
+        self.single_scale_softmax = bool(single_scale_softmax)
         dtype = precision_dtype(precision)
         self.model_dtype = dtype if dtype == torch.bfloat16 else None
         self.channels_last = bool(channels_last)
@@ -713,7 +725,8 @@ class FastInferenceEngine(_engine_base()):  # type: ignore[misc]
         from .inference import fuse_full
         if self.band_bytes <= 0 or not _fast_banding_verified(self.device, logits[0].shape[1]):
             return fuse_full(logits, out_size, return_probs)
-        return fuse_banded_fast(logits, out_size, return_probs, self.band_bytes)
+        return fuse_banded_fast(logits, out_size, return_probs, self.band_bytes,
+                                softmax=self.single_scale_softmax)
 
 
 # ============================================================================ metrics

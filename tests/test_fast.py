@@ -141,6 +141,15 @@ def test_fast_banded_fusion_is_bit_identical(seed):
     assert np.array_equal(fuse_banded(logits, out, band_bytes=4096).labels, ref.labels)
 
 
+def test_single_scale_argmax_without_softmax_gives_the_same_labels():
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        logits = [torch.randn(1, 30, 11, 13, generator=g) * 5]
+        ref = fuse_full(logits, (57, 70)).labels
+        got = fast.fuse_banded_fast(logits, (57, 70), band_bytes=30 * 70 * 4 * 6, softmax=False)
+        assert np.array_equal(got.labels, ref)
+
+
 def test_fast_banded_fusion_reuses_buffers():
     logits = [torch.randn(1, 20, 12, 16) * 3]
     fast.release_workspace()
