@@ -458,9 +458,11 @@ def checkpoint_paths(directory: str, checkpoint: str) -> tuple[str, str]:
 
 def build_engine(cfg: Any, encoder_weights: str, decoder_weights: str, *,
                  device: str | int | torch.device | None = "auto", flip: bool = False,
-                 precision: str = "fp32", band_bytes: int = DEFAULT_BAND_BYTES) -> InferenceEngine:
+                 precision: str = "fp32", band_bytes: int = DEFAULT_BAND_BYTES,
+                 fast: bool = False) -> InferenceEngine:
     """Build the model described by ``cfg.MODEL`` / ``cfg.DATASET.num_class`` with
-    the given weight files and wrap it in an InferenceEngine."""
+    the given weight files and wrap it in an InferenceEngine (``fast``: a
+    ``fast.FastInferenceEngine``, same predictions up to float ties)."""
     from .models import ModelBuilder
     encoder = ModelBuilder.build_encoder(
         arch=cfg.MODEL.arch_encoder.lower(), fc_dim=cfg.MODEL.fc_dim, weights=encoder_weights,
@@ -468,6 +470,10 @@ def build_engine(cfg: Any, encoder_weights: str, decoder_weights: str, *,
     decoder = ModelBuilder.build_decoder(
         arch=cfg.MODEL.arch_decoder.lower(), fc_dim=cfg.MODEL.fc_dim,
         num_class=cfg.DATASET.num_class, weights=decoder_weights, use_softmax=True)
+    if fast:
+        from .fast import FastInferenceEngine
+        return FastInferenceEngine(encoder, decoder, device=device, flip=flip,
+                                   precision=precision)
     return InferenceEngine(encoder, decoder, device=device, flip=flip, precision=precision,
                            band_bytes=band_bytes)
 
@@ -531,7 +537,8 @@ class Segmenter:
                     raise CheckpointNotFoundError(f"checkpoint not found: {p}")
         engine = build_engine(cfg, encoder_weights, decoder_weights, device=device,
                               flip=cfg.TEST.flip if flip is None else flip,
-                              precision=precision or cfg.TEST.precision, band_bytes=band_bytes)
+                              precision=precision or cfg.TEST.precision, band_bytes=band_bytes,
+                              fast=cfg.TEST.fast)
         return cls(engine, cfg.DATASET)
 
     # ---------------------------------------------------------------- inputs

@@ -278,3 +278,19 @@ def test_segmenter_missing_checkpoint_names_the_path(tmp_path):
         Segmenter.from_config(os.path.join(ROOT, "config", "ade20k-resnet50dilated-ppm_deepsup.yaml"),
                               checkpoint_dir=str(tmp_path / "ade20k-resnet50dilated-ppm_deepsup"),
                               device="cpu")
+
+
+def test_fast_switch_uses_the_fast_engine_with_the_same_labels(checkpoint_dir):
+    from mit_semseg.fast import FastInferenceEngine
+    common = dict(checkpoint_dir=str(checkpoint_dir), checkpoint="epoch_1.pth", device="cpu")
+    plain = Segmenter.from_config(CFG, opts=OPTS, **common)
+    fast = Segmenter.from_config(CFG, opts=OPTS + ["TEST.fast", "True"], **common)
+    assert isinstance(fast.engine, FastInferenceEngine)
+    assert not isinstance(plain.engine, FastInferenceEngine)
+    arr = np.random.default_rng(9).integers(0, 256, (61, 83, 3), dtype=np.uint8)
+    _, p_plain = plain.predict(arr, return_probs=True)
+    labels_fast, p_fast = fast.predict(arr, return_probs=True)
+    assert torch.allclose(p_plain, p_fast, atol=1e-5)
+    top2 = p_plain.topk(2, dim=0).values
+    decided = (top2[0] - top2[1]) > 1e-5  # ties at float rounding may go either way
+    assert np.array_equal(labels_fast[decided.numpy()], p_plain.argmax(0).numpy()[decided.numpy()])

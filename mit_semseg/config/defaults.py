@@ -134,6 +134,10 @@ _C.VAL = CN({
     "flip": False,
     # new: "fp32" (default), or "bf16"/"fp16" autocast for inference.
     "precision": "fp32",
+    # new: run an inference copy of the model with BatchNorm folded into the
+    # convolutions, fused conv+ReLU and channels-last (mit_semseg/fast.py):
+    # faster; scores equal to float rounding, labels may differ only at ties.
+    "fast": False,
     # new: DataLoader worker processes reading validation images, per evaluation
     # process (the original used 5 in eval.py, 2 in eval_multipro.py).
     "workers": 4,
@@ -153,6 +157,10 @@ _C.TEST = CN({
     "flip": False,
     # new: "fp32" (default), or "bf16"/"fp16" autocast for inference.
     "precision": "fp32",
+    # new: run an inference copy of the model with BatchNorm folded into the
+    # convolutions, fused conv+ReLU and channels-last (mit_semseg/fast.py):
+    # faster; scores equal to float rounding, labels may differ only at ties.
+    "fast": False,
     # new: DataLoader worker processes reading test images (the original used 5).
     "workers": 4,
 })
