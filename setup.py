@@ -15,6 +15,7 @@ setuptools.setup(
                 "modern re-implementation of MIT CSAIL's toolkit",
     long_description=long_description,
     long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
     python_requires=">=3.9",
     packages=setuptools.find_packages(include=["mit_semseg", "mit_semseg.*"]) + ["mit_semseg.data"],
     # The ADE20K colour and name tables live in ./data and ship inside the package.
@@ -24,7 +25,6 @@ setuptools.setup(
     extras_require={"test": ["pytest"]},
     classifiers=[
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: BSD License",
         "Operating System :: OS Independent",
     ],
 )
