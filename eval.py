@@ -10,7 +10,11 @@ from mit_semseg.evaluate import eval_main
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="PyTorch Semantic Segmentation Validation")
+    parser = argparse.ArgumentParser(description="Evaluate DIR/encoder_<VAL.checkpoint> + DIR/decoder_<VAL.checkpoint> "
+                    "on DATASET.list_val with multi-scale inference (DATASET.imgSizes): "
+                    "per-class IoU, mean IoU and pixel accuracy, also written to "
+                    "DIR/eval_<checkpoint>.json.",
+        epilog="example: python eval.py --gpu cpu --cfg config/synthetic-demo.yaml")
     parser.add_argument("--cfg", default="config/ade20k-resnet50dilated-ppm_deepsup.yaml",
                         metavar="FILE", help="path to config file")
     parser.add_argument("--gpu", default="auto",

@@ -11,7 +11,12 @@ from mit_semseg.evaluate import eval_multipro_main
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="PyTorch Semantic Segmentation Validation")
+    parser = argparse.ArgumentParser(description="eval.py with the validation list split over several processes "
+                    "(one per GPU, or --workers CPU processes); the merged numbers equal "
+                    "eval.py's.",
+        epilog="examples: python eval_multipro.py --gpus 0-3 --cfg CFG\n"
+               "          python eval_multipro.py --gpus cpu --workers 2 --cfg CFG",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", default="config/ade20k-resnet50dilated-ppm_deepsup.yaml",
                         metavar="FILE", help="path to config file")
     parser.add_argument("--gpus", default=None,

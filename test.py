@@ -12,7 +12,12 @@ from mit_semseg.evaluate import test_main
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="PyTorch Semantic Segmentation Testing")
+    parser = argparse.ArgumentParser(description="Segment photos with DIR/encoder_<TEST.checkpoint> + "
+                    "DIR/decoder_<TEST.checkpoint>: writes an image | prediction PNG per "
+                    "input into TEST.result and prints the classes found; unreadable "
+                    "files are reported and skipped.",
+        epilog="example: python test.py --imgs photos/ --cfg config/synthetic-demo.yaml "
+               "--gpu cpu TEST.result out/")
     parser.add_argument("--imgs", required=True,
                         help="an image, a folder of images (recursive), or an .odgt list")
     parser.add_argument("--cfg", default="config/ade20k-resnet50dilated-ppm_deepsup.yaml",
