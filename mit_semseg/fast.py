@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -50,7 +51,7 @@ __all__ = [
     "fold_conv_bn", "fuse_bn", "FusedConv2d", "FusedResidual", "KeepFloat32",
     "optimize_for_inference", "prepare_input", "precision_dtype", "mkldnn_fusion_available",
     "fuse_banded_fast", "release_workspace", "FAST_BAND_BYTES", "FastInferenceEngine",
-    "make_sgd", "channels_last_", "confusion_counts",
+    "make_sgd", "channels_last_", "confusion_counts", "factorize_pyramids_",
 ]
 
 # Size of one band tensor (float32, rows x W x C) in fuse_banded_fast. Three
@@ -236,6 +237,7 @@ class FusedConv2d(nn.Module):
         state["_packed"] = state["_packed_key"] = None  # a cache (opaque tensors do not copy)
         state.pop("_nchw_weight", None)
         state.pop("_nchw_key", None)
+        state.pop("_split", None)
         return state
 
     def _mkldnn_weight(self, x: torch.Tensor) -> torch.Tensor:
@@ -292,6 +294,26 @@ class FusedConv2d(nn.Module):
             y = y + other
         y = y if self._act is None else self._act(y)
         return _to_channels_last(y)
+
+    def split_forward(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """``act(conv(x) + bias + other)`` with only the first ``x.shape[1]`` input
+        channels of the kernel (``models.decoders.pyramid_conv`` supplies the
+        rest as ``other``)."""
+        channels = x.shape[1]
+        cache = self.__dict__.setdefault("_split", {})
+        key = (channels, self.weight.dtype, self.weight.data_ptr(), self.weight._version)
+        part = cache.get(key)
+        if part is None:
+            cache.clear()
+            view = SimpleNamespace(
+                weight=self.weight[:, :channels], bias=self.bias, stride=self.stride,
+                padding=self.padding, dilation=self.dilation, groups=self.groups,
+                padding_mode="zeros")
+            with torch.inference_mode(False):  # a normal tensor even when first called there
+                part = FusedConv2d(view, self.activation)  # type: ignore[arg-type]
+            cache[key] = part
+        return part(x, other=other.contiguous(memory_format=torch.channels_last)
+                    if x.is_contiguous(memory_format=torch.channels_last) else other)
 
     def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
         if self._use_mkldnn(x, other):
@@ -448,9 +470,20 @@ def _set(module: nn.Module, path: str, value: nn.Module) -> None:
 
 # ============================================================================ inference copy
 
+def factorize_pyramids_(module: nn.Module, enable: bool = True) -> nn.Module:
+    """Switch every PPM head in ``module`` to ``models.decoders.pyramid_conv``
+    (same function up to float rounding, fewer operations), in place."""
+    from .models.decoders import PPM
+    for m in module.modules():
+        if isinstance(m, PPM):
+            m.factorized_pyramid = bool(enable)
+    return module
+
+
 def optimize_for_inference(module: nn.Module, *, channels_last: bool = True, fuse: bool = True,
                            dtype: torch.dtype | None = None,
-                           keep_fp32: Iterable[str] | None = None) -> nn.Module:
+                           keep_fp32: Iterable[str] | None = None,
+                           factorize: bool = True) -> nn.Module:
     """An inference copy of ``module`` (which is left unchanged).
 
     ``fuse``: fold BatchNorms (``fuse_bn``) and fuse convolutions with their
@@ -458,9 +491,11 @@ def optimize_for_inference(module: nn.Module, *, channels_last: bool = True, fus
     4-D parameters to channels-last (feed channels-last input, see
     ``prepare_input``). ``dtype``: cast parameters (e.g. torch.bfloat16); the
     submodules named in ``keep_fp32`` (default: a decoder's ``class_layers``)
-    stay float32 and get float32 input. Parameters never require grad.
+    stay float32 and get float32 input. ``factorize``: PPM heads through
+    ``factorize_pyramids_``. Parameters never require grad.
     """
     net = fuse_bn(module) if fuse else copy.deepcopy(module).eval()
+    factorize_pyramids_(net, factorize)
     if fuse:
         _fuse_conv_activations(net)
     if dtype is not None and dtype != torch.float32:

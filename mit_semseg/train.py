@@ -55,6 +55,7 @@ from .checkpoint import (STATE_VERSION, CheckpointError, atomic_save, atomic_wri
                          restore_rng_state)
 from .config import ConfigError
 from .dataset import TrainDataset, worker_init_fn
+from .fast import factorize_pyramids_, make_sgd
 from .lib.nn import UserScatteredDataParallel, patch_replication_callback, user_scattered_collate
 from .models import ModelBuilder, SegmentationModule
 from .models.weights import load_weights
@@ -104,10 +105,27 @@ def create_optimizers(nets: Sequence[nn.Module], cfg: CfgNode
     if str(cfg.TRAIN.optim).upper() != "SGD":
         raise ConfigError(f"TRAIN.optim '{cfg.TRAIN.optim}' is not supported; use SGD")
     encoder, decoder = nets[0], nets[1]
+    # TRAIN.fast: one fused (else multi-tensor) kernel per step instead of
+    # PyTorch's default implementation; the same update up to float rounding.
+    sgd = make_sgd if cfg.TRAIN.fast else torch.optim.SGD
     return tuple(  # type: ignore[return-value]
-        torch.optim.SGD(group_weight(net), lr=lr, momentum=cfg.TRAIN.beta1,
-                        weight_decay=cfg.TRAIN.weight_decay)
+        sgd(group_weight(net), lr=lr, momentum=cfg.TRAIN.beta1,
+            weight_decay=cfg.TRAIN.weight_decay)
         for net, lr in ((encoder, cfg.TRAIN.lr_encoder), (decoder, cfg.TRAIN.lr_decoder)))
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``opt.load_state_dict(state)`` keeping ``opt``'s own implementation choice:
+    PyTorch would take the saved groups' "fused"/"foreach" flags, and the run
+    that wrote ``state`` may have had a different ``TRAIN.fast``."""
+    impl = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, kept in zip(opt.param_groups, impl):
+        group.update(kept)
+
+
+def _channels_last(cfg: CfgNode) -> bool:
+    return bool(cfg.TRAIN.channels_last or cfg.TRAIN.fast)
 
 
 def poly_lr(base_lr: float, cur_iter: int, max_iters: int, power: float) -> float:
@@ -273,7 +291,7 @@ def _make_loader(dataset: TrainDataset, cfg: CfgNode, workers: int, per_iter: in
     first = start - start % workers if workers > 0 else start
     sampler = _KeySampler(first, start, end, per_iter, key)
     loader = torch.utils.data.DataLoader(
-        _StreamDataset(dataset, bool(cfg.TRAIN.channels_last)), batch_sampler=sampler,
+        _StreamDataset(dataset, _channels_last(cfg)), batch_sampler=sampler,
         collate_fn=user_scattered_collate, num_workers=workers, pin_memory=pin_memory,
         worker_init_fn=worker_init_fn,
         # own generator: creating the loader must not consume the global torch RNG
@@ -677,8 +695,10 @@ def _train(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: list[int
     _seed_everything(seed)
     module = _build_module(cfg, point, env)
     module.to(device)
-    if cfg.TRAIN.channels_last:
+    if _channels_last(cfg):
         module.to(memory_format=torch.channels_last)
+    if cfg.TRAIN.fast:
+        factorize_pyramids_(module)
     model = _wrap(module, device, gpu_ids, env)
     optimizers = create_optimizers((module.encoder, module.decoder), cfg)
     scaler = torch.amp.GradScaler(device.type) if cfg.TRAIN.precision == "fp16" else None
@@ -740,8 +760,8 @@ def _restore(run: _Run, point: _ResumePoint) -> None:
         run.history = state["history"]
     if "optimizers" not in state:
         return
-    run.optimizers[0].load_state_dict(state["optimizers"]["encoder"])
-    run.optimizers[1].load_state_dict(state["optimizers"]["decoder"])
+    for opt, key in zip(run.optimizers, ("encoder", "decoder")):
+        load_optimizer_state(opt, state["optimizers"][key])
     if run.scaler is not None and state.get("grad_scaler"):
         run.scaler.load_state_dict(state["grad_scaler"])
     changed = [f"{name} {state.get(key)} -> {now}" for key, name, now in (

@@ -1,7 +1,10 @@
 """One template over every encoder/decoder pair, plus the builder's contracts."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from _support import load_case, parity_names, rule_state_dict
 from mit_semseg.lib.nn import SynchronizedBatchNorm2d
@@ -169,3 +172,63 @@ def test_registries_cover_the_documented_archs():
                              "resnet50dilated", "resnet101", "resnet101dilated", "resnext101",
                              "hrnetv2"}
     assert set(DECODERS) == {"c1", "c1_deepsup", "ppm", "ppm_deepsup", "upernet_lite", "upernet"}
+
+
+# ----------------------------------------------------------------------------- factorized pyramid
+
+def _ppm_pair(channels_last: bool):
+    torch.manual_seed(0)
+    plain = ModelBuilder.build_decoder("ppm_deepsup", fc_dim=64, num_class=5).train()
+    for m in plain.modules():  # non-trivial statistics and affine parameters
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    factorized = copy.deepcopy(plain)
+    factorized.factorized_pyramid = True
+    if channels_last:
+        plain.to(memory_format=torch.channels_last)
+        factorized.to(memory_format=torch.channels_last)
+    return plain, factorized
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [(9, 13), (4, 5), (1, 1)])
+def test_factorized_pyramid_equals_resize_and_concatenate(channels_last, size):
+    """Same outputs, same gradients, same random stream (Dropout2d) in training;
+    maps smaller than the 6x6 branch (resize shrinks) included."""
+    plain, factorized = _ppm_pair(channels_last)
+    g = torch.Generator().manual_seed(1)
+    feats = [torch.randn(2, 32, *size, generator=g), torch.randn(2, 64, *size, generator=g)]
+    if channels_last:
+        feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
+    outs = []
+    for net in (plain, factorized):
+        torch.manual_seed(7)
+        main, aux = net(feats)
+        ((main.exp() * torch.arange(5.0).view(1, 5, 1, 1)).sum() + aux.exp()[:, 1].sum()).backward()
+        outs.append((main.detach(), aux.detach(), [p.grad.clone() for p in net.parameters()]))
+    (m0, a0, g0), (m1, a1, g1) = outs
+    torch.testing.assert_close(m1, m0, rtol=1e-5, atol=1e-5)
+    assert torch.equal(a1, a0)
+    for p, q in zip(g1, g0):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5 * q.abs().max().item())
+    # running statistics are updated identically
+    for p, q in zip(factorized.buffers(), plain.buffers()):
+        torch.testing.assert_close(p, q)
+
+
+def test_pyramid_term_with_padding_and_dilation():
+    """The general case: any kernel, zero padding and dilation, stride 1."""
+    from mit_semseg.models.decoders import _resize, pyramid_term
+    g = torch.Generator().manual_seed(2)
+    branches = [torch.randn(2, 3, s, s + 1, generator=g) for s in (1, 2, 5)]
+    weight = torch.randn(4, 9, 3, 5, generator=g)
+    size = (7, 8)
+    resized = torch.cat([_resize(b, size) for b in branches], 1)
+    want = F.conv2d(resized, weight, padding=(2, 1), dilation=(2, 1))
+    for channels_last in (False, True):
+        got = pyramid_term(branches, weight, size, (2, 1), (2, 1), channels_last)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    with pytest.raises(ValueError, match="channels"):
+        pyramid_term(branches[:2], weight, size, (2, 1), (2, 1))

@@ -249,6 +249,50 @@ def test_bf16_autocast_and_channels_last_train(data_root, tmp_path):
     assert os.path.isfile(tmp_path / "state_epoch_1.pth")
 
 
+def test_fast_training_switches_the_speedups_on(data_root, tmp_path, monkeypatch):
+    """TRAIN.fast trains with channels-last, the factorized PPM head and fused SGD
+    (that these compute the same step: test_fast / test_models). On this tiny
+    ill-conditioned model (4x4 maps, batch 2) only the first loss is compared:
+    later ones drift apart with float rounding whatever the layout."""
+    opts = ("MODEL.arch_decoder", "ppm_deepsup", "TRAIN.num_epoch", 1, "TRAIN.epoch_iters", 2)
+    seen = []
+    real_forward = T._forward
+
+    def spy(run, batches, model):
+        seen.append((run, batches[0]["img_data"]))
+        return real_forward(run, batches, model)
+
+    monkeypatch.setattr(T, "_forward", spy)
+    plain = T.main(_cfg(data_root, tmp_path / "plain", *opts), "cpu")
+    fast = T.main(_cfg(data_root, tmp_path / "fast", *opts, "TRAIN.fast", True), "cpu")
+    (run0, img0), (run1, img1) = seen[0], seen[2]
+    assert not run0.module.decoder.factorized_pyramid and run1.module.decoder.factorized_pyramid
+    assert not img0.is_contiguous(memory_format=torch.channels_last)
+    assert img1.is_contiguous(memory_format=torch.channels_last)
+    assert run1.module.decoder.conv_last[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not any(run0.optimizers[0].param_groups[0].get(k) for k in ("fused", "foreach"))
+    assert any(run1.optimizers[0].param_groups[0].get(k) for k in ("fused", "foreach"))
+    a, b = plain.history["train"]["loss"][0], fast.history["train"]["loss"][0]
+    assert abs(a - b) <= 1e-4 * abs(a)
+    for kind in ("encoder", "decoder"):  # the same checkpoint files
+        wa = load_file(str(tmp_path / "plain" / f"{kind}_epoch_1.pth"))
+        wb = load_file(str(tmp_path / "fast" / f"{kind}_epoch_1.pth"))
+        assert list(wa) == list(wb) and all(wa[k].shape == wb[k].shape for k in wa)
+
+
+def test_resumed_optimizer_keeps_its_own_implementation():
+    net = nn.Conv2d(2, 3, 3)
+    cfg = load_cfg(None, [])
+    plain = T.create_optimizers((net, net), cfg)[0]
+    assert not plain.param_groups[0].get("fused") and not plain.param_groups[0].get("foreach")
+    cfg.TRAIN.fast = True
+    fast = T.create_optimizers((net, net), cfg)[0]
+    impl = {k: fast.param_groups[0].get(k) for k in ("fused", "foreach")}
+    assert any(impl.values())
+    T.load_optimizer_state(fast, plain.state_dict())
+    assert {k: fast.param_groups[0].get(k) for k in ("fused", "foreach")} == impl
+
+
 # ----------------------------------------------------------------------------- errors and the CLI
 
 def _cli():

@@ -6,6 +6,10 @@ encoder's list of feature maps (the last one has ``fc_dim`` channels). With
 ``segSize``; otherwise log-probabilities at feature resolution, and the
 ``*_deepsup`` decoders return ``(main, deepsup)`` where ``deepsup`` is
 predicted from the second-to-last map (``fc_dim // 2`` channels).
+
+``PPM.factorized_pyramid`` (off by default; on in the fast inference copy and
+with ``TRAIN.fast``) computes the same head with fewer operations: see
+``pyramid_conv``.
 """
 from __future__ import annotations
 
@@ -32,6 +36,95 @@ def _conv1x1_bn_relu(in_planes: int, out_planes: int) -> nn.Sequential:
         SynchronizedBatchNorm2d(out_planes),
         nn.ReLU(inplace=True),
     )
+
+
+def _resize_matrix(size_in: int, size_out: int, dtype: torch.dtype,
+                   device: torch.device) -> torch.Tensor:
+    """``(size_out, size_in)`` weights of the 1-D bilinear resize used by ``_resize``
+    (taken from F.interpolate itself, so the same coefficients)."""
+    eye = torch.eye(size_in, dtype=dtype, device=device).view(1, size_in, size_in, 1)
+    return _resize(eye, (size_out, 1))[0, :, :, 0].t()
+
+
+def _tap_matrix(resize: torch.Tensor, taps: int, padding: int, dilation: int,
+                size_out: int) -> torch.Tensor:
+    """``(size_out, taps * size_in)``: column ``t * size_in + a`` holds the weight of
+    source sample ``a`` in the resized row that kernel tap ``t`` of output row ``i``
+    reads (zero where that row is padding)."""
+    size_resized, size_in = resize.shape
+    out = resize.new_zeros(taps, size_out, size_in)
+    for t in range(taps):
+        shift = t * dilation - padding
+        lo, hi = max(0, -shift), min(size_out, size_resized - shift)
+        if hi > lo:
+            out[t, lo:hi] = resize[lo + shift:hi + shift]
+    return out.transpose(0, 1).reshape(size_out, taps * size_in)
+
+
+def pyramid_term(branches: Sequence[torch.Tensor], weight: torch.Tensor,
+                 size: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                 channels_last: bool = False) -> torch.Tensor:
+    """``conv2d(cat([_resize(b, size) for b in branches]), weight)`` (stride 1, zero
+    padding, no bias) computed at the branches' own resolution.
+
+    Resizing and the convolution are both linear, so each kernel tap is applied
+    to the small map first (``weight`` times ``branch``) and the resize, shifted
+    by the tap, afterwards, as two small matrix products per axis. Equal to the
+    direct computation up to float rounding; differentiable.
+    """
+    height, width = int(size[0]), int(size[1])
+    out_ch, _, kh, kw = weight.shape
+    out_h = height + 2 * int(padding[0]) - int(dilation[0]) * (kh - 1)
+    out_w = width + 2 * int(padding[1]) - int(dilation[1]) * (kw - 1)
+    firsts, seconds, start = [], [], 0
+    for b in branches:
+        n, c, bh, bw = b.shape
+        w = weight[:, start:start + c]
+        start += c
+        rows = _tap_matrix(_resize_matrix(bh, height, b.dtype, b.device),
+                           kh, int(padding[0]), int(dilation[0]), out_h)
+        cols = _tap_matrix(_resize_matrix(bw, width, b.dtype, b.device),
+                           kw, int(padding[1]), int(dilation[1]), out_w)
+        if channels_last:  # columns first, then rows: the result comes out N, H, W, C
+            z = torch.einsum("ocde,ncab->ndaebo", w, b).reshape(n, kh * bh, kw * bw, out_ch)
+            firsts.append(torch.matmul(cols, z).reshape(n, kh * bh, out_w * out_ch))
+            seconds.append(rows)
+        else:  # rows first, then columns: the result comes out N, C, H, W
+            z = torch.einsum("ocde,ncab->nodaeb", w, b).reshape(n, out_ch, kh * bh, kw * bw)
+            firsts.append(torch.matmul(rows, z))
+            seconds.append(cols)
+    if start != weight.shape[1]:
+        raise ValueError(f"the branches have {start} channels, the weight {weight.shape[1]}")
+    if channels_last:
+        y = torch.matmul(torch.cat(seconds, 1), torch.cat(firsts, 1))
+        return y.view(-1, out_h, out_w, out_ch).permute(0, 3, 1, 2)
+    return torch.matmul(torch.cat(firsts, -1), torch.cat(seconds, 1).t())
+
+
+def pyramid_conv(conv: nn.Module, top: torch.Tensor,
+                 branches: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``conv(torch.cat([top] + [_resize(b, top.shape[2:]) for b in branches], 1))``
+    without the resized maps: ``top`` through the first input channels of the
+    kernel, the branches through ``pyramid_term``.
+
+    In a PPM head 80% (ResNet-18) / 50% (ResNet-50) of this convolution's input
+    channels are resized branches of 1x1 to 6x6, so this removes that share of
+    its operations. ``conv``: a stride-1, zero-padded ``nn.Conv2d``, or a module
+    with ``split_forward(top, term)`` (``mit_semseg.fast.FusedConv2d``) that adds
+    the term before its fused activation.
+    """
+    split = top.shape[1]
+    channels_last = (top.is_contiguous(memory_format=torch.channels_last)
+                     and not top.is_contiguous())
+    term = pyramid_term(branches, conv.weight[:, split:], top.shape[2:], conv.padding,
+                        conv.dilation, channels_last)
+    split_forward = getattr(conv, "split_forward", None)
+    if split_forward is not None:
+        return split_forward(top, term)
+    if tuple(conv.stride) != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros":
+        raise ValueError("pyramid_conv needs a stride-1, ungrouped, zero-padded convolution")
+    y = F.conv2d(top, conv.weight[:, :split], conv.bias, 1, conv.padding, conv.dilation)
+    return y + term
 
 
 class _Decoder(nn.Module):
@@ -101,6 +194,10 @@ class C1DeepSup(C1):
 class PPM(_Decoder):
     """Pyramid pooling (PSPNet): pooled branches at 1, 2, 3, 6 joined to the map."""
 
+    # True: the head's first convolution through ``pyramid_conv`` (same function,
+    # float rounding apart); False: the original's resize + concatenate + conv.
+    factorized_pyramid = False
+
     def __init__(self, num_class: int = 150, fc_dim: int = 4096, use_softmax: bool = False,
                  pool_scales: Sequence[int] = (1, 2, 3, 6), deep_sup: bool = False) -> None:
         super().__init__(num_class, fc_dim, use_softmax, deep_sup)
@@ -121,8 +218,11 @@ class PPM(_Decoder):
 
     def logits(self, conv_out):
         top = conv_out[-1]
+        branches = [branch(top) for branch in self.ppm]
+        if self.factorized_pyramid:
+            return self.conv_last[1:](pyramid_conv(self.conv_last[0], top, branches))
         size = top.shape[2:]
-        pyramid = [top] + [_resize(branch(top), size) for branch in self.ppm]
+        pyramid = [top] + [_resize(b, size) for b in branches]
         return self.conv_last(torch.cat(pyramid, dim=1))
 
     def deepsup_logits(self, conv_out):
