@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import os
@@ -374,20 +375,18 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, runs: int) -> 
     return 2.0 * n ** 3 / best / 1e9
 
 
-def _pyramid_macs(head: nn.Module, out: torch.Tensor) -> int:
-    """Multiply-adds of a PPM head's first convolution through ``pyramid_conv``."""
-    conv = head.conv_last[0]
-    n, o, h, w = out.shape
-    taps = math.prod(conv.kernel_size)
-    branch_ch = conv.in_channels - head.fc_dim
-    macs = out.numel() * head.fc_dim * taps  # the top map's part: a smaller convolution
-    for branch in head.ppm:
-        size = branch[0].output_size
-        bh, bw = (size, size) if isinstance(size, int) else size
-        c = branch_ch // len(head.ppm)
-        macs += n * o * taps * c * bh * bw  # the kernel on the pooled map
-        macs += n * o * h * conv.kernel_size[0] * bh * conv.kernel_size[1] * bw  # rows
-        macs += n * o * h * w * conv.kernel_size[1] * bw  # columns
+def _pyramid_conv_macs(conv: nn.Module, top: torch.Tensor,
+                       branches: Sequence[torch.Tensor]) -> int:
+    """Multiply-adds of ``models.decoders.pyramid_conv`` (stride-1 convolution)."""
+    n, c, h, w = top.shape
+    o = conv.weight.shape[0]
+    kh, kw = conv.weight.shape[2:]
+    macs = n * o * h * w * c * kh * kw  # the top map's part: a smaller convolution
+    for b in branches:
+        bc, bh, bw = b.shape[1:]
+        macs += n * o * kh * kw * bc * bh * bw  # the kernel on the small map
+        macs += n * o * h * kh * bh * kw * bw  # resize along the rows
+        macs += n * o * h * w * kw * bw  # resize along the columns
     return macs
 
 
@@ -395,20 +394,24 @@ def count_gflops(encoder: nn.Module, decoder: nn.Module,
                  imgs: Sequence[torch.Tensor], factorized: bool = False) -> float:
     """GFLOPs (2 x multiply-adds of Conv2d and Linear layers) of the forward
     passes to class scores for every image in ``imgs``; ``factorized``: with
-    the PPM heads' first convolution as ``models.decoders.pyramid_conv`` does it."""
-    from .models.decoders import PPM
+    the decoder's ``factorized_pyramid`` on (``models.decoders.pyramid_conv``)."""
+    from .fast import factorize_pyramids_
+    from .models import decoders
     macs = [0]
-    heads = {id(m.conv_last[0]): m for m in decoder.modules() if isinstance(m, PPM)}
 
     def conv_hook(m: nn.Module, inputs: Any, out: torch.Tensor) -> None:
-        if factorized and id(m) in heads:
-            macs[0] += _pyramid_macs(heads[id(m)], out)
-            return
         macs[0] += out.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
 
     def linear_hook(m: nn.Module, inputs: Any, out: torch.Tensor) -> None:
         macs[0] += out.numel() * m.in_features
 
+    real_pyramid_conv = decoders.pyramid_conv
+
+    def counted_pyramid_conv(conv, top, branches):
+        macs[0] += _pyramid_conv_macs(conv, top, branches)
+        return real_pyramid_conv(conv, top, branches)
+
+    decoder = factorize_pyramids_(copy.deepcopy(decoder), factorized)
     handles = []
     for net in (encoder, decoder):
         for m in net.modules():
@@ -416,11 +419,13 @@ def count_gflops(encoder: nn.Module, decoder: nn.Module,
                 handles.append(m.register_forward_hook(conv_hook))
             elif isinstance(m, nn.Linear):
                 handles.append(m.register_forward_hook(linear_hook))
+    decoders.pyramid_conv = counted_pyramid_conv
     try:
         with torch.inference_mode():
             for img in imgs:
                 decoder.logits(encoder(img, return_feature_maps=True))
     finally:
+        decoders.pyramid_conv = real_pyramid_conv
         for h in handles:
             h.remove()
     return 2.0 * macs[0] / 1e9

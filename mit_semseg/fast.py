@@ -471,11 +471,12 @@ def _set(module: nn.Module, path: str, value: nn.Module) -> None:
 # ============================================================================ inference copy
 
 def factorize_pyramids_(module: nn.Module, enable: bool = True) -> nn.Module:
-    """Switch every PPM head in ``module`` to ``models.decoders.pyramid_conv``
-    (same function up to float rounding, fewer operations), in place."""
-    from .models.decoders import PPM
+    """Switch every PPM head and UPerNet fusion in ``module`` to
+    ``models.decoders.pyramid_conv`` (same function up to float rounding,
+    fewer operations), in place."""
+    from .models.decoders import PPM, UPerNet
     for m in module.modules():
-        if isinstance(m, PPM):
+        if isinstance(m, (PPM, UPerNet)):
             m.factorized_pyramid = bool(enable)
     return module
 

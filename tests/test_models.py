@@ -217,6 +217,31 @@ def test_factorized_pyramid_equals_resize_and_concatenate(channels_last, size):
         torch.testing.assert_close(p, q)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_factorized_upernet_fusion_equals_resize_and_concatenate(channels_last):
+    from mit_semseg.models.decoders import UPerNet
+    torch.manual_seed(0)
+    plain = UPerNet(num_class=5, fc_dim=64, fpn_inplanes=(16, 24, 32, 64), fpn_dim=16).train()
+    factorized = copy.deepcopy(plain)
+    factorized.factorized_pyramid = True
+    g = torch.Generator().manual_seed(3)
+    feats = [torch.randn(2, c, h, w, generator=g)
+             for c, (h, w) in zip((16, 24, 32, 64), ((17, 22), (9, 11), (5, 6), (3, 3)))]
+    if channels_last:
+        for net in (plain, factorized):
+            net.to(memory_format=torch.channels_last)
+        feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
+    outs = []
+    for net in (plain, factorized):
+        y = net(feats)
+        (y.exp() * torch.arange(5.0).view(1, 5, 1, 1)).sum().backward()
+        outs.append((y.detach(), [p.grad.clone() for p in net.parameters()]))
+    (y0, g0), (y1, g1) = outs
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    for p, q in zip(g1, g0):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5 * q.abs().max().item())
+
+
 def test_pyramid_term_with_padding_and_dilation():
     """The general case: any kernel, zero padding and dilation, stride 1."""
     from mit_semseg.models.decoders import _resize, pyramid_term

@@ -7,9 +7,9 @@ encoder's list of feature maps (the last one has ``fc_dim`` channels). With
 ``*_deepsup`` decoders return ``(main, deepsup)`` where ``deepsup`` is
 predicted from the second-to-last map (``fc_dim // 2`` channels).
 
-``PPM.factorized_pyramid`` (off by default; on in the fast inference copy and
-with ``TRAIN.fast``) computes the same head with fewer operations: see
-``pyramid_conv``.
+``factorized_pyramid`` (PPM and UPerNet; off by default, on in the fast
+inference copy and with ``TRAIN.fast``) computes the same head with fewer
+operations: see ``pyramid_conv``.
 """
 from __future__ import annotations
 
@@ -109,7 +109,8 @@ def pyramid_conv(conv: nn.Module, top: torch.Tensor,
 
     In a PPM head 80% (ResNet-18) / 50% (ResNet-50) of this convolution's input
     channels are resized branches of 1x1 to 6x6, so this removes that share of
-    its operations. ``conv``: a stride-1, zero-padded ``nn.Conv2d``, or a module
+    its operations; in UPerNet's fusion three of the four FPN levels come from
+    2-8x smaller maps (about 60% fewer operations). ``conv``: a stride-1, zero-padded ``nn.Conv2d``, or a module
     with ``split_forward(top, term)`` (``mit_semseg.fast.FusedConv2d``) that adds
     the term before its fused activation.
     """
@@ -241,6 +242,9 @@ class UPerNet(_Decoder):
     """Unified perceptual parsing: pyramid pooling on the top map + an FPN fused
     at the resolution of the first feature map."""
 
+    # True: the fusion convolution through ``pyramid_conv`` (see PPM).
+    factorized_pyramid = False
+
     def __init__(self, num_class: int = 150, fc_dim: int = 4096, use_softmax: bool = False,
                  pool_scales: Sequence[int] = (1, 2, 3, 6),
                  fpn_inplanes: Sequence[int] = (256, 512, 1024, 2048), fpn_dim: int = 256) -> None:
@@ -274,6 +278,10 @@ class UPerNet(_Decoder):
             levels.append(self.fpn_out[i](f))
         levels.reverse()
 
+        if self.factorized_pyramid:
+            cbr = self.conv_last[0]
+            x = cbr[1:](pyramid_conv(cbr[0], levels[0], levels[1:]))
+            return self.conv_last[1:](x)
         size = levels[0].shape[2:]
         fused = [levels[0]] + [_resize(level, size) for level in levels[1:]]
         return self.conv_last(torch.cat(fused, dim=1))
