@@ -62,6 +62,30 @@ def test_count_gflops_counts_conv_and_linear_macs():
     assert abs(gflops - 2 * macs / 1e9) < 1e-12
 
 
+def test_count_gflops_of_the_factorized_ppm_head():
+    """A PPM head through pyramid_conv: its 3x3 convolution on the top map's
+    channels only, plus the small per-branch products."""
+    from mit_semseg.models.decoders import PPM
+
+    class Enc(nn.Module):
+        def forward(self, x, return_feature_maps=False):
+            return [x]
+
+    dec = PPM(num_class=3, fc_dim=8).eval()
+    x = torch.randn(1, 8, 10, 12)
+    plain = B.count_gflops(Enc(), dec, [x])
+    factorized = B.count_gflops(Enc(), dec, [x], factorized=True)
+    head = 512 * 10 * 12 * (8 + 4 * 512) * 9
+    branches = sum(512 * 8 * s * s for s in (1, 2, 3, 6))
+    classes = 3 * 10 * 12 * 512
+    assert abs(plain - 2 * (head + branches + classes) / 1e9) < 1e-9
+    small = sum(512 * 9 * 512 * s * s + 512 * 10 * 3 * s * 3 * s + 512 * 10 * 12 * 3 * s
+                for s in (1, 2, 3, 6))
+    top = 512 * 10 * 12 * 8 * 9
+    assert abs(factorized - 2 * (top + small + branches + classes) / 1e9) < 1e-9
+    assert not dec.factorized_pyramid  # counted on a copy
+
+
 def test_worker_commands_in_process(tmp_path):
     """The worker protocol, served by this package (same model API as the original)."""
     from mit_semseg.models import ModelBuilder
