@@ -179,9 +179,12 @@ def _images(sizes=((64, 80), (80, 104), (96, 120))):
     return [torch.randn(1, 3, h, w, generator=g) for h, w in sizes]
 
 
-@pytest.mark.parametrize("flip", [False, True])
-def test_fast_engine_equals_engine(flip):
-    enc, dec = _model("mobilenetv2dilated", "c1_deepsup", 320)
+@pytest.mark.parametrize("pair,flip", [(("mobilenetv2dilated", "c1_deepsup", 320), False),
+                                       (("mobilenetv2dilated", "c1_deepsup", 320), True),
+                                       (("resnet18dilated", "ppm_deepsup", 512), False)])
+def test_fast_engine_equals_engine(pair, flip):
+    """Multi-scale through both engines (the PPM head factorized in the fast one)."""
+    enc, dec = _model(*pair)
     imgs = _images()
     plain = InferenceEngine(enc, dec, device="cpu", flip=flip, band_bytes=0)
     quick = fast.FastInferenceEngine(enc, dec, device="cpu", flip=flip,
