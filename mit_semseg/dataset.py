@@ -169,11 +169,13 @@ class BaseDataset(torch.utils.data.Dataset):
                     self.imgMaxSize / float(max(height, width)))
         return max(1, int(height * scale)), max(1, int(width * scale))
 
-    def _multi_scale(self, img: Image.Image) -> list[torch.Tensor]:
-        """One [1, 3, h, w] tensor per imgSizes entry, sides rounded up to padding_constant."""
+    def _multi_scale(self, img: Image.Image,
+                     sizes: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """One [1, 3, h, w] tensor per short side in ``sizes`` (default: imgSizes),
+        sides rounded up to padding_constant."""
         width, height = img.size
         out = []
-        for short in self.imgSizes:
+        for short in (self.imgSizes if sizes is None else sizes):
             h, w = self.scaled_size(height, width, short)
             h = self.round2nearest_multiple(h, self.padding_constant)
             w = self.round2nearest_multiple(w, self.padding_constant)

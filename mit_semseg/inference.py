@@ -396,15 +396,18 @@ class InferenceEngine:
         return out.float()
 
     @torch.inference_mode()
-    def scale_logits(self, img_data: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def scale_logits(self, img_data: Sequence[torch.Tensor],
+                     flip: bool | None = None) -> list[torch.Tensor]:
         """Class scores ``[1, C, h, w]`` (float32, on the engine's device) for every
         resized copy in ``img_data`` (each ``[1, 3, h, w]``, normalised); with
-        ``flip`` each copy is followed by its mirrored run, mirrored back."""
+        ``flip`` (default: the engine's) each copy is followed by its mirrored run,
+        mirrored back."""
+        flip = self.flip if flip is None else bool(flip)
         out = []
         for img in img_data:
             img = img.to(self.device, non_blocking=True)
             out.append(self._logits(img))
-            if self.flip:
+            if flip:
                 out.append(self._logits(img.flip(-1)).flip(-1))
         return out
 
@@ -420,9 +423,9 @@ class InferenceEngine:
         return fuse_banded(logits, out_size, return_probs, self.band_bytes)
 
     def predict(self, img_data: Sequence[torch.Tensor], out_size: tuple[int, int],
-                return_probs: bool = False) -> Prediction:
-        """``fuse(scale_logits(img_data), out_size)``."""
-        logits = self.scale_logits(img_data)
+                return_probs: bool = False, flip: bool | None = None) -> Prediction:
+        """``fuse(scale_logits(img_data, flip), out_size)``."""
+        logits = self.scale_logits(img_data, flip)
         return self.fuse(logits, out_size, return_probs)
 
     def predict_sample(self, sample: Mapping[str, Any], return_probs: bool = False) -> Prediction:
@@ -562,12 +565,15 @@ class Segmenter:
         raise TypeError(f"expected a path, PIL image or numpy array, got {type(image).__name__}")
 
     # ---------------------------------------------------------------- predict
-    def predict(self, image: ImageInput, return_probs: bool = False):
+    def predict(self, image: ImageInput, return_probs: bool = False, *,
+                imgSizes: Sequence[int] | None = None, flip: bool | None = None):
         """Labels (H x W int64 numpy); with ``return_probs`` also the averaged class
-        probabilities ([C, H, W] float32 tensor; full-size, so large for big photos)."""
+        probabilities ([C, H, W] float32 tensor; full-size, so large for big photos).
+        ``imgSizes`` (short sides, e.g. ``[450]`` for single scale) and ``flip``
+        override the configured ones for this call."""
         pil = self._to_pil(image)
-        img_data = self._prep._multi_scale(pil)
-        pred = self.engine.predict(img_data, (pil.size[1], pil.size[0]), return_probs)
+        img_data = self._prep._multi_scale(pil, imgSizes)
+        pred = self.engine.predict(img_data, (pil.size[1], pil.size[0]), return_probs, flip)
         return (pred.labels, pred.probs) if return_probs else pred.labels
 
     def __call__(self, image: ImageInput) -> np.ndarray:
