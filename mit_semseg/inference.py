@@ -368,18 +368,27 @@ class InferenceEngine:
     ``device``: see ``resolve_device``. ``flip``: also average the mirrored
     image. ``precision``: "fp32", or "bf16"/"fp16" autocast for the network
     (fusion always in float32). ``band_bytes``: memory bound of a fusion band;
-    0 selects the full-buffer reference fusion.
+    0 selects the full-buffer reference fusion. ``backend``: a callable with a
+    ``num_class`` attribute run in place of encoder + decoder (e.g.
+    ``onnx_backend.OnnxBackend``; encoder and decoder are then None).
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, *,
+    def __init__(self, encoder: nn.Module | None, decoder: nn.Module | None, *,
                  device: str | int | torch.device | None = "auto", flip: bool = False,
-                 precision: str = "fp32", band_bytes: int = DEFAULT_BAND_BYTES) -> None:
-        if not hasattr(decoder, "logits"):
+                 precision: str = "fp32", band_bytes: int = DEFAULT_BAND_BYTES,
+                 backend: Any = None) -> None:
+        self.backend = backend
+        if backend is not None:
+            if (precision or "fp32").lower() not in ("fp32", "float32"):
+                raise ValueError(f"precision {precision!r} needs the pytorch backend; "
+                                 "the onnxruntime backend runs the exported float32 graph")
+            encoder = decoder = None
+        elif not hasattr(decoder, "logits"):
             raise TypeError(f"{type(decoder).__name__} has no logits(conv_out) method; "
                             "the engine needs class scores before the softmax")
         self.device = resolve_device(device)
-        self.encoder = encoder.to(self.device).eval()
-        self.decoder = decoder.to(self.device).eval()
+        self.encoder = encoder.to(self.device).eval() if encoder is not None else None
+        self.decoder = decoder.to(self.device).eval() if decoder is not None else None
         self.flip = bool(flip)
         self.precision = precision
         self.band_bytes = int(band_bytes)
@@ -387,9 +396,11 @@ class InferenceEngine:
 
     @property
     def num_class(self) -> int:
-        return int(self.decoder.num_class)
+        return int((self.backend or self.decoder).num_class)
 
     def _logits(self, img: torch.Tensor) -> torch.Tensor:
+        if self.backend is not None:
+            return self.backend(img).to(self.device).float()
         with _autocast(self.device, self.precision):
             features = self.encoder(img, return_feature_maps=True)
             out = self.decoder.logits(features)
@@ -462,10 +473,17 @@ def checkpoint_paths(directory: str, checkpoint: str) -> tuple[str, str]:
 def build_engine(cfg: Any, encoder_weights: str, decoder_weights: str, *,
                  device: str | int | torch.device | None = "auto", flip: bool = False,
                  precision: str = "fp32", band_bytes: int = DEFAULT_BAND_BYTES,
-                 fast: bool = False) -> InferenceEngine:
+                 fast: bool = False, backend: str = "pytorch",
+                 onnx_path: str = "") -> InferenceEngine:
     """Build the model described by ``cfg.MODEL`` / ``cfg.DATASET.num_class`` with
     the given weight files and wrap it in an InferenceEngine (``fast``: a
-    ``fast.FastInferenceEngine``, same predictions up to float ties)."""
+    ``fast.FastInferenceEngine``, same predictions up to float ties).
+    ``backend="onnxruntime"``: run ``onnx_path`` instead (weights unused)."""
+    from .onnx_backend import make_backend
+    runner = make_backend(backend, onnx_path, cfg.DATASET.num_class)
+    if runner is not None:
+        return InferenceEngine(None, None, device=device, flip=flip, precision=precision,
+                               band_bytes=band_bytes, backend=runner)
     from .models import ModelBuilder
     encoder = ModelBuilder.build_encoder(
         arch=cfg.MODEL.arch_encoder.lower(), fc_dim=cfg.MODEL.fc_dim, weights=encoder_weights,

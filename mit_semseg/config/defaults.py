@@ -144,6 +144,24 @@ _C.VAL = CN({
     # (mit_semseg/fast.py): faster; scores equal to float rounding, labels may
     # differ only at ties.
     "fast": False,
+    # new: "pytorch" runs encoder + decoder; "onnxruntime" runs the exported
+    # graph VAL.onnx instead (python -m mit_semseg.export; pip install ".[onnx]").
+    # Multi-scale, flip, fusion and the sliding window work alike with both.
+    "backend": "pytorch",
+    # new: path of the .onnx file for backend "onnxruntime" (unused otherwise).
+    "onnx": "",
+    # new: "whole" resizes the photo to each DATASET.imgSizes copy (the
+    # original's way); "slide" tiles the photo at full (or slide_scale)
+    # resolution and averages the scores of overlapping tiles
+    # (mmsegmentation's slide mode; memory bounded; see mit_semseg/slide.py).
+    "mode": "whole",
+    # new: slide mode tile size [height, width] in pixels of the resized photo.
+    "crop_size": [512, 512],
+    # new: slide mode step between tiles [height, width]; <= crop_size.
+    "stride": [341, 341],
+    # new: slide mode resize factor applied to the photo before tiling (1.0:
+    # full resolution); the scores are resized back to the photo's size.
+    "slide_scale": 1.0,
     # new: DataLoader worker processes reading validation images, per evaluation
     # process (the original used 5 in eval.py, 2 in eval_multipro.py).
     "workers": 4,
@@ -168,6 +186,24 @@ _C.TEST = CN({
     # (mit_semseg/fast.py): faster; scores equal to float rounding, labels may
     # differ only at ties.
     "fast": False,
+    # new: "pytorch" runs encoder + decoder; "onnxruntime" runs the exported
+    # graph TEST.onnx instead (python -m mit_semseg.export; pip install ".[onnx]").
+    # Multi-scale, flip, fusion and the sliding window work alike with both.
+    "backend": "pytorch",
+    # new: path of the .onnx file for backend "onnxruntime" (unused otherwise).
+    "onnx": "",
+    # new: "whole" resizes the photo to each DATASET.imgSizes copy (the
+    # original's way); "slide" tiles the photo at full (or slide_scale)
+    # resolution and averages the scores of overlapping tiles
+    # (mmsegmentation's slide mode; memory bounded; see mit_semseg/slide.py).
+    "mode": "whole",
+    # new: slide mode tile size [height, width] in pixels of the resized photo.
+    "crop_size": [512, 512],
+    # new: slide mode step between tiles [height, width]; <= crop_size.
+    "stride": [341, 341],
+    # new: slide mode resize factor applied to the photo before tiling (1.0:
+    # full resolution); the scores are resized back to the photo's size.
+    "slide_scale": 1.0,
     # new: DataLoader worker processes reading test images (the original used 5).
     "workers": 4,
 })

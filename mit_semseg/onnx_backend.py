@@ -1,0 +1,103 @@
+"""onnxruntime backend for the inference engine: runs a file written by
+``python -m mit_semseg.export`` in place of encoder + decoder.
+
+``InferenceEngine(None, None, backend=OnnxBackend(path))`` (or
+``TEST.backend onnxruntime TEST.onnx model.onnx``) keeps everything else of the
+engine: multi-scale copies, flip, band-wise fusion, sliding windows.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["OnnxBackend", "BACKENDS", "decode_metadata", "make_backend"]
+
+BACKENDS = ("pytorch", "onnxruntime")
+
+
+class OnnxBackend:
+    """``backend(img)``: normalised ``[1, 3, h, w]`` tensor -> class scores
+    ``[1, num_class, h', w']`` float32 (CPU tensor), as ``InferenceEngine._logits``.
+
+    ``threads``: onnxruntime intra-op threads (default: ``torch.get_num_threads()``,
+    so both backends use the same cores). ``providers``: onnxruntime execution
+    providers (default: CPU). ``metadata``: the file's metadata, JSON decoded.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
+                 providers: Sequence[str] | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError("the onnxruntime backend needs onnxruntime: "
+                              "pip install -e \".[onnx]\"") from None
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"ONNX model not found: {self.path} (write one with "
+                                    "python -m mit_semseg.export --cfg CFG --onnx FILE)")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads or torch.get_num_threads())
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                self.path, options, providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as exc:  # corrupt or not an ONNX file
+            raise ValueError(f"{self.path}: cannot be loaded by onnxruntime: {exc}") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(f"{self.path}: expected one input and one output, got "
+                             f"{len(inputs)} and {len(outputs)}")
+        self._input, self._output = inputs[0].name, outputs[0].name
+        self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        channels = outputs[0].shape[1] if len(outputs[0].shape) == 4 else None
+        if "num_class" in self.metadata:
+            self.num_class = int(self.metadata["num_class"])
+        elif isinstance(channels, int):
+            self.num_class = channels
+        else:
+            raise ValueError(f"{self.path}: no num_class in the metadata and no fixed class "
+                             "axis in the output; was it written by mit_semseg.export?")
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if img.dim() != 4 or img.shape[0] != 1 or img.shape[1] != 3:
+            raise ValueError(f"expected an image of shape [1, 3, h, w], got {tuple(img.shape)}")
+        x = np.ascontiguousarray(img.detach().to("cpu", torch.float32).numpy())
+        (scores,) = self.session.run([self._output], {self._input: x})
+        return torch.from_numpy(scores)
+
+    def __repr__(self) -> str:
+        return f"OnnxBackend({self.path!r}, num_class={self.num_class})"
+
+
+def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
+    """ONNX metadata_props (strings) with JSON values decoded."""
+    out: dict[str, Any] = {}
+    for key, value in props.items():
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def make_backend(name: str, onnx_path: str, num_class: int | None = None) -> OnnxBackend | None:
+    """None for ``"pytorch"`` (the engine runs encoder + decoder); an ``OnnxBackend``
+    for ``"onnxruntime"``, checked to have ``num_class`` classes. ``name`` and
+    ``onnx_path`` come from the config keys ``TEST.backend``/``TEST.onnx`` (or VAL.*)."""
+    key = str(name or "pytorch").lower()
+    if key not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {list(BACKENDS)}")
+    if key == "pytorch":
+        return None
+    if not onnx_path:
+        raise ValueError("backend 'onnxruntime' needs the path of an exported model "
+                         "(TEST.onnx / VAL.onnx, or onnx_path=...)")
+    backend = OnnxBackend(onnx_path)
+    if num_class is not None and backend.num_class != int(num_class):
+        raise ValueError(f"{onnx_path}: the model has {backend.num_class} classes, the config "
+                         f"DATASET.num_class {num_class}")
+    return backend

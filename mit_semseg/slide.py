@@ -1,0 +1,279 @@
+"""Sliding-window inference: the photo at full (or a chosen) resolution, cut
+into overlapping tiles, with memory bounded whatever the photo size.
+
+Procedure (mmsegmentation's ``slide`` test mode, the convention people know):
+
+1. The photo is resized by ``scale`` (PIL bilinear, as ``TestDataset``;
+   ``scale=1``: used as it is) to ``h x w`` and normalised like ``TestDataset``.
+2. Tiles: along each axis, window ``k`` starts at ``k * stride``; a window that
+   would end past the border is moved back to end on it (so every tile has the
+   full crop size unless the photo is smaller than the crop, when the tile is
+   the whole side); there are ``max(size - crop + stride - 1, 0) // stride + 1``
+   windows per axis and the tiles are all pairs of row and column windows.
+3. Each tile runs through the network (``InferenceEngine._logits``: the
+   PyTorch model or the onnxruntime graph); its class scores (feature
+   resolution) are resized bilinearly (``align_corners=False``) to the tile's
+   pixel size.
+4. Every pixel's scores are the mean of the resized scores of the tiles that
+   cover it (scores, i.e. before the softmax, as mmsegmentation; the sum runs
+   over tiles in row-major order, then divides by the number of tiles).
+5. With ``flip`` every tile also runs mirrored (scores mirrored back); the
+   mirrored runs are averaged into a second copy of step 4.
+6. Each copy's averaged scores are resized bilinearly (``align_corners=False``)
+   from ``h x w`` to the photo's size (nothing to do when ``scale=1``); the
+   probabilities are the mean over copies of their softmax; the label is the
+   class of highest probability (with one copy and no probabilities asked for,
+   the argmax of the scores: the softmax does not change the order).
+
+Memory: nothing of size ``C x H x W`` is held (150 classes on a 12 MP photo
+would be 7 GB). Output rows are produced in bands of ``band_bytes`` (per copy,
+float32 ``rows x w x C``); a tile row runs when the first band it covers is
+reached and its scores (feature resolution, a few MiB) are dropped after the
+last; the rows of a tile's resized scores under a band come from
+``inference.interpolate_rows`` (the same numbers as resizing the whole tile).
+Held at once: the uint8 photo, the int64 labels, at most two tile rows of
+feature-resolution scores, a few band buffers and one tile's activations.
+With ``scale=1`` the scores equal a straightforward implementation holding
+full ``C x H x W`` buffers bit for bit (tests/test_slide.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+__all__ = ["SlideWindow", "MODES", "slide_options", "tile_windows", "slide_predict",
+           "DEFAULT_SLIDE_BAND_BYTES"]
+
+MODES = ("whole", "slide")
+DEFAULT_SLIDE_BAND_BYTES = 16 * 2 ** 20
+
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SlideWindow:
+    """Tile size and step in pixels of the resized photo, as (height, width), and
+    the resize factor applied to the photo first (1.0: full resolution)."""
+
+    crop_size: tuple[int, int] = (512, 512)
+    stride: tuple[int, int] = (341, 341)
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        crop, stride = _pair(self.crop_size, "crop_size"), _pair(self.stride, "stride")
+        if any(s > c for s, c in zip(stride, crop)):
+            raise ValueError(f"stride {stride} larger than crop_size {crop}: pixels between "
+                             "tiles would get no scores")
+        if not self.scale > 0:
+            raise ValueError(f"scale must be > 0, got {self.scale}")
+        object.__setattr__(self, "crop_size", crop)
+        object.__setattr__(self, "stride", stride)
+        object.__setattr__(self, "scale", float(self.scale))
+
+
+def _pair(value: Any, name: str) -> tuple[int, int]:
+    values = [value] if isinstance(value, (int, float)) else list(value)
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or any(int(v) != v or v < 1 for v in values):
+        raise ValueError(f"{name} must be a positive integer or [height, width], got {value!r}")
+    return int(values[0]), int(values[1])
+
+
+def slide_options(node: Any, section: str = "TEST") -> SlideWindow | None:
+    """``SlideWindow`` from a config section (``cfg.TEST`` / ``cfg.VAL``: ``mode``,
+    ``crop_size``, ``stride``, ``slide_scale``); None for ``mode: whole``."""
+    mode = str(node.mode).lower()
+    if mode not in MODES:
+        raise ValueError(f"{section}.mode: unknown inference mode {node.mode!r}; "
+                         f"expected one of {list(MODES)}")
+    if mode == "whole":
+        return None
+    try:
+        return SlideWindow(node.crop_size, node.stride, node.slide_scale)
+    except ValueError as exc:
+        raise ValueError(f"{section}: {exc}") from None
+
+
+def tile_windows(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` of the windows along one axis (see the module docstring)."""
+    count = max(size - crop + stride - 1, 0) // stride + 1
+    out = []
+    for k in range(count):
+        end = min(k * stride + crop, size)
+        out.append((max(end - crop, 0), end))
+    return out
+
+
+def _normalise(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 ``h x w x 3`` -> ``[1, 3, h, w]`` float32 normalised as TestDataset."""
+    from .io import IMAGENET_MEAN, IMAGENET_STD
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+    chw = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).to(torch.float32)
+    return chw.div_(255.0).sub_(mean).div_(std).unsqueeze(0).to(device)
+
+
+def _tile_rows_cl(scores: torch.Tensor, size: tuple[int, int], r0: int, r1: int) -> torch.Tensor:
+    """Rows r0:r1 of the tile's scores resized to ``size``, class-last ``[r1-r0, w, C]``."""
+    from .inference import _SMALL_OUTPUT_SIDES, interpolate_rows
+    if sum(size) > _SMALL_OUTPUT_SIDES:  # else F.interpolate uses another kernel: whole tile
+        try:
+            return interpolate_rows(scores, size, r0, r1)[0].movedim(0, -1)
+        except RuntimeError:  # this platform's kernel cannot be reproduced row-wise
+            pass
+    full = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+    return full[0, :, r0:r1].movedim(0, -1)
+
+
+class _Tiles:
+    """Runs the tile grid one tile row at a time, on demand, keeping the
+    feature-resolution scores of the tile rows still needed."""
+
+    def __init__(self, score_fn: ScoreFn, pixels: np.ndarray, window: SlideWindow,
+                 flip: bool, device: torch.device) -> None:
+        h, w = pixels.shape[:2]
+        self.rows = tile_windows(h, window.crop_size[0], window.stride[0])
+        self.cols = tile_windows(w, window.crop_size[1], window.stride[1])
+        self.score_fn, self.pixels, self.flip, self.device = score_fn, pixels, flip, device
+        self.done: dict[int, list[list[torch.Tensor]]] = {}
+        # tiles covering each row / column; their product is the per-pixel count
+        self.row_count = _coverage(self.rows, h)
+        self.col_count = _coverage(self.cols, w)
+
+    def scores(self, i: int) -> list[list[torch.Tensor]]:
+        """Per column window: the scores of tile (i, j), and of its mirrored run if flip."""
+        if i not in self.done:
+            y0, y1 = self.rows[i]
+            out = []
+            for x0, x1 in self.cols:
+                img = _normalise(self.pixels[y0:y1, x0:x1], self.device)
+                runs = [self.score_fn(img).float()]
+                if self.flip:
+                    runs.append(self.score_fn(img.flip(-1)).float().flip(-1))
+                out.append(runs)
+            self.done[i] = out
+        return self.done[i]
+
+    def release_before(self, row: int) -> None:
+        for i in [i for i in self.done if self.rows[i][1] <= row]:
+            del self.done[i]
+
+
+def _coverage(windows: Sequence[tuple[int, int]], size: int) -> torch.Tensor:
+    count = torch.zeros(size, dtype=torch.float32)
+    for a, b in windows:
+        count[a:b] += 1
+    return count
+
+
+def _score_bands(tiles: _Tiles, size: tuple[int, int], num_class: int,
+                 band_rows: int) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
+    """``(r0, r1, copies)``: each copy's averaged scores of rows r0:r1 at the tiled
+    resolution, class-last ``[r1-r0, w, C]``, bands in order."""
+    h, w = size
+    copies = 2 if tiles.flip else 1
+    col_count = tiles.col_count.to(tiles.device).view(1, w, 1)
+    for r0 in range(0, h, band_rows):
+        r1 = min(r0 + band_rows, h)
+        acc = [torch.zeros((r1 - r0, w, num_class), device=tiles.device) for _ in range(copies)]
+        for i, (y0, y1) in enumerate(tiles.rows):
+            if y0 >= r1 or y1 <= r0:
+                continue
+            a, b = max(r0, y0), min(r1, y1)
+            for (x0, x1), runs in zip(tiles.cols, tiles.scores(i)):
+                for k, scores in enumerate(runs):
+                    acc[k][a - r0:b - r0, x0:x1] += _tile_rows_cl(scores, (y1 - y0, x1 - x0),
+                                                                   a - y0, b - y0)
+        tiles.release_before(r1)
+        count = tiles.row_count[r0:r1].to(tiles.device).view(-1, 1, 1) * col_count
+        yield r0, r1, [x.div_(count) for x in acc]
+
+
+def _axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, ...]:
+    """Source indices and weights of a bilinear resize (align_corners=False) along one axis."""
+    dst = np.arange(out_size, dtype=np.float64)
+    src = np.maximum((dst + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    l1 = (src - i0).astype(np.float32)
+    return i0, i1, (1 - l1).astype(np.float32), l1
+
+
+def _resized_bands(bands: Iterator[tuple[int, int, list[torch.Tensor]]], in_size: tuple[int, int],
+                   out_size: tuple[int, int],
+                   band_rows: int) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
+    """The score bands of ``bands`` bilinearly resized from ``in_size`` to ``out_size``
+    (streaming: only the source rows under the current output band are kept)."""
+    (h, _), (H, W) = in_size, out_size
+    if (h, in_size[1]) == (H, W):
+        yield from bands
+        return
+    i0, i1, l0, l1 = _axis_weights(h, H)
+    held: list[torch.Tensor] | None = None
+    start = end = 0  # source rows start:end are held, horizontally resized to W
+    for R0 in range(0, H, band_rows):
+        R1 = min(R0 + band_rows, H)
+        while end <= i1[R1 - 1]:
+            _, r1, copies = next(bands)
+            wide = [F.interpolate(x.movedim(-1, 0)[None], size=(x.shape[0], W), mode="bilinear",
+                                  align_corners=False)[0].movedim(0, -1) for x in copies]
+            held = wide if held is None else [torch.cat([a, b]) for a, b in zip(held, wide)]
+            end = r1
+        drop = int(i0[R0]) - start
+        if drop > 0:
+            held = [x[drop:] for x in held]
+            start += drop
+        assert held is not None
+        top = torch.from_numpy(i0[R0:R1] - start).to(held[0].device)
+        bottom = torch.from_numpy(i1[R0:R1] - start).to(held[0].device)
+        w0 = torch.from_numpy(l0[R0:R1]).to(held[0].device).view(-1, 1, 1)
+        w1 = torch.from_numpy(l1[R0:R1]).to(held[0].device).view(-1, 1, 1)
+        yield R0, R1, [x.index_select(0, top) * w0 + x.index_select(0, bottom) * w1 for x in held]
+
+
+def _band_rows(width: int, num_class: int, band_bytes: int) -> int:
+    return max(1, int(band_bytes) // (width * num_class * 4))
+
+
+@torch.inference_mode()
+def slide_predict(score_fn: ScoreFn, image: np.ndarray, window: SlideWindow, num_class: int, *,
+                  flip: bool = False, return_probs: bool = False,
+                  device: torch.device | str = "cpu",
+                  band_bytes: int = DEFAULT_SLIDE_BAND_BYTES) -> "Prediction":
+    """Sliding-window prediction of an ``H x W x 3`` uint8 RGB photo (see the module
+    docstring). ``score_fn``: normalised ``[1, 3, h, w]`` -> ``[1, C, h', w']`` scores
+    (``engine._logits``). Returns an ``inference.Prediction`` at ``H x W``."""
+    from .inference import Prediction
+    pixels = np.asarray(image)
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 uint8 image, got {pixels.dtype} {pixels.shape}")
+    device = torch.device(device)
+    H, W = pixels.shape[:2]
+    if window.scale != 1.0:
+        size = (max(1, int(W * window.scale + 0.5)), max(1, int(H * window.scale + 0.5)))
+        pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
+    h, w = pixels.shape[:2]
+    tiles = _Tiles(score_fn, pixels, window, flip, device)
+    bands = _score_bands(tiles, (h, w), num_class, _band_rows(w, num_class, band_bytes))
+    bands = _resized_bands(bands, (h, w), (H, W), _band_rows(W, num_class, band_bytes))
+    labels = np.empty((H, W), dtype=np.int64)
+    probs = torch.empty((H, W, num_class), dtype=torch.float32) if return_probs else None
+    for r0, r1, copies in bands:
+        if len(copies) == 1 and probs is None:
+            best = copies[0].argmax(dim=-1)
+        else:
+            p = None
+            for x in copies:  # the mean of the softmaxes, summed as fuse_full does
+                q = F.softmax(x, dim=-1) / len(copies)
+                p = q if p is None else p + q
+            best = torch.max(p, dim=-1).indices
+            if probs is not None:
+                probs[r0:r1] = p.cpu()
+        labels[r0:r1] = best.cpu().numpy()
+    return Prediction(labels, probs.permute(2, 0, 1) if probs is not None else None)
