@@ -34,6 +34,7 @@ from .inference import (CheckpointNotFoundError, DeviceUnavailableError, Inferen
                         build_engine, checkpoint_paths, describe_labels, resolve_device)
 from .lib.nn import user_scattered_collate
 from .metrics import SegmentationMetrics
+from .slide import SlideWindow, predict_slide, slide_options
 from .utils import class_colors, class_names, colorEncode, find_recursive
 
 __all__ = ["evaluate", "evaluate_multiprocess", "run_test", "result_names", "list_test_images",
@@ -81,10 +82,26 @@ def _save_png(array: np.ndarray, path: str) -> None:
 
 # ============================================================================ evaluation
 
+def _engine(cfg: CfgNode, node: CfgNode, device: Any) -> InferenceEngine:
+    """The engine of ``node`` (cfg.VAL or cfg.TEST): the PyTorch model with
+    ``DIR/{encoder,decoder}_<node.checkpoint>``, or the onnxruntime graph ``node.onnx``."""
+    enc = dec = ""
+    if str(node.backend).lower() != "onnxruntime":
+        enc, dec = checkpoint_paths(cfg.DIR, node.checkpoint)
+    return build_engine(cfg, enc, dec, device=device, flip=node.flip, precision=node.precision,
+                        fast=node.fast, backend=node.backend, onnx_path=node.onnx)
+
+
 def _val_engine(cfg: CfgNode, device: Any) -> InferenceEngine:
-    enc, dec = checkpoint_paths(cfg.DIR, cfg.VAL.checkpoint)
-    return build_engine(cfg, enc, dec, device=device, flip=cfg.VAL.flip,
-                        precision=cfg.VAL.precision, fast=cfg.VAL.fast)
+    return _engine(cfg, cfg.VAL, device)
+
+
+def _predict(engine: InferenceEngine, sample: dict, window: SlideWindow | None,
+             out_size: tuple[int, int]) -> np.ndarray:
+    """Labels of a dataset sample: whole-image multi-scale, or sliding window on ``img_ori``."""
+    if window is not None:
+        return predict_slide(engine, sample["img_ori"], window).labels
+    return engine.predict(sample["img_data"], out_size).labels
 
 
 def _val_dataset(cfg: CfgNode, start: int = -1, end: int = -1) -> ValDataset:
@@ -108,13 +125,14 @@ def _evaluate_part(cfg: CfgNode, engine: InferenceEngine, dataset: ValDataset,
     """Metrics over ``dataset`` (and visualisations named ``names``); total inference seconds."""
     metrics = SegmentationMetrics(cfg.DATASET.num_class)
     colors = class_colors(cfg.DATASET.num_class)
+    window = slide_options(cfg.VAL, "VAL")
     seconds = 0.0
     for i, batch in enumerate(_loader(dataset, cfg.VAL.workers)):
         sample = batch[0]
         label = sample["seg_label"][0].numpy()
         _sync(engine.device)
         tic = time.perf_counter()
-        pred = engine.predict(sample["img_data"], label.shape).labels
+        pred = _predict(engine, sample, window, label.shape)
         _sync(engine.device)
         seconds += time.perf_counter() - tic
         metrics.update(pred, label)
@@ -147,7 +165,8 @@ def _report(metrics: SegmentationMetrics, cfg: CfgNode, seconds: float | None,
     record = {"checkpoint": cfg.VAL.checkpoint, "encoder": enc, "decoder": dec,
               "list_val": cfg.DATASET.list_val,
               "imgSizes": np.atleast_1d(cfg.DATASET.imgSizes).tolist(),
-              "flip": bool(cfg.VAL.flip), "precision": cfg.VAL.precision, **summary}
+              "flip": bool(cfg.VAL.flip), "precision": cfg.VAL.precision,
+              "backend": cfg.VAL.backend, "mode": cfg.VAL.mode, **summary}
     if seconds is not None:
         record["inference_time_per_image_s"] = seconds / max(metrics.num_images, 1)
     path = results_path(cfg)
@@ -200,7 +219,8 @@ def evaluate_multiprocess(cfg: CfgNode, devices: Sequence[str], *, progress: boo
     """``evaluate`` with the list split over one process per entry of ``devices``
     (``"cuda:N"`` or ``"cpu"``; CPU processes share the cores evenly)."""
     stream = stream or sys.stdout
-    checkpoint_paths(cfg.DIR, cfg.VAL.checkpoint)  # fail before starting processes
+    if str(cfg.VAL.backend).lower() != "onnxruntime":
+        checkpoint_paths(cfg.DIR, cfg.VAL.checkpoint)  # fail before starting processes
     samples = _val_dataset(cfg).list_sample
     names = result_names([s["fpath_img"] for s in samples])
     total = len(samples)
@@ -317,10 +337,9 @@ def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = 
     ``TEST.result`` (input folder structure kept) and print the classes found.
     Returns the number of images skipped as unreadable."""
     stream, err = stream or sys.stdout, err or sys.stderr
-    enc, dec = checkpoint_paths(cfg.DIR, cfg.TEST.checkpoint)
+    engine = _engine(cfg, cfg.TEST, device)
+    window = slide_options(cfg.TEST, "TEST")
     paths, names = list_test_images(imgs, cfg.DATASET.root_dataset)
-    engine = build_engine(cfg, enc, dec, device=device, flip=cfg.TEST.flip,
-                          precision=cfg.TEST.precision, fast=cfg.TEST.fast)
     out_dir = cfg.TEST.result
     inputs = {os.path.abspath(p) for p in paths}
     outputs = []
@@ -341,7 +360,7 @@ def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = 
                 bar.write(f"Skipping unreadable image {sample['error']}", file=err)
                 bar.update(1)
                 continue
-            labels = engine.predict_sample(sample).labels
+            labels = _predict(engine, sample, window, sample["img_ori"].shape[:2])
             print(f"Predictions in [{sample['info']}]:", file=stream)
             for share in describe_labels(labels, class_name, min_percent=0.1):
                 print(f"  {share.name}: {share.percent:.2f}%", file=stream)

@@ -525,10 +525,12 @@ class Segmenter:
     """
 
     def __init__(self, engine: InferenceEngine, dataset_opt: Any,
-                 names: Mapping[int, str] | None = None, colors: np.ndarray | None = None) -> None:
+                 names: Mapping[int, str] | None = None, colors: np.ndarray | None = None,
+                 slide: Any = None) -> None:
         from .dataset import TestDataset
         from .utils import class_colors, class_names
         self.engine = engine
+        self.slide = slide  # a slide.SlideWindow: sliding-window mode; None: whole image
         # A one-item TestDataset gives the exact resize/normalise rules of test.py.
         self._prep = TestDataset([{"fpath_img": "<in-memory>"}], dataset_opt)
         self.names = dict(names) if names is not None else class_names(engine.num_class)
@@ -540,16 +542,26 @@ class Segmenter:
                     decoder_weights: str | None = None, device: str | int | None = "auto",
                     opts: Sequence[str] = (), flip: bool | None = None,
                     precision: str | None = None,
-                    band_bytes: int = DEFAULT_BAND_BYTES) -> "Segmenter":
+                    band_bytes: int = DEFAULT_BAND_BYTES, backend: str | None = None,
+                    onnx_path: str | None = None, slide: Any = None) -> "Segmenter":
         """Build from a YAML path (or a loaded cfg). Weights: ``encoder_weights`` and
         ``decoder_weights`` if given, else ``<checkpoint_dir or cfg.DIR>/{encoder,decoder}_
         <checkpoint or cfg.TEST.checkpoint>``. ``flip``/``precision`` default to
-        cfg.TEST.flip / cfg.TEST.precision."""
+        cfg.TEST.flip / cfg.TEST.precision. ``backend`` ("pytorch" | "onnxruntime") and
+        ``onnx_path`` default to cfg.TEST.backend / cfg.TEST.onnx (with onnxruntime no
+        weights are read). ``slide``: a ``slide.SlideWindow``, False for whole-image
+        inference, or None for cfg.TEST.mode / crop_size / stride / slide_scale."""
         from .config import load_cfg
+        from .slide import slide_options
         cfg = load_cfg(config, opts) if isinstance(config, (str, os.PathLike)) else config
+        backend = str(backend or cfg.TEST.backend).lower()
+        if slide is None:
+            slide = slide_options(cfg.TEST, "TEST")
         if (encoder_weights is None) != (decoder_weights is None):
             raise ValueError("give both encoder_weights and decoder_weights, or neither")
-        if encoder_weights is None:
+        if backend == "onnxruntime":
+            encoder_weights = decoder_weights = ""
+        elif encoder_weights is None:
             encoder_weights, decoder_weights = checkpoint_paths(
                 checkpoint_dir or cfg.DIR, checkpoint or cfg.TEST.checkpoint)
         else:
@@ -559,8 +571,9 @@ class Segmenter:
         engine = build_engine(cfg, encoder_weights, decoder_weights, device=device,
                               flip=cfg.TEST.flip if flip is None else flip,
                               precision=precision or cfg.TEST.precision, band_bytes=band_bytes,
-                              fast=cfg.TEST.fast)
-        return cls(engine, cfg.DATASET)
+                              fast=cfg.TEST.fast, backend=backend,
+                              onnx_path=cfg.TEST.onnx if onnx_path is None else onnx_path)
+        return cls(engine, cfg.DATASET, slide=slide or None)
 
     # ---------------------------------------------------------------- inputs
     def _to_pil(self, image: ImageInput) -> Image.Image:
@@ -590,6 +603,13 @@ class Segmenter:
         ``imgSizes`` (short sides, e.g. ``[450]`` for single scale) and ``flip``
         override the configured ones for this call."""
         pil = self._to_pil(image)
+        if self.slide is not None:
+            from .slide import predict_slide
+            if imgSizes is not None:
+                raise ValueError("imgSizes does not apply in sliding-window mode (the tiles "
+                                 "are cut at slide_scale resolution); leave it None")
+            pred = predict_slide(self.engine, np.asarray(pil), self.slide, return_probs, flip)
+            return (pred.labels, pred.probs) if return_probs else pred.labels
         img_data = self._prep._multi_scale(pil, imgSizes)
         pred = self.engine.predict(img_data, (pil.size[1], pil.size[0]), return_probs, flip)
         return (pred.labels, pred.probs) if return_probs else pred.labels

@@ -87,17 +87,22 @@ def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
 def make_backend(name: str, onnx_path: str, num_class: int | None = None) -> OnnxBackend | None:
     """None for ``"pytorch"`` (the engine runs encoder + decoder); an ``OnnxBackend``
     for ``"onnxruntime"``, checked to have ``num_class`` classes. ``name`` and
-    ``onnx_path`` come from the config keys ``TEST.backend``/``TEST.onnx`` (or VAL.*)."""
+    ``onnx_path`` come from the config keys ``TEST.backend``/``TEST.onnx`` (or VAL.*);
+    bad values raise ``ConfigError`` (a missing file FileNotFoundError)."""
+    from .config import ConfigError
     key = str(name or "pytorch").lower()
     if key not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; expected one of {list(BACKENDS)}")
+        raise ConfigError(f"backend: unknown backend {name!r}; expected one of {list(BACKENDS)}")
     if key == "pytorch":
         return None
     if not onnx_path:
-        raise ValueError("backend 'onnxruntime' needs the path of an exported model "
-                         "(TEST.onnx / VAL.onnx, or onnx_path=...)")
-    backend = OnnxBackend(onnx_path)
+        raise ConfigError("backend 'onnxruntime' needs the path of an exported model "
+                          "(TEST.onnx / VAL.onnx, or onnx_path=...)")
+    try:
+        backend = OnnxBackend(onnx_path)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
     if num_class is not None and backend.num_class != int(num_class):
-        raise ValueError(f"{onnx_path}: the model has {backend.num_class} classes, the config "
-                         f"DATASET.num_class {num_class}")
+        raise ConfigError(f"{onnx_path}: the model has {backend.num_class} classes, the config "
+                          f"DATASET.num_class {num_class}")
     return backend

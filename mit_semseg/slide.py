@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 __all__ = ["SlideWindow", "MODES", "slide_options", "tile_windows", "slide_predict",
-           "DEFAULT_SLIDE_BAND_BYTES"]
+           "predict_slide", "DEFAULT_SLIDE_BAND_BYTES"]
 
 MODES = ("whole", "slide")
 DEFAULT_SLIDE_BAND_BYTES = 16 * 2 ** 20
@@ -88,16 +88,17 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
 def slide_options(node: Any, section: str = "TEST") -> SlideWindow | None:
     """``SlideWindow`` from a config section (``cfg.TEST`` / ``cfg.VAL``: ``mode``,
     ``crop_size``, ``stride``, ``slide_scale``); None for ``mode: whole``."""
+    from .config import ConfigError
     mode = str(node.mode).lower()
     if mode not in MODES:
-        raise ValueError(f"{section}.mode: unknown inference mode {node.mode!r}; "
-                         f"expected one of {list(MODES)}")
+        raise ConfigError(f"{section}.mode: unknown inference mode {node.mode!r}; "
+                          f"expected one of {list(MODES)}")
     if mode == "whole":
         return None
     try:
         return SlideWindow(node.crop_size, node.stride, node.slide_scale)
     except ValueError as exc:
-        raise ValueError(f"{section}: {exc}") from None
+        raise ConfigError(f"{section}: {exc}") from None
 
 
 def tile_windows(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
@@ -277,3 +278,12 @@ def slide_predict(score_fn: ScoreFn, image: np.ndarray, window: SlideWindow, num
                 probs[r0:r1] = p.cpu()
         labels[r0:r1] = best.cpu().numpy()
     return Prediction(labels, probs.permute(2, 0, 1) if probs is not None else None)
+
+
+def predict_slide(engine: Any, image: np.ndarray, window: SlideWindow, return_probs: bool = False,
+                  flip: bool | None = None) -> "Prediction":
+    """``slide_predict`` with an ``InferenceEngine``: its network (``_logits``: PyTorch
+    or onnxruntime), device, class count and ``flip`` default."""
+    return slide_predict(engine._logits, image, window, engine.num_class,
+                         flip=engine.flip if flip is None else bool(flip),
+                         return_probs=return_probs, device=engine.device)
