@@ -89,7 +89,7 @@ def _engine(cfg: CfgNode, node: CfgNode, device: Any) -> InferenceEngine:
     if str(node.backend).lower() != "onnxruntime":
         enc, dec = checkpoint_paths(cfg.DIR, node.checkpoint)
     return build_engine(cfg, enc, dec, device=device, flip=node.flip, precision=node.precision,
-                        fast=node.fast, backend=node.backend, onnx_path=node.onnx)
+                        exact=node.exact, backend=node.backend, onnx_path=node.onnx)
 
 
 def _val_engine(cfg: CfgNode, device: Any) -> InferenceEngine:

@@ -29,12 +29,14 @@ Memory: nothing of size ``C x H x W`` is held (150 classes on a 12 MP photo
 would be 7 GB). Output rows are produced in bands of ``band_bytes`` (per copy,
 float32 ``rows x w x C``); a tile row runs when the first band it covers is
 reached and its scores (feature resolution, a few MiB) are dropped after the
-last; the rows of a tile's resized scores under a band come from
-``inference.interpolate_rows`` (the same numbers as resizing the whole tile).
+last; the rows of a tile's resized scores under a band are computed from the
+source rows under them with the row weights ``fusion`` uses (the same numbers
+as resizing the whole tile where ``fusion.banding_exact`` holds).
 Held at once: the uint8 photo, the int64 labels, at most two tile rows of
 feature-resolution scores, a few band buffers and one tile's activations.
-With ``scale=1`` the scores equal a straightforward implementation holding
-full ``C x H x W`` buffers bit for bit (tests/test_slide.py).
+The results equal a straightforward implementation holding full ``C x H x W``
+buffers, bit for bit where ``fusion.banding_exact`` holds, else to float32
+rounding (tests/test_slide.py).
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ __all__ = ["SlideWindow", "MODES", "slide_options", "tile_windows", "slide_predi
            "predict_slide", "DEFAULT_SLIDE_BAND_BYTES"]
 
 MODES = ("whole", "slide")
-DEFAULT_SLIDE_BAND_BYTES = 16 * 2 ** 20
+DEFAULT_SLIDE_BAND_BYTES = 32 * 2 ** 20
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -120,16 +122,40 @@ def _normalise(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
     return chw.div_(255.0).sub_(mean).div_(std).unsqueeze(0).to(device)
 
 
+def _horizontal_cl(rows: torch.Tensor, width: int) -> torch.Tensor:
+    """``[1, C, k, w]`` rows resized to ``width`` (height kept: rows copied exactly),
+    class-last ``[k, width, C]``. Short row sets are padded (last row repeated) so
+    F.interpolate stays on its general kernel, as for whole maps."""
+    from .fusion import _SMALL_OUTPUT_SIDES
+    k = rows.shape[2]
+    need = max(2, _SMALL_OUTPUT_SIDES + 1 - width)
+    if k < need:
+        rows = torch.cat([rows, rows[:, :, -1:].expand(-1, -1, need - k, -1)], dim=2)
+    out = F.interpolate(rows.contiguous(), size=(rows.shape[2], width), mode="bilinear",
+                        align_corners=False)
+    return out[0, :, :k].movedim(0, -1)
+
+
+def _vertical(held: torch.Tensor, base: int, plan: Any, r0: int, r1: int) -> torch.Tensor:
+    """Output rows r0:r1 from class-last source rows ``held`` (first row ``base``):
+    bottom * l1 then a fused multiply-add of top * l0, as the kernel rounds."""
+    top = held.index_select(0, plan.i0[r0:r1] - base)
+    bottom = held.index_select(0, plan.i1[r0:r1] - base)
+    return torch.addcmul(bottom * plan.l1[r0:r1].view(-1, 1, 1), top,
+                         plan.l0[r0:r1].view(-1, 1, 1))
+
+
 def _tile_rows_cl(scores: torch.Tensor, size: tuple[int, int], r0: int, r1: int) -> torch.Tensor:
-    """Rows r0:r1 of the tile's scores resized to ``size``, class-last ``[r1-r0, w, C]``."""
-    from .inference import _SMALL_OUTPUT_SIDES, interpolate_rows
-    if sum(size) > _SMALL_OUTPUT_SIDES:  # else F.interpolate uses another kernel: whole tile
-        try:
-            return interpolate_rows(scores, size, r0, r1)[0].movedim(0, -1)
-        except RuntimeError:  # this platform's kernel cannot be reproduced row-wise
-            pass
-    full = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
-    return full[0, :, r0:r1].movedim(0, -1)
+    """Rows r0:r1 of the tile's scores resized to ``size`` (as ``F.interpolate``),
+    class-last ``[r1-r0, w, C]``, computed from the source rows under them."""
+    from .fusion import _SMALL_OUTPUT_SIDES, _row_plan
+    if sum(size) <= _SMALL_OUTPUT_SIDES or scores.shape[1] <= 3:
+        # F.interpolate uses other kernels here: resize the (small) tile whole
+        full = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+        return full[0, :, r0:r1].movedim(0, -1)
+    plan = _row_plan(scores.shape[2], size[0], scores.device)
+    s0, s1 = int(plan.i0[r0]), int(plan.i1[r1 - 1]) + 1
+    return _vertical(_horizontal_cl(scores[:, :, s0:s1], size[1]), s0, plan, r0, r1)
 
 
 class _Tiles:
@@ -196,46 +222,37 @@ def _score_bands(tiles: _Tiles, size: tuple[int, int], num_class: int,
         yield r0, r1, [x.div_(count) for x in acc]
 
 
-def _axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, ...]:
-    """Source indices and weights of a bilinear resize (align_corners=False) along one axis."""
-    dst = np.arange(out_size, dtype=np.float64)
-    src = np.maximum((dst + 0.5) * (in_size / out_size) - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    l1 = (src - i0).astype(np.float32)
-    return i0, i1, (1 - l1).astype(np.float32), l1
-
-
 def _resized_bands(bands: Iterator[tuple[int, int, list[torch.Tensor]]], in_size: tuple[int, int],
-                   out_size: tuple[int, int],
+                   out_size: tuple[int, int], num_class: int, device: torch.device,
                    band_rows: int) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
     """The score bands of ``bands`` bilinearly resized from ``in_size`` to ``out_size``
-    (streaming: only the source rows under the current output band are kept)."""
-    (h, _), (H, W) = in_size, out_size
-    if (h, in_size[1]) == (H, W):
+    as ``F.interpolate`` would resize the whole map (streaming: only the source rows
+    under the current output band are held, horizontally resized)."""
+    from .fusion import _SMALL_OUTPUT_SIDES, _row_plan
+    (h, w), (H, W) = in_size, out_size
+    if (h, w) == (H, W):
         yield from bands
         return
-    i0, i1, l0, l1 = _axis_weights(h, H)
-    held: list[torch.Tensor] | None = None
-    start = end = 0  # source rows start:end are held, horizontally resized to W
+    if H + W <= _SMALL_OUTPUT_SIDES or num_class <= 3:
+        # F.interpolate uses other kernels here, and the map is small: resize it whole
+        whole = [torch.cat(rows) for rows in zip(*(copies for _, _, copies in bands))]
+        yield 0, H, [F.interpolate(x.movedim(-1, 0)[None], size=(H, W), mode="bilinear",
+                                   align_corners=False)[0].movedim(0, -1) for x in whole]
+        return
+    plan = _row_plan(h, H, device)
+    i0, i1 = plan.i0.tolist(), plan.i1.tolist()
+    held: list[torch.Tensor] = []
+    start = end = 0  # source rows start:end are held
     for R0 in range(0, H, band_rows):
         R1 = min(R0 + band_rows, H)
         while end <= i1[R1 - 1]:
-            _, r1, copies = next(bands)
-            wide = [F.interpolate(x.movedim(-1, 0)[None], size=(x.shape[0], W), mode="bilinear",
-                                  align_corners=False)[0].movedim(0, -1) for x in copies]
-            held = wide if held is None else [torch.cat([a, b]) for a, b in zip(held, wide)]
-            end = r1
-        drop = int(i0[R0]) - start
-        if drop > 0:
-            held = [x[drop:] for x in held]
-            start += drop
-        assert held is not None
-        top = torch.from_numpy(i0[R0:R1] - start).to(held[0].device)
-        bottom = torch.from_numpy(i1[R0:R1] - start).to(held[0].device)
-        w0 = torch.from_numpy(l0[R0:R1]).to(held[0].device).view(-1, 1, 1)
-        w1 = torch.from_numpy(l1[R0:R1]).to(held[0].device).view(-1, 1, 1)
-        yield R0, R1, [x.index_select(0, top) * w0 + x.index_select(0, bottom) * w1 for x in held]
+            _, end, copies = next(bands)
+            wide = [_horizontal_cl(x.movedim(-1, 0)[None], W) for x in copies]
+            held = wide if not held else [torch.cat([a, b]) for a, b in zip(held, wide)]
+        if i0[R0] > start:
+            held = [x[i0[R0] - start:] for x in held]
+            start = i0[R0]
+        yield R0, R1, [_vertical(x, start, plan, R0, R1) for x in held]
 
 
 def _band_rows(width: int, num_class: int, band_bytes: int) -> int:
@@ -250,7 +267,7 @@ def slide_predict(score_fn: ScoreFn, image: np.ndarray, window: SlideWindow, num
     """Sliding-window prediction of an ``H x W x 3`` uint8 RGB photo (see the module
     docstring). ``score_fn``: normalised ``[1, 3, h, w]`` -> ``[1, C, h', w']`` scores
     (``engine._logits``). Returns an ``inference.Prediction`` at ``H x W``."""
-    from .inference import Prediction
+    from .fusion import Prediction
     pixels = np.asarray(image)
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 uint8 image, got {pixels.dtype} {pixels.shape}")
@@ -262,7 +279,8 @@ def slide_predict(score_fn: ScoreFn, image: np.ndarray, window: SlideWindow, num
     h, w = pixels.shape[:2]
     tiles = _Tiles(score_fn, pixels, window, flip, device)
     bands = _score_bands(tiles, (h, w), num_class, _band_rows(w, num_class, band_bytes))
-    bands = _resized_bands(bands, (h, w), (H, W), _band_rows(W, num_class, band_bytes))
+    bands = _resized_bands(bands, (h, w), (H, W), num_class, device,
+                           _band_rows(W, num_class, band_bytes))
     labels = np.empty((H, W), dtype=np.int64)
     probs = torch.empty((H, W, num_class), dtype=torch.float32) if return_probs else None
     for r0, r1, copies in bands:
