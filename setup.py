@@ -22,7 +22,12 @@ setuptools.setup(
     package_dir={"mit_semseg.data": "data"},
     package_data={"mit_semseg.data": ["color150.mat", "object150_info.csv"]},
     install_requires=["torch>=2.1", "numpy", "scipy", "pillow", "yacs", "tqdm"],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        # ONNX export (python -m mit_semseg.export) and the onnxruntime backend;
+        # lowest versions tested: onnx 1.17.0, onnxruntime 1.19.0 (numpy 2).
+        "onnx": ["onnx>=1.17", "onnxruntime>=1.19"],
+        "test": ["pytest", "onnx>=1.17", "onnxruntime>=1.19"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Operating System :: OS Independent",
