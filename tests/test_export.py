@@ -227,3 +227,30 @@ def test_numpy_only_inference_matches_the_package(exported):
         ref = seg.predict(photo, imgSizes=[40])
         assert ours.shape == (h, w)
         assert (ours == ref).mean() >= 0.999
+
+
+class _StubEncoder(nn.Module):
+    """Stride-8 features, enough to drive a PPM head at odd feature sizes."""
+
+    def __init__(self, fc_dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, fc_dim, 3, stride=8, padding=1)
+
+    def forward(self, x, return_feature_maps=False):
+        return [self.conv(x)]
+
+
+def test_dynamo_exporter_pools_correctly_at_odd_sizes(tmp_path):
+    pytest.importorskip("onnxscript")  # the dynamo exporter's dependency (not in the extras)
+    torch.manual_seed(0)
+    dec = ModelBuilder.build_decoder("ppm", 16, 6, "", use_softmax=True)
+    net = ScoreNetwork(_StubEncoder(16), dec).eval()
+    path = str(tmp_path / "dynamo.onnx")
+    export_onnx(exportable(net), path, exporter="dynamo", opset=18)
+    diff_abs, diff_rel = compare_onnx(path, net, sizes=ODD_SIZES)
+    assert diff_rel < 1e-4, (diff_abs, diff_rel)
+
+
+def test_unknown_exporter_is_named():
+    with pytest.raises(ValueError, match=r"unknown exporter 'jit'.*'auto', 'torchscript', 'dynamo'"):
+        export_onnx(nn.Identity(), "x.onnx", exporter="jit")

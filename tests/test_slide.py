@@ -141,3 +141,28 @@ def test_slide_options_from_config_and_errors():
         slide_options(node, "TEST")
     with pytest.raises(ValueError, match="crop_size must be a positive integer"):
         SlideWindow((0, 10), (1, 1))
+
+
+def test_slide_through_the_engine_and_segmenter(tmp_path):
+    """A real encoder/decoder through InferenceEngine._logits (the default inference
+    copy): Segmenter in slide mode equals the reference run with the same network."""
+    from mit_semseg.inference import InferenceEngine, Segmenter
+    from mit_semseg.config import load_cfg
+    from mit_semseg.models import ModelBuilder
+    torch.manual_seed(0)
+    enc = ModelBuilder.build_encoder("resnet18dilated", 512, "", pretrained=False)
+    dec = ModelBuilder.build_decoder("c1", 512, 8, "", use_softmax=True)
+    engine = InferenceEngine(enc, dec, device="cpu", flip=True)
+    cfg = load_cfg(None, ["DATASET.num_class", "8"])
+    window = SlideWindow((64, 80), (40, 50))
+    seg = Segmenter(engine, cfg.DATASET, slide=window)
+    image = _photo(101, 139, seed=5)
+    labels, probs = seg.predict(image, return_probs=True)
+    with torch.inference_mode():
+        ref = _reference(engine._logits, image, window, 8, flip=True)
+    assert torch.allclose(probs.permute(1, 2, 0), ref, rtol=0, atol=1e-6)
+    assert (labels == ref.argmax(-1).numpy()).mean() > 0.999
+    # per-call flip override
+    with torch.inference_mode():
+        ref = _reference(engine._logits, image, window, 8, flip=False)
+    assert (seg.predict(image, flip=False) == ref.argmax(-1).numpy()).mean() > 0.999
