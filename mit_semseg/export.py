@@ -49,7 +49,7 @@ EXPORTERS = ("auto", "torchscript", "dynamo")
 FORMAT_VERSION = "1"
 
 
-# ============================================================================ export-friendly modules
+# ============================================================================ exportable modules
 
 def _pool_matrix(n: Any, bins: int, like: torch.Tensor) -> torch.Tensor:
     """``[bins, n]`` averaging weights of adaptive average pooling along one axis:
@@ -233,9 +233,10 @@ def compare_onnx(path: str, network: nn.Module, sizes: Sequence[tuple[int, int]]
 
 def _build(cfg: Any, encoder_weights: str, decoder_weights: str) -> ScoreNetwork:
     from .models import ModelBuilder
-    encoder = ModelBuilder.build_encoder(arch=cfg.MODEL.arch_encoder.lower(), fc_dim=cfg.MODEL.fc_dim,
+    model = cfg.MODEL
+    encoder = ModelBuilder.build_encoder(arch=model.arch_encoder.lower(), fc_dim=model.fc_dim,
                                          weights=encoder_weights, pretrained=False)
-    decoder = ModelBuilder.build_decoder(arch=cfg.MODEL.arch_decoder.lower(), fc_dim=cfg.MODEL.fc_dim,
+    decoder = ModelBuilder.build_decoder(arch=model.arch_decoder.lower(), fc_dim=model.fc_dim,
                                          num_class=cfg.DATASET.num_class, weights=decoder_weights,
                                          use_softmax=True)
     return ScoreNetwork(encoder, decoder).eval()
@@ -263,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="largest accepted onnxruntime vs PyTorch score difference, relative "
                              f"to the largest score (default {DEFAULT_TOLERANCE:g})")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
+    parser.add_argument("opts", nargs=argparse.REMAINDER,
+                        help="config overrides as KEY VALUE pairs")
     args = parser.parse_args(argv)
 
     from .config import ConfigError, load_cfg

@@ -46,7 +46,7 @@ def _reference(score_fn, image: np.ndarray, window: SlideWindow, num_class: int,
     for (mirrored,) in copies:
         total = torch.zeros(1, num_class, h, w)
         count = torch.zeros(1, 1, h, w)
-        for y0, y1 in tile_windows(h, *window.crop_size[:1], window.stride[0]):
+        for y0, y1 in tile_windows(h, window.crop_size[0], window.stride[0]):
             for x0, x1 in tile_windows(w, window.crop_size[1], window.stride[1]):
                 tile = img[:, :, y0:y1, x0:x1]
                 s = score_fn(tile.flip(-1)).flip(-1) if mirrored else score_fn(tile)
@@ -66,7 +66,8 @@ def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
     img = np.zeros((h, w, 3))
     for _ in range(6):
         cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(10, 60)
-        img += rng.uniform(0, 255, 3) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r ** 2)[..., None]
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r ** 2)
+        img += rng.uniform(0, 255, 3) * blob[..., None]
     img += rng.normal(0, 12, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -119,9 +120,10 @@ def test_photo_smaller_than_the_crop_is_one_whole_tile():
     net, C = _TinyNet(12).eval(), 12
     image = _photo(40, 57, seed=3)
     got = slide_predict(net, image, SlideWindow((512, 512), (341, 341)), C, return_probs=True)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
-        img = (torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255.0
-               - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        img = (torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255.0 - mean) / std
         whole = F.interpolate(net(img), size=(40, 57), mode="bilinear", align_corners=False)
     np.testing.assert_array_equal(got.labels, whole[0].argmax(0).numpy())
 
