@@ -160,8 +160,10 @@ def cmd_slide(args) -> None:
     else:
         engine = InferenceEngine(enc, dec, device="cpu")
     window = SlideWindow((args.crop, args.crop), (args.stride, args.stride), args.scale)
-    # warm-up on a small photo: allocator pools, row plans, one-time checks
-    predict_slide(engine, photo[:600, :800].copy(), window)
+    # warm-up on a photo of two by two tiles: allocator pools, row plans, one-time
+    # checks, one full tile's activations (so the peak below is the slide's own)
+    side = int((args.crop + args.stride) / args.scale) + 1
+    predict_slide(engine, photo[:side, :side].copy(), window)
     before = _rss_mib()
     t = time.perf_counter()
     pred = predict_slide(engine, photo, window)
