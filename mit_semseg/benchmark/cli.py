@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", nargs="+", default=None,
                    help="take pairs, class count and multi-scale settings from config files")
     p.add_argument("--sections", type=_csv, default=None,
-                   help=f"what to measure, some of {','.join(SECTIONS)} (default: all but "
-                        "testpy, which times test.py as whole processes)")
+                   help=f"what to measure, some of {','.join(SECTIONS)}; unset: all but "
+                        "testpy, which times test.py as whole processes")
     p.add_argument("--methods", type=_csv, default=["plain", "exact", "default"],
                    help="inference methods: plain (this package's modules, the original's "
                         "procedure), exact (InferenceEngine(exact=True)), default "
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "TRAIN.precision with its GradScaler)")
     p.add_argument("--size", type=int, default=512, help="single-scale image side")
     p.add_argument("--photo", type=_size_pair, default=(480, 640),
-                   help="multi-scale photo size HxW")
+                   help="photo size HxW of multi-scale inference and testpy")
     p.add_argument("--scales", type=lambda t: tuple(int(x) for x in _csv(t)),
                    default=DEFAULT_SCALES, help="multi-scale short sides (DATASET.imgSizes)")
     p.add_argument("--max-size", type=int, default=1000, help="DATASET.imgMaxSize")
