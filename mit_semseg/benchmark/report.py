@@ -181,7 +181,8 @@ def _testpy(results: dict[str, Any]) -> list[str]:
             table.append([r["pair"] if i == 0 else "", str(r["imgSizes"]) if i == 0 else "",
                           name, _spread(e["seconds"]), _fmt(e["img_per_s"]), _speedup(e), cell])
     h, w = t["size"]
-    out = [f"\ntest.py, whole process, {t['images']} images {w}x{h}: seconds per run, "
+    images = f"{t['images']} image{'s' if t['images'] != 1 else ''}"
+    out = [f"\ntest.py, whole process, {images} {w}x{h}: seconds per run, "
            "median [min-max]; labels from the output PNGs",
            _table(["pair", "imgSizes", "method", "seconds", "img/s", "speedup",
                    "labels = ref"], table)]
