@@ -11,8 +11,8 @@ as a subprocess, timed wall-clock, variants alternated, multi-scale (the
 ``--scales``) and single-scale (the middle scale; only this with one scale).
 Variants: ``default``, ``exact`` (``TEST.exact True``) and, with
 ``--compare-original PYTHON --original-repo DIR``, ``original`` (DIR/test.py
-run by PYTHON in DIR; the original's test.py needs CUDA, on a CPU it fails and
-the report says so).
+run by PYTHON in DIR; on a CPU through ``cpu_shim.py``, which makes its CUDA
+calls no-ops; if it fails anyway the report says so).
 Labels are compared through the prediction half of the output PNGs.
 """
 from __future__ import annotations
@@ -109,7 +109,11 @@ def _command(bench: Bench, method: str, cfg: str, ckpt: str, imgs: str, out: str
     if method == "original":
         env.pop("PYTHONPATH", None)
         gpu = str(dev.index or 0)
-        return ([a.compare_original, os.path.join(a.original_repo, "test.py"), "--imgs", imgs,
+        script = os.path.join(a.original_repo, "test.py")
+        # on a CPU its CUDA calls become no-ops (cpu_shim.py)
+        shim = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_shim.py")] \
+            if dev.type == "cpu" else []
+        return ([a.compare_original, "-P", *shim, script, "--imgs", imgs,
                  "--cfg", cfg, "--gpu", gpu, *opts], a.original_repo, env)
     gpu = "cpu" if dev.type == "cpu" else str(dev.index or 0)
     extra = ["TEST.exact", "True"] if method == "exact" else []
