@@ -12,8 +12,18 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from mit_semseg.lib.nn import SynchronizedBatchNorm2d
+
 from . import decoders as _dec
+from . import hrnet, mobilenet, resnet, resnext  # noqa: F401 (the original's module attributes)
+from ._layers import conv3x3_bn_relu  # noqa: F401
+from .decoders import C1, PPM, C1DeepSup, PPMDeepsup, UPerNet  # noqa: F401
+from .mobilenet import MobileNetV2Dilated  # noqa: F401
+from .resnet import Resnet, ResnetDilated  # noqa: F401
 from .weights import DEFAULT_PRETRAINED_DIR, WeightsError, load_weights, read_state_dict
+
+# The original's names for the building blocks, kept so that old imports resolve.
+BatchNorm2d = SynchronizedBatchNorm2d
 
 EncoderFactory = Callable[[bool, str], nn.Module]
 
