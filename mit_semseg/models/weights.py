@@ -14,6 +14,8 @@ from typing import Callable, Iterable, Mapping
 import torch
 import torch.nn as nn
 
+from mit_semseg.checkpoint import CheckpointError, load_file
+
 DEFAULT_PRETRAINED_DIR = "./pretrained"
 
 
@@ -29,12 +31,10 @@ def read_state_dict(path: str, map_location=None) -> dict[str, torch.Tensor]:
     A file holding ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped and a
     ``module.`` prefix (left by DataParallel / DDP) is removed.
     """
-    if not os.path.isfile(path):
-        raise WeightsError(f"weights file not found: {path}")
     try:
-        obj = torch.load(path, map_location=map_location or "cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated or not a torch file
-        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
+        obj = load_file(path, "weights file", map_location or "cpu")
+    except CheckpointError as exc:  # missing, damaged, or more than tensors: one-line message
+        raise WeightsError(str(exc)) from exc
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
             obj = obj[wrapper]
