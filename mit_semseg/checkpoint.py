@@ -137,13 +137,12 @@ def load_file(path: str, what: str = "checkpoint", map_location: Any = "cpu") ->
 
 def _unreadable_message(path: str, what: str, exc: Exception) -> str:
     text = str(exc)
-    if "Weights only load failed" in text:
+    if "Weights only load failed" in text and "Unsupported global" in text:
         return (f"{what} {path} holds Python objects besides tensors and cannot be loaded "
                 f"safely (torch.load weights_only=True); re-save it as a plain state dict")
     size = os.path.getsize(path)
-    first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return (f"{what} {path} is damaged (truncated or corrupt, {size} bytes); "
-            f"download or copy it again ({first_line})")
+    return (f"{what} {path} is damaged (truncated or corrupt, {size} bytes; "
+            f"{type(exc).__name__}); download or copy it again")
 
 
 def load_training_state(path: str) -> dict:
