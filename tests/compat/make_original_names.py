@@ -11,8 +11,8 @@ names (``modules``) are its top-level functions, classes, assigned names and
 names bound by ``from <mit_semseg module> import name``, plus ``__all__`` and
 what ``from .m import *`` brings in; names starting with ``_`` are private.
 Names a module merely imports from a third-party package (``from torch.autograd
-import Variable``) are listed apart (``third_party``: module -> {name: source
-module}); plain ``import x`` is not counted. The vendored test-suite of the synchronized
+import Variable``) are listed apart (``third_party``: module -> {name:
+"source.module:original_name"}); plain ``import x`` is not counted. The vendored test-suite of the synchronized
 BatchNorm (``lib/nn/modules/tests``) is not part of the API and is left out.
 
 For every public function and class the parameter names are recorded too
@@ -89,7 +89,7 @@ def _scan(module: str, is_package: bool, source: str) -> tuple[set, list, dict, 
                 elif source_module.split(".")[0] == "mit_semseg":
                     names.add(alias.asname or alias.name)
                 else:
-                    foreign[alias.asname or alias.name] = source_module
+                    foreign[alias.asname or alias.name] = f"{source_module}:{alias.name}"
     if declared_all is not None:
         names.update(declared_all)
     names -= set(foreign) - set(declared_all or ())

@@ -7,9 +7,14 @@ import numpy as np
 import torch
 from torch.autograd import Variable  # noqa: F401 (as the original)
 
-from mit_semseg.lib.utils.th import as_numpy
+from mit_semseg.lib.utils import th
 
 __all__ = ["TorchTestCase", "as_numpy"]
+
+
+def as_numpy(v: torch.Tensor) -> np.ndarray:
+    """``v`` (detached, on the CPU) as a numpy array."""
+    return th.as_numpy(v)
 
 
 class TorchTestCase(unittest.TestCase):

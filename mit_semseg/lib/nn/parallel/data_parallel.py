@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 from torch.nn.parallel import gather
+from torch.nn.parallel._functions import Gather  # noqa: F401 (the original exposed it here)
 
 __all__ = ["UserScatteredDataParallel", "DictGatherDataParallel", "user_scattered_collate",
            "async_copy_to", "dict_gather"]
