@@ -36,8 +36,8 @@ from .inference import (CheckpointNotFoundError, DeviceUnavailableError, Inferen
 from .lib.nn import user_scattered_collate
 from .metrics import SegmentationMetrics
 from .models import WeightsError
-from .utils import (class_colors, class_names, colorEncode, cpu_count, find_recursive,
-                    loader_workers)
+from .utils import (IMAGE_EXTENSIONS, class_colors, class_names, colorEncode, cpu_count,
+                    find_recursive, loader_workers)
 
 __all__ = ["evaluate", "evaluate_multiprocess", "run_test", "result_names", "list_test_images",
            "results_path", "eval_main", "eval_multipro_main", "test_main"]
@@ -265,7 +265,7 @@ def list_test_images(spec: str, root_dataset: str = "") -> tuple[list[str], list
     ``root_dataset``, then next to the list (names follow the listed paths).
     """
     if os.path.isdir(spec):
-        paths = find_recursive(spec)
+        paths = find_recursive(spec, IMAGE_EXTENSIONS)
         if not paths:
             raise FileNotFoundError(f"--imgs {spec}: no images (.jpg .jpeg .png .bmp .webp .tif) "
                                     f"found in this folder or below")

@@ -48,9 +48,10 @@ def setup_logger(distributed_rank: int = 0, filename: str | None = "log.txt") ->
 
 # ----------------------------------------------------------------------------- files
 
-def find_recursive(root_dir: str, ext: str | Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
+def find_recursive(root_dir: str, ext: str | Sequence[str] = ".jpg") -> list[str]:
     """Files under ``root_dir`` (recursively, sorted) whose name ends with ``ext``
-    (a suffix or a sequence of them), compared case-insensitively."""
+    (a suffix or a sequence of them, e.g. ``IMAGE_EXTENSIONS``), compared
+    case-insensitively. The default is the original's ``.jpg``."""
     exts = (ext,) if isinstance(ext, str) else tuple(ext)
     exts = tuple(e.lower() for e in exts)
     found = []

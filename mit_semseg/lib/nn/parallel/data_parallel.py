@@ -24,15 +24,16 @@ Device = Union[int, str, torch.device]
 def async_copy_to(obj: Any, dev: Device, main_stream: Optional[torch.cuda.Stream] = None) -> Any:
     """Copy every tensor in ``obj`` (nested dicts, lists, tuples) to ``dev`` without blocking.
 
-    ``dev`` is a CUDA index or any torch device. Dicts come back as ``dict``,
+    ``dev`` is a CUDA index (int, or digits as a string: copied with
+    ``Tensor.cuda``, as the original) or any torch device. Dicts come back as ``dict``,
     lists as ``list``, tuples (named ones too) as their own type; strings and
     other objects are returned unchanged. When the copy runs on a side stream,
     pass the stream that will use the result as ``main_stream`` so the
     allocator keeps the memory alive for it.
     """
     if torch.is_tensor(obj):
-        if isinstance(dev, int):  # a CUDA index, as in the original: Tensor.cuda(dev)
-            moved = obj.cuda(dev, non_blocking=True)
+        if isinstance(dev, int) or (isinstance(dev, str) and dev.isdigit()):
+            moved = obj.cuda(int(dev), non_blocking=True)  # a CUDA index, as in the original
         else:
             moved = obj.to(torch.device(dev), non_blocking=True)
         if main_stream is not None and moved.is_cuda and moved is not obj:
