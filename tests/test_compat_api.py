@@ -202,3 +202,17 @@ def test_torch_test_case_compares_tensors() -> None:
     case.assertTensorClose(torch.ones(2), torch.ones(2) + 1e-4)
     with pytest.raises(AssertionError, match="max abs diff"):
         case.assertTensorClose(torch.ones(2), torch.zeros(2))
+
+
+def test_segmentation_module_takes_a_one_batch_list() -> None:
+    """The original train.py on one device passes the loader's [batch] as it is."""
+    from mit_semseg.models import SegmentationModule
+    torch.manual_seed(0)
+    enc = ModelBuilder.build_encoder("resnet18dilated", 512, pretrained=False)
+    dec = ModelBuilder.build_decoder("c1", 512, 4)
+    module = SegmentationModule(enc, dec, torch.nn.NLLLoss(ignore_index=-1)).eval()
+    batch = {"img_data": torch.randn(1, 3, 32, 32), "seg_label": torch.randint(-1, 4, (1, 4, 4))}
+    with torch.no_grad():
+        loss, acc = module([batch])
+        ref_loss, ref_acc = module(batch)
+    assert torch.equal(loss, ref_loss) and torch.equal(acc, ref_acc)
