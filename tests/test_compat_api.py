@@ -216,3 +216,14 @@ def test_segmentation_module_takes_a_one_batch_list() -> None:
         loss, acc = module([batch])
         ref_loss, ref_acc = module(batch)
     assert torch.equal(loss, ref_loss) and torch.equal(acc, ref_acc)
+
+
+def test_old_dataloader_module_maps_onto_torch() -> None:
+    from mit_semseg.lib.utils.data import dataloader
+    loader = dataloader.DataLoader(torch.utils.data.TensorDataset(torch.arange(4)), batch_size=2)
+    assert isinstance(iter(loader), dataloader.DataLoaderIter)
+    assert [b[0].tolist() for b in loader] == [[0, 1], [2, 3]]
+    assert torch.equal(dataloader.default_collate([torch.ones(2), torch.zeros(2)]),
+                       torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    assert dataloader.numpy_type_map["float32"] is torch.FloatTensor
+    assert dataloader.numpy_type_map[str(np.zeros(1, np.int64).dtype)] is torch.LongTensor

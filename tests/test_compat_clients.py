@@ -55,7 +55,7 @@ def run_client(folder: str, *argv: str) -> subprocess.CompletedProcess:
 
 def test_test_client_prints_and_writes_what_the_original_did(scene) -> None:
     folder, cfg = scene
-    res = run_client(folder, "client_test.py", "--imgs", "data/images/validation", "--cfg", cfg,
+    res = run_client(folder, "client_test_script.py", "--imgs", "data/images/validation", "--cfg", cfg,
                      "--gpu", "0")
     blocks = re.findall(r"Predictions in \[.*?(scene_\d+)\.jpg\]:\n((?:  .*\n)*)", res.stdout)
     got = {name: " ".join(line.strip() for line in body.splitlines()) for name, body in blocks}

@@ -45,7 +45,7 @@ def client_commands(folder: str) -> dict[str, list[str]]:
     """name -> client argv (run by run_client.py in ``folder``)."""
     cfg = os.path.join(folder, "scene.yaml")
     return {
-        "test": ["client_test.py", "--imgs", "data/images/validation", "--cfg", cfg, "--gpu", "0"],
+        "test": ["client_test_script.py", "--imgs", "data/images/validation", "--cfg", cfg, "--gpu", "0"],
         "eval": ["client_eval.py", "--cfg", cfg, "--gpu", "0"],
         "eval_multipro": ["client_eval_multipro.py", "--cfg", cfg, "--gpus", "0-1"],
         "train": ["client_train.py", "--cfg", cfg, "--gpus", "0", "DATASET.imgSizes", "(48,)",
