@@ -35,8 +35,8 @@ CLIENTS = os.path.join(HERE, "clients")
 _VOLATILE = [(re.compile(r"Inference Time: [\d.]+s"), "Inference Time: <t>s"),
              (re.compile(r"^\[\d{4}-.*$", re.M), "<log line>")]
 # Printed by the original's ModelBuilder and datasets; this package logs them instead.
-_ORIGINAL_CHATTER = re.compile(r"^(Loading weights for net_(encoder|decoder)|# samples: \d+)\n",
-                               re.M)
+# (Child processes may print them into the middle of a parent's line.)
+_ORIGINAL_CHATTER = re.compile(r"(Loading weights for net_(encoder|decoder)|# samples: \d+)\n")
 # A counter torch's BatchNorm keeps and the original's never advanced (no effect on results).
 _COUNTERS = ("num_batches_tracked",)
 
