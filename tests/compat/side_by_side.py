@@ -36,7 +36,7 @@ _VOLATILE = [(re.compile(r"Inference Time: [\d.]+s"), "Inference Time: <t>s"),
              (re.compile(r"^\[\d{4}-.*$", re.M), "<log line>")]
 # Printed by the original's ModelBuilder and datasets; this package logs them instead.
 # (Child processes may print them into the middle of a parent's line.)
-_ORIGINAL_CHATTER = re.compile(r"(Loading weights for net_(encoder|decoder)|# samples: \d+)\n")
+_ORIGINAL_CHATTER = re.compile(r"(Loading weights for net_(encoder|decoder)|# samples: \d+)\n?")
 # A counter torch's BatchNorm keeps and the original's never advanced (no effect on results).
 _COUNTERS = ("num_batches_tracked",)
 
@@ -132,6 +132,7 @@ def main(original_python: str, work: str) -> int:
         b = masked(orig.stdout.replace(orig_dir, "<dir>"))
         chatter = len(_ORIGINAL_CHATTER.findall(b))
         b = _ORIGINAL_CHATTER.sub("", b)
+        a, b = ("\n".join(line for line in text.splitlines() if line.strip()) for text in (a, b))
         print(f"\n===== {name}: exit codes ours {ours.returncode}, original {orig.returncode} "
               f"(left out: {chatter} 'Loading weights'/'# samples' lines only the original prints)")
         width = max((len(line) for line in a.splitlines()), default=0)
