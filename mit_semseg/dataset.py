@@ -39,7 +39,7 @@ from PIL import Image
 from .io import IMAGENET_MEAN, IMAGENET_STD, DatasetError, read_annotation, read_image
 
 __all__ = ["DatasetError", "BaseDataset", "TrainDataset", "ValDataset", "TestDataset",
-           "worker_init_fn"]
+           "worker_init_fn", "imresize"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,17 @@ def _sizes_tuple(img_sizes: Any) -> tuple[int, ...]:
     return (int(img_sizes),)
 
 
+_RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+             "bicubic": Image.Resampling.BICUBIC}
+
+
+def imresize(im: Image.Image, size: tuple[int, int], interp: str = "bilinear") -> Image.Image:
+    """Resize a PIL image to ``size`` = (width, height) with ``interp`` (nearest, bilinear, bicubic)."""
+    if interp not in _RESAMPLE:
+        raise ValueError(f"imresize: unknown interp {interp!r}; expected one of {sorted(_RESAMPLE)}")
+    return im.resize(size, _RESAMPLE[interp])
+
+
 def _resize_labels(labels: np.ndarray, width: int, height: int) -> np.ndarray:
     """Nearest-neighbour resize through PIL (the original's label resampling)."""
     if labels.shape == (height, width):
@@ -60,7 +71,7 @@ def _resize_labels(labels: np.ndarray, width: int, height: int) -> np.ndarray:
     # uint8 maps become mode "L", wider ones mode "I" (int32).
     dtype = np.uint8 if labels.dtype == np.uint8 else np.int32
     img = Image.fromarray(np.ascontiguousarray(labels, dtype=dtype))
-    return np.asarray(img.resize((width, height), Image.Resampling.NEAREST))
+    return np.asarray(imresize(img, (width, height), "nearest"))
 
 
 class BaseDataset(torch.utils.data.Dataset):
@@ -179,7 +190,7 @@ class BaseDataset(torch.utils.data.Dataset):
             h, w = self.scaled_size(height, width, short)
             h = self.round2nearest_multiple(h, self.padding_constant)
             w = self.round2nearest_multiple(w, self.padding_constant)
-            resized = img.resize((w, h), Image.Resampling.BILINEAR)
+            resized = imresize(img, (w, h), "bilinear")
             out.append(self.img_transform(resized).unsqueeze(0).contiguous())
         return out
 
@@ -300,7 +311,7 @@ class TrainDataset(BaseDataset):
             if self.random_flip and rng.integers(2):
                 img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
                 segm = segm[:, ::-1]
-            img = img.resize((w, h), Image.Resampling.BILINEAR)
+            img = imresize(img, (w, h), "bilinear")
             segm = _resize_labels(segm, w, h)
 
             # Downsample by r without shifting: pad to a multiple of r with

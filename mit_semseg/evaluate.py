@@ -29,12 +29,15 @@ from PIL import Image
 from tqdm import tqdm
 from yacs.config import CfgNode
 
+from .checkpoint import CheckpointError
 from .dataset import DatasetError, TestDataset, ValDataset
 from .inference import (CheckpointNotFoundError, DeviceUnavailableError, InferenceEngine,
                         build_engine, checkpoint_paths, describe_labels, resolve_device)
 from .lib.nn import user_scattered_collate
 from .metrics import SegmentationMetrics
-from .utils import class_colors, class_names, colorEncode, find_recursive
+from .models import WeightsError
+from .utils import (IMAGE_EXTENSIONS, class_colors, class_names, colorEncode, cpu_count,
+                    find_recursive, loader_workers)
 
 __all__ = ["evaluate", "evaluate_multiprocess", "run_test", "result_names", "list_test_images",
            "results_path", "eval_main", "eval_multipro_main", "test_main"]
@@ -95,7 +98,7 @@ def _val_dataset(cfg: CfgNode, start: int = -1, end: int = -1) -> ValDataset:
 def _loader(dataset: Any, workers: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False,
                                        collate_fn=user_scattered_collate,
-                                       num_workers=max(0, int(workers)))
+                                       num_workers=loader_workers(workers))
 
 
 def _sync(device: torch.device) -> None:
@@ -173,13 +176,6 @@ def evaluate(cfg: CfgNode, device: Any = "auto", *, progress: bool = True,
     return _report(metrics, cfg, seconds, stream)
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _worker(cfg_yaml: str, device: str, start: int, end: int, threads: int,
             names: list[str], results: Any, rank: int) -> None:
     try:
@@ -191,6 +187,8 @@ def _worker(cfg_yaml: str, device: str, start: int, end: int, threads: int,
         metrics, seconds = _evaluate_part(cfg, engine, dataset, names,
                                           on_image=lambda: results.put(("image", rank)))
         results.put(("done", rank, metrics.confusion, metrics.num_images, seconds))
+    except (CheckpointError, WeightsError, DatasetError) as exc:  # bad input: its one-line message
+        results.put(("input_error", rank, exc))
     except BaseException:  # report everything, including KeyboardInterrupt, to the parent
         results.put(("error", rank, traceback.format_exc()))
 
@@ -206,7 +204,7 @@ def evaluate_multiprocess(cfg: CfgNode, devices: Sequence[str], *, progress: boo
     total = len(samples)
     per = -(-total // len(devices))
     cpu_procs = sum(1 for d in devices if resolve_device(d).type == "cpu")
-    threads = max(1, _cpu_count() // cpu_procs) if cpu_procs else 0
+    threads = max(1, cpu_count() // cpu_procs) if cpu_procs else 0
     ctx = torch.multiprocessing.get_context("spawn")
     results = ctx.Queue()
     procs = {}
@@ -237,6 +235,8 @@ def evaluate_multiprocess(cfg: CfgNode, devices: Sequence[str], *, progress: boo
                     continue
                 if msg[0] == "image":
                     bar.update(1)
+                elif msg[0] == "input_error":
+                    raise msg[2]
                 elif msg[0] == "error":
                     raise RuntimeError(f"evaluation process {msg[1]} ({devices[msg[1]]}) "
                                        f"failed:\n{msg[2]}")
@@ -265,7 +265,7 @@ def list_test_images(spec: str, root_dataset: str = "") -> tuple[list[str], list
     ``root_dataset``, then next to the list (names follow the listed paths).
     """
     if os.path.isdir(spec):
-        paths = find_recursive(spec)
+        paths = find_recursive(spec, IMAGE_EXTENSIONS)
         if not paths:
             raise FileNotFoundError(f"--imgs {spec}: no images (.jpg .jpeg .png .bmp .webp .tif) "
                                     f"found in this folder or below")
@@ -371,8 +371,8 @@ def _run(body) -> int:
     from .config import ConfigError
     try:
         body()
-    except (CheckpointNotFoundError, ConfigError, DatasetError, DeviceUnavailableError,
-            FileNotFoundError) as exc:
+    except (CheckpointNotFoundError, CheckpointError, ConfigError, DatasetError,
+            DeviceUnavailableError, FileNotFoundError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
