@@ -60,7 +60,7 @@ from .optim import make_sgd
 from .lib.nn import UserScatteredDataParallel, patch_replication_callback, user_scattered_collate
 from .models import ModelBuilder, SegmentationModule
 from .models.weights import load_weights
-from .utils import AverageMeter, parse_devices, setup_logger
+from .utils import AverageMeter, loader_workers, parse_devices, setup_logger
 
 __all__ = ["DataNotFoundError", "NonFiniteLossError", "DeviceError", "TrainSummary", "group_weight",
            "create_optimizers", "poly_lr", "adjust_learning_rate", "select_devices",
@@ -445,7 +445,7 @@ def precise_bn(run: _Run, num_batches: int) -> None:
     if cfg.TRAIN.fix_bn:
         logger.info("TRAIN.fix_bn is set: BatchNorm statistics stay frozen, precise BN skipped")
         return
-    workers = min(int(cfg.TRAIN.workers), num_batches)
+    workers = min(loader_workers(cfg.TRAIN.workers), num_batches)
     bn_seed = _derive_seed(cfg.TRAIN.seed, _BN_STREAM, run.global_iter)
     loader, _ = _make_loader(run.dataset, cfg, workers, run.per_iter, 0, num_batches,
                              lambda g: bn_seed, run.device.type == "cuda")
@@ -510,7 +510,7 @@ def checkpoint(run: _Run, epoch: int, iteration: int) -> str:
             "epoch": epoch, "iteration": iteration, "global_iter": run.global_iter,
             "epoch_iters": cfg.TRAIN.epoch_iters, "num_epoch": cfg.TRAIN.num_epoch,
             "checkpoint_every": cfg.TRAIN.checkpoint_every, "seed": cfg.TRAIN.seed,
-            "workers": cfg.TRAIN.workers, "world_size": run.env.world_size,
+            "workers": loader_workers(cfg.TRAIN.workers), "world_size": run.env.world_size,
             "num_devices": run.per_iter,
             "optimizers": {"encoder": run.optimizers[0].state_dict(),
                            "decoder": run.optimizers[1].state_dict()},
@@ -725,7 +725,7 @@ def _train(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: list[int
 
     every = int(cfg.TRAIN.checkpoint_every)
     loader, placeholders = _make_loader(
-        dataset, cfg, int(cfg.TRAIN.workers), run.per_iter, run.global_iter,
+        dataset, cfg, loader_workers(cfg.TRAIN.workers), run.per_iter, run.global_iter,
         num_epoch * epoch_iters,
         lambda g: _derive_seed(seed, _TRAIN_STREAM, _segment_start(g, epoch_iters, every)),
         device.type == "cuda")
@@ -766,7 +766,8 @@ def _restore(run: _Run, point: _ResumePoint) -> None:
     if run.scaler is not None and state.get("grad_scaler"):
         run.scaler.load_state_dict(state["grad_scaler"])
     changed = [f"{name} {state.get(key)} -> {now}" for key, name, now in (
-        ("seed", "TRAIN.seed", cfg.TRAIN.seed), ("workers", "TRAIN.workers", cfg.TRAIN.workers),
+        ("seed", "TRAIN.seed", cfg.TRAIN.seed), ("workers", "loader workers (TRAIN.workers capped at the CPU count)",
+         loader_workers(cfg.TRAIN.workers)),
         ("checkpoint_every", "TRAIN.checkpoint_every", cfg.TRAIN.checkpoint_every),
         ("num_epoch", "TRAIN.num_epoch", cfg.TRAIN.num_epoch),
         ("world_size", "world size", run.env.world_size),

@@ -30,8 +30,10 @@ def test_quick_benchmark_end_to_end(tmp_path, capsys):
         assert row["pair"] == "resnet18dilated+c1_deepsup" and row["gflops"] > 0
         methods = row["methods"]
         assert {"plain", "exact", "default"} <= set(methods) and row["reference"] == "plain"
-        assert methods["default"]["agreement_vs_plain"] == 1.0
-        assert methods["exact"]["agreement_vs_plain"] == 1.0
+        # the inference copy's scores differ in the last bits (by CPU): ties may flip
+        assert methods["default"]["agreement_vs_plain"] >= 0.999
+        if data["machine"]["banding_exact"]:
+            assert methods["exact"]["agreement_vs_plain"] == 1.0
         assert methods["default"]["img_per_s"]["median"] > 0
         assert methods["default"]["share_of_peak"] > 0
         for name, entry in methods.items():  # reduced precisions: vs fp32 default and the ref
