@@ -147,6 +147,7 @@ async function showResult(result, roundTripMs) {
     + `${result.flip ? " + flip" : ""} · ${(result.time_ms / 1000).toFixed(2)} s on the server`
     + ` (inference ${(result.inference_ms / 1000).toFixed(2)} s), ${(roundTripMs / 1000).toFixed(2)} s in all`;
   show($("result"), true);
+  fit();
 }
 
 function cropLeft(pair, result) {
@@ -255,6 +256,24 @@ function setView() {
   const view = document.querySelector("input[name=view]:checked").value;
   $("stage").className = view;
   show($("opacity-box"), view === "overlay");
+  fit();
+}
+
+function fit() {
+  // Display size of the canvases: the whole photo fits the stage's width (half of
+  // it per pane side by side, unless the panes stack) and 75% of the window height.
+  const { result } = state;
+  const stage = $("stage");
+  if (!result || $("result").hidden) return;
+  const stacked = getComputedStyle(stage).flexDirection === "column";
+  const side = stage.classList.contains("side") && !stacked;
+  const gap = side ? parseFloat(getComputedStyle(stage).columnGap) || 0 : 0;
+  const width = (stage.clientWidth - gap) / (side ? 2 : 1);
+  const scale = Math.min(width / result.width, (window.innerHeight * 0.75) / result.height);
+  for (const id of ["photo", "overlay", "labels"]) {
+    $(id).style.width = `${Math.floor(result.width * scale)}px`;
+    $(id).style.height = `${Math.floor(result.height * scale)}px`;
+  }
 }
 
 function wire() {
@@ -282,6 +301,7 @@ function wire() {
   $("flip").addEventListener("change", segment);
   for (const el of document.querySelectorAll("input[name=view]")) el.addEventListener("change", setView);
   $("opacity").addEventListener("input", setOpacity);
+  window.addEventListener("resize", fit);
   for (const id of ["overlay", "labels", "photo"]) {
     $(id).addEventListener("pointermove", hover);
     $(id).addEventListener("pointerdown", hover);
