@@ -395,7 +395,7 @@ def count_gflops(encoder: nn.Module, decoder: nn.Module,
     """GFLOPs (2 x multiply-adds of Conv2d and Linear layers) of the forward
     passes to class scores for every image in ``imgs``; ``factorized``: with
     the decoder's ``factorized_pyramid`` on (``models.decoders.pyramid_conv``)."""
-    from .fast import factorize_pyramids_
+    from .models.inference_copy import factorize_pyramids_
     from .models import decoders
     macs = [0]
 
@@ -618,7 +618,6 @@ class Bench:
 
     def _infer_case(self, kind: str, pair: Pair, imgs: list[torch.Tensor],
                     size: tuple[int, int]) -> dict[str, Any]:
-        from .fast import FastInferenceEngine
         from .inference import InferenceEngine
         a = self.args
         dev = self.device
@@ -630,12 +629,12 @@ class Bench:
         methods = self._methods()
         engines: dict[str, Any] = {}
         if "engine" in methods:
-            engines["engine"] = InferenceEngine(enc, dec, device=dev)
+            engines["engine"] = InferenceEngine(enc, dec, device=dev, exact=True)
         if "fast" in methods:
-            engines["fast"] = FastInferenceEngine(enc, dec, device=dev)
+            engines["fast"] = InferenceEngine(enc, dec, device=dev)
         for m in methods:
             if m.startswith("fast-"):
-                engines[m] = FastInferenceEngine(enc, dec, device=dev, precision=m[5:])
+                engines[m] = InferenceEngine(enc, dec, device=dev, precision=m[5:])
         key = f"{kind}:{pair.name}"
         labels_path = os.path.join(self.workdir, "orig_labels.pt")
         if self.worker is not None:
@@ -768,7 +767,8 @@ class Bench:
                 for _ in range(count)]
 
     def run_train(self) -> None:
-        from .fast import channels_last_, factorize_pyramids_, make_sgd
+        from .models.inference_copy import factorize_pyramids_
+        from .optim import channels_last_, make_sgd
         from .models import ModelBuilder, SegmentationModule
         a = self.args
         dev = self.device
@@ -909,7 +909,7 @@ class Bench:
             self.log(f"data loader, {workers} workers: {rate:.1f} batches/s")
         # data wait vs compute of the fast training step, fed by the in-process loader
         if a.train_pairs:
-            from .fast import channels_last_, make_sgd
+            from .optim import channels_last_, make_sgd
             from .models import ModelBuilder, SegmentationModule
             pair = Pair(a.train_pairs[0], MAX_CLASSES, self.workdir)
             enc = ModelBuilder.build_encoder(pair.enc_arch, pair.fc_dim, pretrained=False)

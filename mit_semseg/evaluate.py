@@ -84,7 +84,7 @@ def _save_png(array: np.ndarray, path: str) -> None:
 def _val_engine(cfg: CfgNode, device: Any) -> InferenceEngine:
     enc, dec = checkpoint_paths(cfg.DIR, cfg.VAL.checkpoint)
     return build_engine(cfg, enc, dec, device=device, flip=cfg.VAL.flip,
-                        precision=cfg.VAL.precision, fast=cfg.VAL.fast)
+                        precision=cfg.VAL.precision, exact=cfg.VAL.exact)
 
 
 def _val_dataset(cfg: CfgNode, start: int = -1, end: int = -1) -> ValDataset:
@@ -320,7 +320,7 @@ def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = 
     enc, dec = checkpoint_paths(cfg.DIR, cfg.TEST.checkpoint)
     paths, names = list_test_images(imgs, cfg.DATASET.root_dataset)
     engine = build_engine(cfg, enc, dec, device=device, flip=cfg.TEST.flip,
-                          precision=cfg.TEST.precision, fast=cfg.TEST.fast)
+                          precision=cfg.TEST.precision, exact=cfg.TEST.exact)
     out_dir = cfg.TEST.result
     inputs = {os.path.abspath(p) for p in paths}
     outputs = []

@@ -1,5 +1,5 @@
 """Multi-scale inference: the one engine behind eval.py, eval_multipro.py,
-test.py and the Python API (``Segmenter``).
+test.py, the web demo and the Python API (``Segmenter``).
 
 Procedure (the original toolkit's): every resized copy of the image (one per
 ``DATASET.imgSizes`` entry) goes through encoder and decoder; the class scores
@@ -13,59 +13,31 @@ The engine has two steps, kept apart so each can be optimised on its own:
 
 * ``InferenceEngine.scale_logits(img_data)``: the network, once per copy;
   returns small class-score maps (``[1, C, h, w]`` float32, feature
-  resolution). This is where the compute goes.
+  resolution). This is where the compute goes. By default it runs an
+  inference copy of the model (``models.inference_copy``: BatchNorm folded,
+  fused convolutions, channels-last, factorized pyramid heads), whose scores
+  equal the model's to float32 rounding; ``exact=True`` (``VAL.exact`` /
+  ``TEST.exact``) runs the modules as given, the original's operations.
 * ``fuse(logits, out_size)``: resize, softmax, average and argmax at the
-  original resolution.
-
-``fuse_full`` is the straightforward form of the second step: it holds a
-``C x H x W`` float32 buffer for the whole photo (150 classes x 3 MP = 1.8 GB,
-plus temporaries of the same size). ``fuse_banded`` computes the same numbers
-in horizontal bands of output rows, so its memory is bounded by
-``band_bytes`` whatever the photo size: the bilinear resize of a band needs
-only the source rows under it (plus one), and the softmax and average are per
-pixel. Its results are bit-identical to ``fuse_full``:
-
-* the horizontal part of the resize is done by ``F.interpolate`` itself (on
-  the band's source rows, height unchanged, which copies rows exactly);
-* the vertical part reproduces what the interpolation kernel computes for
-  each output row: the same source rows and weights (the kernel's float32
-  arithmetic, checked per size against ``F.interpolate`` on a one-column
-  probe) and the same fused multiply-add;
-* softmax runs over the last axis of class-last tensors, whose CPU and CUDA
-  kernels treat every pixel alike (the class-axis-1 CPU kernel does not: its
-  last bits depend on the pixel's position and the thread count).
-
-A one-time self-check per device compares the two on random data; if it (or
-the per-size check) fails, e.g. on a platform whose kernels round
-differently, the engine warns once and uses ``fuse_full``: results are then
-still exact, only memory is not bounded.
+  original resolution, in bands of bounded memory (``mit_semseg.fusion``).
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import warnings
-from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image
 
+from .fusion import DEFAULT_BAND_BYTES, Prediction, fuse
+from .models.inference_copy import optimize_for_inference, precision_dtype, prepare_input
+
 __all__ = ["InferenceEngine", "Prediction", "Segmenter", "ClassShare", "CheckpointNotFoundError",
-           "DeviceUnavailableError", "fuse_full", "fuse_banded", "interpolate_rows",
-           "resolve_device", "checkpoint_paths", "build_engine", "describe_labels",
-           "DEFAULT_BAND_BYTES"]
-
-# Size of one band tensor (float32, C x rows x W); about 7 such tensors are
-# alive at once while a band is fused.
-DEFAULT_BAND_BYTES = 32 * 2 ** 20
-
-# F.interpolate on CPU switches to another kernel (with other rounding) when
-# output height + width is at most this; smaller outputs are fused in one piece.
-_SMALL_OUTPUT_SIDES = 128
+           "DeviceUnavailableError", "resolve_device", "checkpoint_paths", "build_engine",
+           "describe_labels", "DEFAULT_BAND_BYTES"]
 
 
 # ============================================================================ devices
@@ -102,298 +74,68 @@ def resolve_device(device: str | int | torch.device | None = "auto") -> torch.de
 
 
 def _autocast(device: torch.device, precision: str):
-    precision = (precision or "fp32").lower()
-    if precision in ("fp32", "float32"):
+    dtype = precision_dtype(precision)
+    if dtype is None:
         return contextlib.nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-              "fp16": torch.float16, "float16": torch.float16}
-    if precision not in dtypes:
-        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-    return torch.autocast(device_type=device.type, dtype=dtypes[precision])
-
-
-# ============================================================================ fusing
-
-def _softmax_classes_last(x: torch.Tensor) -> torch.Tensor:
-    """[1, C, H, W] scores -> [1, H, W, C] probabilities (softmax over the last axis)."""
-    return F.softmax(x.movedim(1, -1).contiguous(), dim=-1)
-
-
-def _as_nchw(logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    out = []
-    for x in logits:
-        if x.dim() != 4 or x.shape[0] != 1:
-            raise ValueError(f"expected logits of shape [1, C, h, w], got {tuple(x.shape)}")
-        out.append(x.float().contiguous())
-    if len({x.shape[1] for x in out}) != 1:
-        raise ValueError("all logits must have the same number of classes")
-    return out
-
-
-def _finish(labels: torch.Tensor, probs: torch.Tensor | None) -> "Prediction":
-    lab = labels.cpu().numpy()
-    prob = probs.cpu().permute(2, 0, 1) if probs is not None else None
-    return Prediction(lab, prob)
-
-
-def fuse_full(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
-              return_probs: bool = False) -> "Prediction":
-    """Reference fusion with full-size buffers: for each ``[1, C, h, w]`` score map,
-    resize to ``out_size`` (bilinear, align_corners=False), softmax over classes
-    (class-last, see the module docstring), divide by the number of maps and
-    sum; labels = argmax."""
-    logits = _as_nchw(logits)
-    n = len(logits)
-    scores = None
-    for x in logits:
-        full = F.interpolate(x, size=tuple(out_size), mode="bilinear", align_corners=False)
-        p = _softmax_classes_last(full)
-        del full
-        scores = p / n if scores is None else scores + p / n
-        del p
-    assert scores is not None
-    labels = torch.max(scores[0], dim=-1).indices
-    return _finish(labels, scores[0] if return_probs else None)
-
-
-class _RowPlan(NamedTuple):
-    """For each output row: source rows i0, i1 and weights l0, l1 (float32)."""
-    i0: torch.Tensor
-    i1: torch.Tensor
-    l0: torch.Tensor
-    l1: torch.Tensor
-
-
-def _row_weights(in_size: int, out_size: int, fused: bool) -> tuple[np.ndarray, ...]:
-    """The interpolation kernel's source rows and weights for one axis
-    (align_corners=False, size given, no scale factor), in its float32 arithmetic.
-
-    ``fused``: the source coordinate scale*(i+0.5)-0.5 is rounded once (the
-    kernel compiled with fused multiply-add); float64 evaluates it exactly
-    before that single rounding. Otherwise each step is rounded to float32.
-    """
-    idx = np.arange(out_size)
-    if in_size == out_size:
-        return idx, idx, np.ones(out_size, np.float32), np.zeros(out_size, np.float32)
-    scale = np.float32(in_size) / np.float32(out_size)
-    half = (idx + 0.5).astype(np.float32)
-    if fused:
-        src = (np.float64(scale) * half.astype(np.float64) - 0.5).astype(np.float32)
-    else:
-        src = (scale * half).astype(np.float32) - np.float32(0.5)
-    src = np.maximum(src, np.float32(0))
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    l1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1)).astype(np.float32)
-    l0 = (np.float32(1) - l1).astype(np.float32)
-    i1 = i0 + (i0 < in_size - 1)
-    return i0, i1, l0, l1
-
-
-def _combine_rows(top: torch.Tensor, bottom: torch.Tensor, l0: torch.Tensor,
-                  l1: torch.Tensor) -> torch.Tensor:
-    # top*l0 + bottom*l1 with the kernel's rounding: one fused multiply-add over
-    # the rounded product bottom*l1 (addcmul is fused on the same builds).
-    return torch.addcmul(bottom * l1, top, l0)
-
-
-_plan_cache: dict[tuple[int, int, str], _RowPlan | None] = {}
-
-
-def _row_plan(in_size: int, out_size: int, device: torch.device) -> _RowPlan | None:
-    """Row weights that reproduce F.interpolate on ``device`` for in_size -> out_size
-    rows, checked on a probe; None if no candidate matches."""
-    key = (in_size, out_size, str(device))
-    if key not in _plan_cache:
-        # cached across calls: normal tensors, usable in and out of inference mode
-        with torch.inference_mode(False), torch.no_grad():
-            plan = _find_row_plan(in_size, out_size, device)
-        if len(_plan_cache) > 4096:
-            _plan_cache.clear()
-        _plan_cache[key] = plan
-    return _plan_cache[key]
-
-
-def _find_row_plan(in_size: int, out_size: int, device: torch.device) -> _RowPlan | None:
-    gen = torch.Generator().manual_seed(in_size * 100003 + out_size)
-    width = max(2, _SMALL_OUTPUT_SIDES + 1 - out_size)  # keep the probe on the general kernel
-    probe = (torch.rand(1, 1, in_size, width, generator=gen) * 20 - 10).to(device)
-    target = F.interpolate(probe, size=(out_size, width), mode="bilinear", align_corners=False)
-    for fused in (True, False):
-        i0, i1, l0, l1 = _row_weights(in_size, out_size, fused)
-        cand = _RowPlan(torch.from_numpy(i0).to(device), torch.from_numpy(i1).to(device),
-                        torch.from_numpy(l0).to(device), torch.from_numpy(l1).to(device))
-        got = _combine_rows(probe[0, 0, cand.i0], probe[0, 0, cand.i1],
-                            cand.l0[:, None], cand.l1[:, None])
-        if torch.equal(got, target[0, 0]):
-            return cand
-    return None
-
-
-def _resize_rows_cl(x: torch.Tensor, plan: _RowPlan, r0: int, r1: int, width: int) -> torch.Tensor:
-    """Rows r0:r1 of F.interpolate(x, (H, width)) as a class-last [1, r1-r0, width, C] tensor."""
-    i0, i1 = plan.i0[r0:r1], plan.i1[r0:r1]
-    s0, s1 = int(i0[0]), int(i1[-1]) + 1  # source rows under the band (plus the margin row)
-    rows = x[:, :, s0:s1]
-    # Repeat the last row so the horizontal pass stays on the general kernel
-    # (see _SMALL_OUTPUT_SIDES); extra rows are computed and ignored.
-    need = max(2, _SMALL_OUTPUT_SIDES + 1 - width)
-    if rows.shape[2] < need:
-        rows = torch.cat([rows, rows[:, :, -1:].expand(-1, -1, need - rows.shape[2], -1)], dim=2)
-    horiz = F.interpolate(rows.contiguous(), size=(rows.shape[2], width), mode="bilinear",
-                          align_corners=False)
-    horiz = horiz.movedim(1, -1).contiguous()  # [1, k, width, C]
-    top = horiz.index_select(1, i0 - s0)
-    bottom = horiz.index_select(1, i1 - s0)
-    del horiz
-    return _combine_rows(top, bottom, plan.l0[r0:r1].view(1, -1, 1, 1),
-                         plan.l1[r0:r1].view(1, -1, 1, 1))
-
-
-def interpolate_rows(x: torch.Tensor, out_size: tuple[int, int], r0: int, r1: int) -> torch.Tensor:
-    """Rows ``r0:r1`` of ``F.interpolate(x, out_size, mode='bilinear',
-    align_corners=False)`` for ``x`` of shape [1, C, h, w], computed from the
-    source rows under them only. Raises RuntimeError where this platform's
-    kernel cannot be reproduced."""
-    x = _as_nchw([x])[0]
-    H, W = out_size
-    if not 0 <= r0 < r1 <= H:
-        raise ValueError(f"rows {r0}:{r1} outside 0:{H}")
-    if x.shape[1] <= 3 or x.shape[2] * x.shape[3] == 1:  # kernels that _needs_full avoids
-        return F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)[:, :, r0:r1]
-    plan = _row_plan(x.shape[2], H, x.device)
-    if plan is None:
-        raise RuntimeError(f"cannot reproduce F.interpolate rows for {x.shape[2]} -> {H} on {x.device}")
-    return _resize_rows_cl(x, plan, r0, r1, W).movedim(-1, 1)
-
-
-def _needs_full(logits: Sequence[torch.Tensor], out_size: tuple[int, int], band_bytes: int) -> bool:
-    H, W = out_size
-    C = logits[0].shape[1]
-    if H + W <= _SMALL_OUTPUT_SIDES or C * H * W * 4 <= band_bytes:
-        return True  # small enough: one piece is the bounded form
-    # F.interpolate picks other kernels for 3 channels (single-threaded) and for
-    # 1x1 maps (also channels-last contiguous); full buffers of <= 3 classes are small.
-    return C <= 3 or any(x.shape[2] * x.shape[3] == 1 for x in logits)
-
-
-def fuse_banded(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
-                return_probs: bool = False, band_bytes: int = DEFAULT_BAND_BYTES) -> "Prediction":
-    """``fuse_full`` computed in bands of output rows (memory bounded by ``band_bytes``
-    per band tensor, plus the labels and, if asked, the full probabilities).
-
-    Falls back to ``fuse_full`` (with a one-time warning) where the platform's
-    interpolation cannot be reproduced row by row.
-    """
-    logits = _as_nchw(logits)
-    H, W = (int(s) for s in out_size)
-    if _needs_full(logits, (H, W), band_bytes):
-        return fuse_full(logits, (H, W), return_probs)
-    device = logits[0].device
-    plans = [_row_plan(x.shape[2], H, device) for x in logits]
-    if any(p is None for p in plans):
-        _warn_once(f"rows {[x.shape[2] for x in logits]} -> {H} on {device}")
-        return fuse_full(logits, (H, W), return_probs)
-    C, n = logits[0].shape[1], len(logits)
-    rows_per_band = max(1, int(band_bytes) // (C * W * 4))
-    labels = torch.empty((H, W), dtype=torch.int64, device=device)
-    probs = torch.empty((H, W, C), dtype=torch.float32, device=device) if return_probs else None
-    for r0 in range(0, H, rows_per_band):
-        r1 = min(H, r0 + rows_per_band)
-        scores = None
-        for x, plan in zip(logits, plans):
-            p = F.softmax(_resize_rows_cl(x, plan, r0, r1, W), dim=-1)
-            p.div_(n)
-            if scores is None:
-                scores = p
-            else:
-                scores.add_(p)
-            del p
-        assert scores is not None
-        labels[r0:r1] = torch.max(scores[0], dim=-1).indices
-        if probs is not None:
-            probs[r0:r1] = scores[0]
-        del scores
-    return _finish(labels, probs)
-
-
-_warned: set[str] = set()
-
-
-def _warn_once(what: str) -> None:
-    if what not in _warned:
-        _warned.add(what)
-        warnings.warn(f"mit_semseg.inference: band-wise fusion cannot reproduce this platform's "
-                      f"F.interpolate ({what}); using full-size buffers (same results, more memory)",
-                      RuntimeWarning, stacklevel=3)
-
-
-_self_check: dict[tuple[str, int, int], bool] = {}
-
-
-def _banding_verified(device: torch.device, num_class: int) -> bool:
-    """Compare fuse_banded with fuse_full on random scores once per device, class
-    count and thread count (the things F.interpolate's kernel choice depends on)."""
-    key = (str(device), int(num_class), torch.get_num_threads())
-    if key not in _self_check:
-        gen = torch.Generator().manual_seed(1234)
-        # up- and downsampled rows, a narrow output (padded horizontal pass), a wide one
-        logits = [(torch.randn(1, num_class, h, w, generator=gen) * 4).to(device)
-                  for h, w in ((11, 9), (17, 13), (70, 150))]
-        ok = True
-        for size in ((67, 75), (41, 131)):
-            ref = fuse_full(logits, size, return_probs=True)
-            got = fuse_banded(logits, size, return_probs=True,
-                              band_bytes=num_class * size[1] * 4 * 5)
-            ok = ok and np.array_equal(ref.labels, got.labels) and torch.equal(ref.probs, got.probs)
-        _self_check[key] = ok
-        if not ok:
-            _warn_once(f"self-check on {device} with {num_class} classes")
-    return _self_check[key]
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # ============================================================================ engine
-
-@dataclass
-class Prediction:
-    """``labels``: H x W int64 numpy array of 0-based classes. ``probs``: the
-    averaged class probabilities as a [C, H, W] float32 CPU tensor (a view of
-    class-last storage), or None when not requested."""
-    labels: np.ndarray
-    probs: torch.Tensor | None = None
-
 
 class InferenceEngine:
     """Multi-scale inference with an encoder/decoder pair.
 
     ``device``: see ``resolve_device``. ``flip``: also average the mirrored
-    image. ``precision``: "fp32", or "bf16"/"fp16" autocast for the network
-    (fusion always in float32). ``band_bytes``: memory bound of a fusion band;
-    0 selects the full-buffer reference fusion.
+    image. ``precision``: "fp32", or "bf16"/"fp16" for the network (fusion
+    always in float32; bf16 casts the inference copy, class layers kept
+    float32; fp16 and the exact path use autocast). ``band_bytes``: memory
+    bound of a fusion band (0: one piece). ``exact``: run ``encoder`` and
+    ``decoder`` as given (NCHW, unfused) instead of an inference copy.
+    ``channels_last`` / ``fuse`` / ``single_scale_softmax``: parts of the
+    default path (a single copy's labels are the argmax of its resized scores
+    when ``single_scale_softmax`` is False; same labels up to exact ties).
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, *,
                  device: str | int | torch.device | None = "auto", flip: bool = False,
-                 precision: str = "fp32", band_bytes: int = DEFAULT_BAND_BYTES) -> None:
+                 precision: str = "fp32", band_bytes: int = DEFAULT_BAND_BYTES,
+                 exact: bool = False, channels_last: bool = True, fuse: bool = True,
+                 single_scale_softmax: bool = True) -> None:
         if not hasattr(decoder, "logits"):
             raise TypeError(f"{type(decoder).__name__} has no logits(conv_out) method; "
                             "the engine needs class scores before the softmax")
         self.device = resolve_device(device)
-        self.encoder = encoder.to(self.device).eval()
-        self.decoder = decoder.to(self.device).eval()
         self.flip = bool(flip)
         self.precision = precision
         self.band_bytes = int(band_bytes)
-        _autocast(self.device, precision)  # validate early
+        self.exact = bool(exact)
+        self.single_scale_softmax = bool(single_scale_softmax) or self.exact
+        dtype = precision_dtype(precision)  # validates early
+        encoder = encoder.to(self.device).eval()
+        decoder = decoder.to(self.device).eval()
+        if self.exact:
+            self.model_dtype, self.channels_last = None, False
+        else:
+            self.model_dtype = dtype if dtype == torch.bfloat16 else None
+            self.channels_last = bool(channels_last)
+            encoder = optimize_for_inference(encoder, channels_last=self.channels_last,
+                                             fuse=fuse, dtype=self.model_dtype)
+            decoder = optimize_for_inference(decoder, channels_last=self.channels_last,
+                                             fuse=fuse, dtype=self.model_dtype)
+        self.encoder, self.decoder = encoder, decoder
 
     @property
     def num_class(self) -> int:
         return int(self.decoder.num_class)
 
     def _logits(self, img: torch.Tensor) -> torch.Tensor:
-        with _autocast(self.device, self.precision):
-            features = self.encoder(img, return_feature_maps=True)
+        x = prepare_input(img, channels_last=self.channels_last, dtype=self.model_dtype)
+        autocast = (contextlib.nullcontext() if self.model_dtype is not None
+                    else _autocast(self.device, self.precision))
+        with autocast:
+            features = self.encoder(x, return_feature_maps=True)
             out = self.decoder.logits(features)
-        return out.float()
+        return out.float().contiguous()
 
     @torch.inference_mode()
     def scale_logits(self, img_data: Sequence[torch.Tensor],
@@ -415,12 +157,8 @@ class InferenceEngine:
     def fuse(self, logits: Sequence[torch.Tensor], out_size: tuple[int, int],
              return_probs: bool = False) -> Prediction:
         """Resize, softmax, average and argmax ``logits`` at ``out_size`` (H, W)."""
-        if self.band_bytes <= 0 or not _banding_verified(self.device, logits[0].shape[1]):
-            return fuse_full(logits, out_size, return_probs)
-        from . import fast  # same bits as fuse_banded, reused buffers (see fast.py)
-        if fast._fast_banding_verified(self.device, logits[0].shape[1]):
-            return fast.fuse_banded_fast(logits, out_size, return_probs, self.band_bytes)
-        return fuse_banded(logits, out_size, return_probs, self.band_bytes)
+        return fuse(logits, out_size, return_probs, self.band_bytes,
+                    softmax=self.single_scale_softmax)
 
     def predict(self, img_data: Sequence[torch.Tensor], out_size: tuple[int, int],
                 return_probs: bool = False, flip: bool | None = None) -> Prediction:
@@ -462,10 +200,10 @@ def checkpoint_paths(directory: str, checkpoint: str) -> tuple[str, str]:
 def build_engine(cfg: Any, encoder_weights: str, decoder_weights: str, *,
                  device: str | int | torch.device | None = "auto", flip: bool = False,
                  precision: str = "fp32", band_bytes: int = DEFAULT_BAND_BYTES,
-                 fast: bool = False) -> InferenceEngine:
+                 exact: bool = False) -> InferenceEngine:
     """Build the model described by ``cfg.MODEL`` / ``cfg.DATASET.num_class`` with
-    the given weight files and wrap it in an InferenceEngine (``fast``: a
-    ``fast.FastInferenceEngine``, same predictions up to float ties)."""
+    the given weight files and wrap it in an InferenceEngine (``exact``: the
+    original's operations instead of the inference copy)."""
     from .models import ModelBuilder
     encoder = ModelBuilder.build_encoder(
         arch=cfg.MODEL.arch_encoder.lower(), fc_dim=cfg.MODEL.fc_dim, weights=encoder_weights,
@@ -473,12 +211,8 @@ def build_engine(cfg: Any, encoder_weights: str, decoder_weights: str, *,
     decoder = ModelBuilder.build_decoder(
         arch=cfg.MODEL.arch_decoder.lower(), fc_dim=cfg.MODEL.fc_dim,
         num_class=cfg.DATASET.num_class, weights=decoder_weights, use_softmax=True)
-    if fast:
-        from .fast import FastInferenceEngine
-        return FastInferenceEngine(encoder, decoder, device=device, flip=flip,
-                                   precision=precision)
     return InferenceEngine(encoder, decoder, device=device, flip=flip, precision=precision,
-                           band_bytes=band_bytes)
+                           band_bytes=band_bytes, exact=exact)
 
 
 # ============================================================================ Python API
@@ -521,12 +255,12 @@ class Segmenter:
                     checkpoint: str | None = None, encoder_weights: str | None = None,
                     decoder_weights: str | None = None, device: str | int | None = "auto",
                     opts: Sequence[str] = (), flip: bool | None = None,
-                    precision: str | None = None,
-                    band_bytes: int = DEFAULT_BAND_BYTES) -> "Segmenter":
+                    precision: str | None = None, band_bytes: int = DEFAULT_BAND_BYTES,
+                    exact: bool | None = None) -> "Segmenter":
         """Build from a YAML path (or a loaded cfg). Weights: ``encoder_weights`` and
         ``decoder_weights`` if given, else ``<checkpoint_dir or cfg.DIR>/{encoder,decoder}_
-        <checkpoint or cfg.TEST.checkpoint>``. ``flip``/``precision`` default to
-        cfg.TEST.flip / cfg.TEST.precision."""
+        <checkpoint or cfg.TEST.checkpoint>``. ``flip``/``precision``/``exact`` default
+        to cfg.TEST.flip / cfg.TEST.precision / cfg.TEST.exact."""
         from .config import load_cfg
         cfg = load_cfg(config, opts) if isinstance(config, (str, os.PathLike)) else config
         if (encoder_weights is None) != (decoder_weights is None):
@@ -541,7 +275,7 @@ class Segmenter:
         engine = build_engine(cfg, encoder_weights, decoder_weights, device=device,
                               flip=cfg.TEST.flip if flip is None else flip,
                               precision=precision or cfg.TEST.precision, band_bytes=band_bytes,
-                              fast=cfg.TEST.fast)
+                              exact=cfg.TEST.exact if exact is None else exact)
         return cls(engine, cfg.DATASET)
 
     # ---------------------------------------------------------------- inputs

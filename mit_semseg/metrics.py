@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-__all__ = ["SegmentationMetrics"]
+__all__ = ["SegmentationMetrics", "confusion_counts"]
 
 _EPS = 1e-10  # the original's guard against empty unions
 
@@ -36,6 +36,47 @@ def _flat_int64(x: Any) -> np.ndarray | torch.Tensor:
     if torch.is_tensor(x):
         return x.detach().reshape(-1).to(torch.int64)
     return np.asarray(x).reshape(-1).astype(np.int64, copy=False)
+
+
+def confusion_counts(pred: Any, label: Any, num_class: int) -> np.ndarray | None:
+    """``num_class x num_class`` int64 counts (rows: label, columns: prediction)
+    over the pixels with ``label >= 0``, or None where this fast path does not
+    apply; the caller then counts the straightforward way (which also raises
+    the right errors).
+
+    One fused pass builds ``(label + 1) * k + pred`` (unlabeled pixels land in
+    a row that is dropped, so no masking), then one
+    ``bincount``. Applies when ``pred`` and ``label`` are integer numpy arrays
+    or tensors of the same number of elements, every prediction (labeled or
+    not) is in ``0..k-1`` and every label in ``-1..k-1``.
+    """
+    k = int(num_class)
+    for x in (pred, label):
+        if not torch.is_tensor(x) and not (isinstance(x, np.ndarray) and x.flags.writeable):
+            return None  # lists, read-only arrays (torch would warn): the slow path
+    try:
+        p = pred if torch.is_tensor(pred) else torch.from_numpy(np.ascontiguousarray(pred))
+        t = label if torch.is_tensor(label) else torch.from_numpy(np.ascontiguousarray(label))
+    except (TypeError, ValueError):
+        return None
+    if (p.dtype.is_floating_point or t.dtype.is_floating_point or p.dtype == torch.bool
+            or t.dtype == torch.bool or p.is_complex() or t.is_complex()
+            or p.numel() != t.numel() or p.numel() == 0 or p.device != t.device):
+        return None
+    p = p.reshape(-1).to(torch.int64)
+    t = t.reshape(-1).to(torch.int64)
+    lo, hi = torch.aminmax(p)
+    if int(lo) < 0 or int(hi) >= k:
+        return None
+    idx = torch.add(p, t, alpha=k)
+    idx.add_(k)
+    try:
+        counts = torch.bincount(idx, minlength=(k + 1) * k)
+    except RuntimeError:  # a label below -1
+        return None
+    if counts.numel() != (k + 1) * k:  # a label >= k
+        return None
+    return counts[k:].view(k, k).cpu().numpy()
 
 
 class SegmentationMetrics:
@@ -61,8 +102,7 @@ class SegmentationMetrics:
             raise ValueError(f"prediction has {tuple(p.shape)[0]} pixels but label has "
                              f"{tuple(t.shape)[0]} (shapes must match)")
         k = self.num_class
-        from .fast import confusion_counts  # one pass + bincount; None: count below
-        fast = confusion_counts(p, t, k)
+        fast = confusion_counts(p, t, k)  # one pass + bincount; None: count below
         if fast is not None:
             self.confusion += fast
             self.num_images += 1

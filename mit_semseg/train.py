@@ -55,7 +55,8 @@ from .checkpoint import (STATE_VERSION, CheckpointError, atomic_save, atomic_wri
                          restore_rng_state)
 from .config import ConfigError
 from .dataset import TrainDataset, worker_init_fn
-from .fast import factorize_pyramids_, make_sgd
+from .models.inference_copy import factorize_pyramids_
+from .optim import make_sgd
 from .lib.nn import UserScatteredDataParallel, patch_replication_callback, user_scattered_collate
 from .models import ModelBuilder, SegmentationModule
 from .models.weights import load_weights
@@ -105,9 +106,9 @@ def create_optimizers(nets: Sequence[nn.Module], cfg: CfgNode
     if str(cfg.TRAIN.optim).upper() != "SGD":
         raise ConfigError(f"TRAIN.optim '{cfg.TRAIN.optim}' is not supported; use SGD")
     encoder, decoder = nets[0], nets[1]
-    # TRAIN.fast: one fused (else multi-tensor) kernel per step instead of
-    # PyTorch's default implementation; the same update up to float rounding.
-    sgd = make_sgd if cfg.TRAIN.fast else torch.optim.SGD
+    # Default: one fused (else multi-tensor) kernel per step; TRAIN.exact keeps
+    # PyTorch's default implementation. The same update up to float rounding.
+    sgd = torch.optim.SGD if cfg.TRAIN.exact else make_sgd
     return tuple(  # type: ignore[return-value]
         sgd(group_weight(net), lr=lr, momentum=cfg.TRAIN.beta1,
             weight_decay=cfg.TRAIN.weight_decay)
@@ -117,7 +118,7 @@ def create_optimizers(nets: Sequence[nn.Module], cfg: CfgNode
 def load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """``opt.load_state_dict(state)`` keeping ``opt``'s own implementation choice:
     PyTorch would take the saved groups' "fused"/"foreach" flags, and the run
-    that wrote ``state`` may have had a different ``TRAIN.fast``."""
+    that wrote ``state`` may have had a different ``TRAIN.exact``."""
     impl = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in opt.param_groups]
     opt.load_state_dict(state)
     for group, kept in zip(opt.param_groups, impl):
@@ -125,7 +126,7 @@ def load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> N
 
 
 def _channels_last(cfg: CfgNode) -> bool:
-    return bool(cfg.TRAIN.channels_last or cfg.TRAIN.fast)
+    return not cfg.TRAIN.exact
 
 
 def poly_lr(base_lr: float, cur_iter: int, max_iters: int, power: float) -> float:
@@ -697,7 +698,7 @@ def _train(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: list[int
     module.to(device)
     if _channels_last(cfg):
         module.to(memory_format=torch.channels_last)
-    if cfg.TRAIN.fast:
+    if not cfg.TRAIN.exact:
         factorize_pyramids_(module)
     model = _wrap(module, device, gpu_ids, env)
     optimizers = create_optimizers((module.encoder, module.decoder), cfg)

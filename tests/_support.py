@@ -26,3 +26,30 @@ def parity_names(folder: str = PARITY_DIR) -> list[str]:
     if not os.path.isdir(folder):
         return []
     return sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".pt"))
+
+
+def reference_fuse(logits, out_size, return_probs=False):
+    """The original procedure written out with full-size buffers (the reference
+    for mit_semseg.fusion.fuse): resize each [1, C, h, w] score map to
+    ``out_size``, softmax over classes (class-last), sum probability / count,
+    argmax. Returns (labels [H, W] numpy, probs [C, H, W] tensor or None)."""
+    import torch.nn.functional as F
+    scores = None
+    for x in logits:
+        full = F.interpolate(x.float(), size=tuple(out_size), mode="bilinear", align_corners=False)
+        p = F.softmax(full[0].permute(1, 2, 0).contiguous(), dim=-1) / len(logits)
+        scores = p if scores is None else scores + p
+    labels = torch.max(scores, dim=-1).indices.numpy()
+    return labels, (scores.permute(2, 0, 1) if return_probs else None)
+
+
+def assert_same_labels_up_to_ties(labels, probs, margin=1e-5):
+    """``labels`` equal ``probs.argmax(0)`` wherever the two best classes of
+    ``probs`` ([C, H, W]) are more than ``margin`` apart (closer ones may go
+    either way under float32 rounding of the scores)."""
+    import numpy as np
+    top2 = probs.topk(2, dim=0).values
+    decided = ((top2[0] - top2[1]) > margin).numpy()
+    want = probs.argmax(0).numpy()
+    bad = int((np.asarray(labels)[decided] != want[decided]).sum())
+    assert bad == 0, f"{bad} decided pixels differ"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mit_semseg.metrics import SegmentationMetrics
+from mit_semseg.metrics import SegmentationMetrics, confusion_counts
 from mit_semseg.utils import AverageMeter, accuracy, intersectionAndUnion
 
 
@@ -97,3 +97,53 @@ def test_bad_values_are_rejected():
     assert m.confusion.sum() == 1
     with pytest.raises(ValueError, match="cannot merge"):
         m.merge(SegmentationMetrics(4))
+
+
+# ------------------------------------------------------------------ confusion counts
+
+def _confusion_reference(pred, label, k):
+    pred, label = np.asarray(pred).reshape(-1), np.asarray(label).reshape(-1)
+    keep = label >= 0
+    return np.bincount(label[keep] * k + pred[keep], minlength=k * k).reshape(k, k)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_confusion_counts_equal_masked_bincount(as_tensor):
+    rng = np.random.default_rng(0)
+    k = 13
+    label = rng.integers(-1, k, (37, 41))
+    pred = rng.integers(0, k, (37, 41)).astype(np.uint8)
+    args = (torch.from_numpy(pred), torch.from_numpy(label)) if as_tensor else (pred, label)
+    got = confusion_counts(*args, k)
+    assert got.dtype == np.int64 and np.array_equal(got, _confusion_reference(pred, label, k))
+
+
+def test_confusion_counts_declines_what_it_cannot_count():
+    k = 5
+    label = np.array([[0, 1], [-1, 4]])
+    pred = np.array([[0, 1], [2, 3]])
+    assert confusion_counts(pred, np.array([[0, 1], [-2, 4]]), k) is None  # label < -1
+    assert confusion_counts(pred, np.array([[0, 1], [5, 4]]), k) is None   # label >= k
+    assert confusion_counts(np.array([[0, 1], [7, 3]]), label, k) is None  # pred >= k
+    assert confusion_counts(pred.astype(float), label, k) is None
+    frozen = pred.copy()
+    frozen.flags.writeable = False
+    assert confusion_counts(frozen, label, k) is None
+
+
+def test_segmentation_metrics_fast_and_slow_paths_agree():
+    from mit_semseg.metrics import SegmentationMetrics
+    rng = np.random.default_rng(1)
+    k = 9
+    a, b = SegmentationMetrics(k), SegmentationMetrics(k)
+    for _ in range(3):
+        label = rng.integers(-1, k, (20, 30))
+        pred = rng.integers(0, k, (20, 30))
+        a.update(pred, label)
+        # predictions outside the range on unlabeled pixels: the fast path declines
+        pred_odd = pred.copy()
+        pred_odd[label < 0] = k + 3
+        b.update(pred_odd, label)
+    assert np.array_equal(a.confusion, b.confusion) and a.num_images == b.num_images == 3
+    with pytest.raises(ValueError):
+        a.update(np.full((2, 2), k), np.zeros((2, 2), dtype=int))

@@ -242,16 +242,18 @@ def test_precise_bn_averages_the_batch_statistics(data_root, tmp_path):
 
 
 def test_bf16_autocast_and_channels_last_train(data_root, tmp_path):
-    summary = T.main(_cfg(data_root, tmp_path, "TRAIN.precision", "bf16", "TRAIN.channels_last",
-                          True, "TRAIN.num_epoch", 1, "TRAIN.epoch_iters", 2), "cpu")
+    summary = T.main(_cfg(data_root, tmp_path, "TRAIN.precision", "bf16",
+                          "TRAIN.num_epoch", 1, "TRAIN.epoch_iters", 2), "cpu")
     assert len(summary.history["train"]["loss"]) == 2
     assert all(torch.isfinite(torch.tensor(summary.history["train"]["loss"])))
     assert os.path.isfile(tmp_path / "state_epoch_1.pth")
 
 
-def test_fast_training_switches_the_speedups_on(data_root, tmp_path, monkeypatch):
-    """TRAIN.fast trains with channels-last, the factorized PPM head and fused SGD
-    (that these compute the same step: test_fast / test_models). On this tiny
+def test_default_training_step_is_the_fast_one_and_exact_switches_it_off(
+        data_root, tmp_path, monkeypatch):
+    """By default train.py trains with channels-last, the factorized PPM head and
+    fused SGD; TRAIN.exact True with the original's operations (that both compute
+    the same step: test_optim / test_models). On this tiny
     ill-conditioned model (4x4 maps, batch 2) only the first loss is compared:
     later ones drift apart with float rounding whatever the layout."""
     opts = ("MODEL.arch_decoder", "ppm_deepsup", "TRAIN.num_epoch", 1, "TRAIN.epoch_iters", 2)
@@ -263,8 +265,8 @@ def test_fast_training_switches_the_speedups_on(data_root, tmp_path, monkeypatch
         return real_forward(run, batches, model)
 
     monkeypatch.setattr(T, "_forward", spy)
-    plain = T.main(_cfg(data_root, tmp_path / "plain", *opts), "cpu")
-    fast = T.main(_cfg(data_root, tmp_path / "fast", *opts, "TRAIN.fast", True), "cpu")
+    plain = T.main(_cfg(data_root, tmp_path / "plain", *opts, "TRAIN.exact", True), "cpu")
+    fast = T.main(_cfg(data_root, tmp_path / "fast", *opts), "cpu")
     (run0, img0), (run1, img1) = seen[0], seen[2]
     assert not run0.module.decoder.factorized_pyramid and run1.module.decoder.factorized_pyramid
     assert not img0.is_contiguous(memory_format=torch.channels_last)
@@ -282,10 +284,10 @@ def test_fast_training_switches_the_speedups_on(data_root, tmp_path, monkeypatch
 
 def test_resumed_optimizer_keeps_its_own_implementation():
     net = nn.Conv2d(2, 3, 3)
-    cfg = load_cfg(None, [])
+    cfg = load_cfg(None, ["TRAIN.exact", "True"])
     plain = T.create_optimizers((net, net), cfg)[0]
     assert not plain.param_groups[0].get("fused") and not plain.param_groups[0].get("foreach")
-    cfg.TRAIN.fast = True
+    cfg.TRAIN.exact = False
     fast = T.create_optimizers((net, net), cfg)[0]
     impl = {k: fast.param_groups[0].get(k) for k in ("fused", "foreach")}
     assert any(impl.values())

@@ -7,8 +7,10 @@ offending key and where it came from.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+import warnings
+from typing import Any, Sequence
 
+import yaml
 from yacs.config import CfgNode
 
 from .defaults import _C as cfg
@@ -26,6 +28,7 @@ def load_cfg(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CfgNode:
     if cfg_file:
         if not os.path.isfile(cfg_file):
             raise ConfigError(f"config file not found: {cfg_file}")
+        _warn_replaced_keys(_file_keys(cfg_file), cfg_file)
         try:
             out.merge_from_file(cfg_file)
         except (KeyError, AssertionError, ValueError) as exc:
@@ -33,11 +36,44 @@ def load_cfg(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CfgNode:
     opts = list(opts)
     if len(opts) % 2:
         raise ConfigError(f"overrides must be KEY VALUE pairs; '{opts[-1]}' has no value")
+    _warn_replaced_keys(opts[0::2], "command line")
     try:
         out.merge_from_list(opts)
     except (KeyError, AssertionError, ValueError) as exc:
         raise ConfigError(f"command-line override: {_reason(exc)}") from None
     return out
+
+
+# keys of earlier versions of this project -> what replaces them
+_REPLACED = {
+    "TRAIN.fast": "TRAIN.exact", "TRAIN.channels_last": "TRAIN.exact",
+    "VAL.fast": "VAL.exact", "TEST.fast": "TEST.exact",
+}
+for _key in _REPLACED:
+    cfg.register_deprecated_key(_key)
+
+
+def _file_keys(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            tree = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError):
+        return []  # merge_from_file reports it
+
+    def walk(node: Any, prefix: str) -> list[str]:
+        if not isinstance(node, dict):
+            return [prefix]
+        return [k for key, v in node.items() for k in walk(v, f"{prefix}{key}.")]
+
+    return [k.rstrip(".") for k in walk(tree, "")] if isinstance(tree, dict) else []
+
+
+def _warn_replaced_keys(keys: Sequence[str], where: str) -> None:
+    for key in keys:
+        if key in _REPLACED:
+            warnings.warn(f"{where}: {key} is ignored: the fast path it switched on is the "
+                          f"default now; set {_REPLACED[key]} True for the original's exact "
+                          f"operations", FutureWarning, stacklevel=3)
 
 
 def _reason(exc: Exception) -> str:

@@ -7,9 +7,10 @@ encoder's list of feature maps (the last one has ``fc_dim`` channels). With
 ``*_deepsup`` decoders return ``(main, deepsup)`` where ``deepsup`` is
 predicted from the second-to-last map (``fc_dim // 2`` channels).
 
-``factorized_pyramid`` (PPM and UPerNet; off by default, on in the fast
-inference copy and with ``TRAIN.fast``) computes the same head with fewer
-operations: see ``pyramid_conv``.
+``factorized_pyramid`` (PPM and UPerNet; off in a freshly built decoder, so
+the module computes the original's operations; switched on by the inference
+copy and by the default training step, off with ``VAL/TEST/TRAIN.exact``)
+computes the same head with fewer operations: see ``pyramid_conv``.
 """
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def pyramid_conv(conv: nn.Module, top: torch.Tensor,
     channels are resized branches of 1x1 to 6x6, so this removes that share of
     its operations; in UPerNet's fusion three of the four FPN levels come from
     2-8x smaller maps (about 60% fewer operations). ``conv``: a stride-1, zero-padded ``nn.Conv2d``, or a module
-    with ``split_forward(top, term)`` (``mit_semseg.fast.FusedConv2d``) that adds
+    with ``split_forward(top, term)`` (``models.inference_copy.FusedConv2d``) that adds
     the term before its fused activation.
     """
     split = top.shape[1]

@@ -1,44 +1,28 @@
-"""Speedups that keep the predictions: inference copies of models, a faster
-band-wise fusion kernel for the inference engine, reduced precision (opt-in)
-and training helpers.
+"""Inference copies of models: the same function, fewer and faster operations.
 
-Inference model (``optimize_for_inference``)
-    An eval-mode copy with every BatchNorm folded into the convolution before
-    it (``fuse_bn``), convolution + ReLU/ReLU6 (and the residual add of ResNet,
-    HRNet and MobileNetV2 blocks) run as one oneDNN primitive with post-ops
-    (CPU, channels-last; elsewhere the same module falls back to plain ops),
-    channels-last memory, no autograd state. Class scores equal the original
-    model's to float32 rounding (about 1e-6 relative; folding changes the
-    order of operations); the label maps are identical except at pixels whose
-    two best classes tie to that precision, which the tests check for every
-    architecture.
+``optimize_for_inference(module)`` returns an eval-mode copy with every
+BatchNorm folded into the convolution before it (``fuse_bn``), convolution +
+ReLU/ReLU6 (and the residual add of ResNet, HRNet and MobileNetV2 blocks) run
+as one oneDNN primitive with post-ops (``FusedConv2d``; CPU, channels-last;
+elsewhere the same module runs the plain ops), channels-last memory, the
+factorized pyramid heads (``models.decoders.pyramid_conv``) and no autograd
+state. Class scores equal the original model's to float32 rounding (folding
+changes the order of operations; the tests bound the difference by the
+float32 error of the dot products), so labels are identical except at pixels
+whose two best classes tie to that precision.
 
-Fusion kernel (``fuse_banded_fast``)
-    Same signature and bit-identical results as ``inference.fuse_full`` /
-    ``inference.fuse_banded``, with memory bounded by ``band_bytes``. Faster
-    because it keeps every band tensor in reused buffers (no page faults on
-    fresh memory, no allocator traffic), uses cache-sized bands, does the
-    horizontal resize with the channels-last kernel (class-last output
-    directly, no transposition; checked per size against the NCHW kernel),
-    and does the vertical resize with broadcast multiply-adds over groups of
-    rows that share their source rows instead of row gathers.
+Whether a fused oneDNN convolution gives the same bits as the separate ops
+depends on the CPU's kernels (it does on some Intel machines, not on AMD
+Zen); nothing relies on it. ``fused_conv_exact()`` reports it for this
+machine.
 
-Reduced precision (opt-in)
-    ``optimize_for_inference(dtype=torch.bfloat16)`` keeps the class layers in
-    float32 (on bf16 features) so that only the trunk runs in bf16; the
-    label agreement with float32 is reported by the benchmark.
-
-Training
-    ``make_sgd`` picks the fused (else foreach) SGD implementation;
-    ``channels_last_`` converts a model and batch. BatchNorm cannot be folded
-    in training, so the training-side gain is memory format, optimizer and
-    the absence of host/device round trips (see docs/benchmark.md).
+Reduced precision (opt-in): ``optimize_for_inference(dtype=torch.bfloat16)``
+keeps the class layers in float32 (on bf16 features) so that only the trunk
+runs in bf16; the benchmark reports the label agreement with float32.
 """
 from __future__ import annotations
 
 import copy
-import math
-import threading
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Sequence
 
@@ -50,17 +34,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 __all__ = [
     "fold_conv_bn", "fuse_bn", "FusedConv2d", "FusedResidual", "KeepFloat32",
     "optimize_for_inference", "prepare_input", "precision_dtype", "mkldnn_fusion_available",
-    "fuse_banded_fast", "release_workspace", "FAST_BAND_BYTES", "FastInferenceEngine",
-    "make_sgd", "channels_last_", "confusion_counts", "factorize_pyramids_",
+    "factorize_pyramids_", "fused_conv_exact",
 ]
-
-# Size of one band tensor (float32, rows x W x C) in fuse_banded_fast. Three
-# such buffers plus the horizontal rows of every scale are alive at once.
-# Measured on a 2-core AVX-512 machine (640x480, 150 classes, 5 scales): 1-2 MiB
-# is best with one thread or OpenMP's default (spinning) wait, 16 MiB with
-# OMP_WAIT_POLICY=passive (fewer, larger parallel regions); 4 MiB is within
-# about 10% of the best of both.
-FAST_BAND_BYTES = 4 * 2 ** 20
 
 _PRECISIONS: dict[str, torch.dtype | None] = {
     "fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -107,7 +82,7 @@ def fold_conv_bn(conv: nn.Conv2d, bn: _BatchNorm) -> nn.Conv2d:
 
 def _named_pair_owners() -> tuple[type, ...]:
     """Model classes whose ``conv{k}`` feeds ``bn{k}`` directly (and nothing else)."""
-    from .models import hrnet, resnet
+    from . import hrnet, resnet
     return (resnet._ResidualBlock, resnet.ResNet, resnet.Resnet,
             hrnet.BasicBlock, hrnet.Bottleneck, hrnet.HRNetV2)
 
@@ -386,7 +361,7 @@ def _as_fused(m: nn.Module, activation: str) -> FusedConv2d:
 
 def _block_to_fused(block: nn.Module) -> nn.Module | None:
     """FusedResidual for a known residual block whose BatchNorms are folded, else None."""
-    from .models import hrnet, mobilenet, resnet
+    from . import hrnet, mobilenet, resnet
     if isinstance(block, (resnet._ResidualBlock, hrnet.BasicBlock, hrnet.Bottleneck)):
         depth = 3 if hasattr(block, "conv3") else 2
         if any(type(getattr(block, f"bn{i}")) is not nn.Identity for i in range(1, depth + 1)):
@@ -407,7 +382,7 @@ def _block_to_fused(block: nn.Module) -> nn.Module | None:
 
 def _fuse_stems(net: nn.Module) -> None:
     """ResNet stems (conv{i} -> bn{i} -> relu{i}) and the HRNetV2 stem (shared relu)."""
-    from .models import hrnet, resnet
+    from . import hrnet, resnet
     for m in net.modules():
         if isinstance(m, (resnet.ResNet, resnet.Resnet)):
             for i in range(1, 4):
@@ -474,7 +449,7 @@ def factorize_pyramids_(module: nn.Module, enable: bool = True) -> nn.Module:
     """Switch every PPM head and UPerNet fusion in ``module`` to
     ``models.decoders.pyramid_conv`` (same function up to float rounding,
     fewer operations), in place."""
-    from .models.decoders import PPM, UPerNet
+    from .decoders import PPM, UPerNet
     for m in module.modules():
         if isinstance(m, (PPM, UPerNet)):
             m.factorized_pyramid = bool(enable)
@@ -523,326 +498,26 @@ def prepare_input(img: torch.Tensor, *, channels_last: bool = True,
     return img
 
 
-# ============================================================================ fusion kernel
-
-class _Workspace(threading.local):
-    """Per-thread reusable buffers (grown on demand, never shrunk)."""
-
-    def __init__(self) -> None:
-        self.buffers: dict[tuple[str, torch.dtype, str], torch.Tensor] = {}
-
-    def get(self, name: str, shape: Sequence[int], dtype: torch.dtype,
-            device: torch.device) -> torch.Tensor:
-        n = math.prod(shape)
-        key = (name, dtype, str(device))
-        buf = self.buffers.get(key)
-        if buf is None or buf.numel() < n:
-            with torch.inference_mode(False):  # usable in and outside inference mode
-                buf = torch.empty(n, dtype=dtype, device=device)
-            self.buffers[key] = buf
-        return buf[:n].view(tuple(shape))
+_exact_probe: dict[int, bool] = {}
 
 
-_workspace = _Workspace()
-
-
-def release_workspace() -> None:
-    """Free this thread's reusable fusion buffers."""
-    _workspace.buffers.clear()
-
-
-_cl_checked: dict[tuple, bool] = {}
-
-
-def _horizontal_cl_exact(channels: int, in_w: int, out_w: int, device: torch.device) -> bool:
-    """Whether the channels-last bilinear kernel resizes rows (height kept) to the
-    same bits as the NCHW kernel for this size on this device (probe, cached)."""
-    key = (channels, in_w, out_w, str(device), torch.get_num_threads())
-    if key not in _cl_checked:
-        gen = torch.Generator().manual_seed(channels * 7919 + in_w * 31 + out_w)
-        probe = (torch.randn(1, channels, 3, in_w, generator=gen) * 8).to(device)
-        ref = F.interpolate(probe, size=(3, out_w), mode="bilinear", align_corners=False)
-        got = F.interpolate(probe.contiguous(memory_format=torch.channels_last), size=(3, out_w),
-                            mode="bilinear", align_corners=False)
-        if len(_cl_checked) > 4096:
-            _cl_checked.clear()
-        _cl_checked[key] = bool(torch.equal(ref, got))
-    return _cl_checked[key]
-
-
-class _Horizontal:
-    """Class-last horizontally resized source rows of one scale, computed in chunks."""
-
-    def __init__(self, x: torch.Tensor, width: int, chunk_rows: int, slot: int) -> None:
-        self.x = x
-        self.width = width
-        self.chunk_rows = chunk_rows
-        self.slot = slot
-        C, _, w = x.shape[1:]
-        self.use_cl = _horizontal_cl_exact(C, w, width, x.device)
-        self.xcl = x.contiguous(memory_format=torch.channels_last) if self.use_cl else None
-        self.lo = self.hi = -1
-        self.rows: torch.Tensor | None = None
-
-    def get(self, s0: int, s1: int) -> tuple[torch.Tensor, int]:
-        """Rows covering source rows s0:s1 as a [k, W, C] tensor and its first row index."""
-        if not (self.lo <= s0 and s1 <= self.hi):
-            from .inference import _SMALL_OUTPUT_SIDES
-            h, C = self.x.shape[2], self.x.shape[1]
-            lo, hi = s0, min(h, max(s1, s0 + self.chunk_rows))
-            if self.use_cl:
-                assert self.xcl is not None
-                horiz = F.interpolate(self.xcl[:, :, lo:hi], size=(hi - lo, self.width),
-                                      mode="bilinear", align_corners=False)
-                self.rows = horiz[0].permute(1, 2, 0)  # class-last storage already
-            else:
-                # NCHW kernel (as inference._resize_rows_cl, including its padding of
-                # short row sets onto the general kernel), then one transposition.
-                rows = self.x[:, :, lo:hi]
-                need = max(2, _SMALL_OUTPUT_SIDES + 1 - self.width)
-                if rows.shape[2] < need:
-                    rows = torch.cat(
-                        [rows, rows[:, :, -1:].expand(-1, -1, need - rows.shape[2], -1)], dim=2)
-                horiz = F.interpolate(rows.contiguous(), size=(rows.shape[2], self.width),
-                                      mode="bilinear", align_corners=False)
-                out = _workspace.get(f"horiz{self.slot}", (hi - lo, self.width, C),
-                                     torch.float32, self.x.device)
-                out.copy_(horiz[0, :, :hi - lo].permute(1, 2, 0))
-                self.rows = out
-            self.lo, self.hi = lo, hi
-        assert self.rows is not None
-        return self.rows, self.lo
-
-
-def fuse_banded_fast(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
-                     return_probs: bool = False, band_bytes: int = FAST_BAND_BYTES,
-                     softmax: bool = True):
-    """``inference.fuse_banded`` with the same arguments and bit-identical results
-    (equal to ``inference.fuse_full``), faster and with reused buffers.
-
-    Memory: about three ``band_bytes`` buffers plus, per scale, horizontally
-    resized source rows for two bands; plus the labels (and ``return_probs``'
-    full map). Falls back to ``fuse_full`` where the engine's row plans cannot
-    reproduce this platform's interpolation.
-
-    ``softmax=False`` with a single score map and no probabilities: labels are
-    the argmax of the resized scores themselves (softmax is monotonic, so they
-    equal the softmax's argmax except where rounding makes two probabilities
-    exactly equal); saves the softmax pass. Ignored otherwise.
-    """
-    from . import inference as inf
-    logits = inf._as_nchw(logits)
-    H, W = (int(s) for s in out_size)
-    if inf._needs_full(logits, (H, W), band_bytes):
-        return inf.fuse_full(logits, (H, W), return_probs)
-    device = logits[0].device
-    plans = [inf._row_plan(x.shape[2], H, device) for x in logits]
-    if any(p is None for p in plans):
-        return inf.fuse_full(logits, (H, W), return_probs)
-    C, n = logits[0].shape[1], len(logits)
-    argmax_only = not softmax and n == 1 and not return_probs
-    row_bytes = C * W * 4
-    rows_per_band = max(1, int(band_bytes) // row_bytes)
-    scales = [_Horizontal(x, W, max(2, 2 * rows_per_band), k) for k, x in enumerate(logits)]
-    starts = [p.i0.tolist() for p in plans]
-    ends = [p.i1.tolist() for p in plans]
-    w0 = [p.l0.view(-1, 1, 1) for p in plans]
-    w1 = [p.l1.view(-1, 1, 1) for p in plans]
-
-    labels = torch.empty((H, W), dtype=torch.int64, device=device)
-    probs = torch.empty((H, W, C), dtype=torch.float32, device=device) if return_probs else None
-    f32 = torch.float32
-    for r0 in range(0, H, rows_per_band):
-        r1 = min(H, r0 + rows_per_band)
-        rr = r1 - r0
-        acc = probs[r0:r1] if probs is not None else _workspace.get("acc", (rr, W, C), f32, device)
-        band = _workspace.get("band", (rr, W, C), f32, device)
-        for k in range(n):
-            i0, i1 = starts[k], ends[k]
-            src, base = scales[k].get(i0[r0], i1[r1 - 1] + 1)
-            # vertical resize: rows sharing source rows (a, b) in one broadcast step;
-            # bottom * l1 then fused multiply-add of top * l0, as the kernel rounds.
-            s = r0
-            while s < r1:
-                a, b = i0[s], i1[s]
-                e = s + 1
-                while e < r1 and i0[e] == a:
-                    e += 1
-                dst = band[s - r0:e - r0]
-                torch.mul(src[b - base:b - base + 1], w1[k][s:e], out=dst)
-                dst.addcmul_(src[a - base:a - base + 1], w0[k][s:e])
-                s = e
-            if argmax_only:
-                acc = band
-            elif k == 0:
-                torch._softmax(band, -1, False, out=acc)
-                acc.div_(n)
-            else:
-                torch._softmax(band, -1, False, out=band)
-                band.div_(n)
-                acc.add_(band)
-        values = _workspace.get("max", (rr, W), f32, device)
-        torch.max(acc, -1, out=(values, labels[r0:r1]))
-    return inf._finish(labels, probs)
-
-
-_fast_checked: dict[tuple[str, int, int], bool] = {}
-
-
-def _fast_banding_verified(device: torch.device, num_class: int) -> bool:
-    """Compare fuse_banded_fast with fuse_full on random scores once per device,
-    class count and thread count."""
-    from . import inference as inf
-    key = (str(device), int(num_class), torch.get_num_threads())
-    if key not in _fast_checked:
-        gen = torch.Generator().manual_seed(4321)
-        logits = [(torch.randn(1, num_class, h, w, generator=gen) * 4).to(device)
-                  for h, w in ((11, 9), (17, 13), (70, 150))]
-        ok = True
-        for size in ((67, 75), (41, 131)):
-            ref = inf.fuse_full(logits, size, return_probs=True)
-            got = fuse_banded_fast(logits, size, return_probs=True,
-                                   band_bytes=num_class * size[1] * 4 * 5)
-            ok = ok and bool((ref.labels == got.labels).all()) and torch.equal(ref.probs, got.probs)
-        _fast_checked[key] = ok
-    return _fast_checked[key]
-
-
-# ============================================================================ engine
-
-def _engine_base() -> type:
-    from .inference import InferenceEngine
-    return InferenceEngine
-
-
-class FastInferenceEngine(_engine_base()):  # type: ignore[misc]
-    """``inference.InferenceEngine`` with an ``optimize_for_inference`` model and
-    ``fuse_banded_fast``; same constructor arguments plus ``channels_last`` and
-    ``fuse``.
-
-    Fusion results are bit-identical to the engine's. Class scores equal the
-    plain model's to float32 rounding (see the module docstring). With
-    ``precision="bf16"`` the model itself is cast (class layers kept float32),
-    which is faster on CPU than autocast; ``"fp16"`` uses autocast.
-    ``single_scale_softmax=False``: a single copy's labels are the argmax of its
-    resized scores, without the softmax (same labels up to exact float ties).
-    """
-
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, *,
-                 device: Any = "auto", flip: bool = False, precision: str = "fp32",
-                 band_bytes: int = FAST_BAND_BYTES, channels_last: bool = True,
-                 fuse: bool = True, single_scale_softmax: bool = True) -> None:
-        super().__init__(encoder, decoder, device=device, flip=flip, precision=precision,
-                         band_bytes=band_bytes)
-        self.single_scale_softmax = bool(single_scale_softmax)
-        dtype = precision_dtype(precision)
-        self.model_dtype = dtype if dtype == torch.bfloat16 else None
-        self.channels_last = bool(channels_last)
-        self.encoder = optimize_for_inference(self.encoder, channels_last=self.channels_last,
-                                              fuse=fuse, dtype=self.model_dtype)
-        self.decoder = optimize_for_inference(self.decoder, channels_last=self.channels_last,
-                                              fuse=fuse, dtype=self.model_dtype)
-
-    def _logits(self, img: torch.Tensor) -> torch.Tensor:
-        x = prepare_input(img, channels_last=self.channels_last, dtype=self.model_dtype)
-        if self.model_dtype is not None:
-            features = self.encoder(x, return_feature_maps=True)
-            out = self.decoder.logits(features)
-        else:
-            from .inference import _autocast
-            with _autocast(self.device, self.precision):
-                features = self.encoder(x, return_feature_maps=True)
-                out = self.decoder.logits(features)
-        return out.float().contiguous()
-
-    @torch.inference_mode()
-    def fuse(self, logits: Sequence[torch.Tensor], out_size: tuple[int, int],
-             return_probs: bool = False):
-        from .inference import fuse_full
-        if self.band_bytes <= 0 or not _fast_banding_verified(self.device, logits[0].shape[1]):
-            return fuse_full(logits, out_size, return_probs)
-        return fuse_banded_fast(logits, out_size, return_probs, self.band_bytes,
-                                softmax=self.single_scale_softmax)
-
-
-# ============================================================================ metrics
-
-def confusion_counts(pred: Any, label: Any, num_class: int) -> "np.ndarray | None":
-    """``num_class x num_class`` int64 counts (rows: label, columns: prediction)
-    over the pixels with ``label >= 0``, or None where this fast path does not
-    apply; the caller then counts the straightforward way (which also raises
-    the right errors).
-
-    One fused pass builds ``(label + 1) * k + pred`` (unlabeled pixels land in
-    a row that is dropped, so no masking) into a reused buffer, then one
-    ``bincount``. Applies when ``pred`` and ``label`` are integer numpy arrays
-    or tensors of the same number of elements, every prediction (labeled or
-    not) is in ``0..k-1`` and every label in ``-1..k-1``.
-    """
-    import numpy as np
-    k = int(num_class)
-    for x in (pred, label):
-        if not torch.is_tensor(x) and not (isinstance(x, np.ndarray) and x.flags.writeable):
-            return None  # lists, read-only arrays (torch would warn): the slow path
-    try:
-        p = pred if torch.is_tensor(pred) else torch.from_numpy(np.ascontiguousarray(pred))
-        t = label if torch.is_tensor(label) else torch.from_numpy(np.ascontiguousarray(label))
-    except (TypeError, ValueError):
-        return None
-    if (p.dtype.is_floating_point or t.dtype.is_floating_point or p.dtype == torch.bool
-            or t.dtype == torch.bool or p.is_complex() or t.is_complex()
-            or p.numel() != t.numel() or p.numel() == 0 or p.device != t.device):
-        return None
-    p = p.reshape(-1).to(torch.int64)
-    t = t.reshape(-1).to(torch.int64)
-    lo, hi = torch.aminmax(p)
-    if int(lo) < 0 or int(hi) >= k:
-        return None
-    idx = _workspace.get("confusion", (p.numel(),), torch.int64, p.device)
-    torch.add(p, t, alpha=k, out=idx)
-    idx.add_(k)
-    try:
-        counts = torch.bincount(idx, minlength=(k + 1) * k)
-    except RuntimeError:  # a label below -1
-        return None
-    if counts.numel() != (k + 1) * k:  # a label >= k
-        return None
-    return counts[k:].view(k, k).cpu().numpy()
-
-
-# ============================================================================ training
-
-def make_sgd(params: Any, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
-             impl: str = "auto", **kwargs: Any) -> torch.optim.SGD:
-    """``torch.optim.SGD`` with a multi-tensor implementation.
-
-    ``impl``: "fused" (one kernel for all parameters), "foreach" (multi-tensor
-    ops), "loop" (PyTorch's per-parameter loop; PyTorch's own default on CPU) or
-    "auto" (fused where this PyTorch supports it for the parameters' device,
-    else foreach). All give the same update up to float rounding.
-    """
-    if impl not in ("auto", "fused", "foreach", "loop"):
-        raise ValueError(f"impl must be auto, fused, foreach or loop, got {impl!r}")
-    if impl == "loop":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                               foreach=False, **kwargs)
-    if impl in ("auto", "fused"):
-        params = list(params)
-        try:
-            return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                   fused=True, **kwargs)
-        except (RuntimeError, ValueError, TypeError):
-            if impl == "fused":
-                raise
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                           foreach=True, **kwargs)
-
-
-def channels_last_(module: nn.Module | None = None,
-                   batch: dict[str, torch.Tensor] | None = None) -> None:
-    """Convert ``module``'s 4-D parameters and ``batch['img_data']`` to channels-last,
-    in place. Training results equal the contiguous layout's up to float rounding."""
-    if module is not None:
-        module.to(memory_format=torch.channels_last)
-    if batch is not None and "img_data" in batch and batch["img_data"].dim() == 4:
-        batch["img_data"] = batch["img_data"].contiguous(memory_format=torch.channels_last)
+def fused_conv_exact() -> bool:
+    """Whether ``FusedConv2d``'s oneDNN path gives the same bits as separate
+    conv, add and ReLU ops on this CPU (probed once per thread count)."""
+    threads = torch.get_num_threads()
+    if threads not in _exact_probe:
+        gen = torch.Generator().manual_seed(77)
+        with torch.inference_mode(False), torch.no_grad():  # normal tensors, wherever called
+            conv = nn.Conv2d(24, 32, 3, padding=1)
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.1)
+            conv.bias.copy_(torch.randn(32, generator=gen))
+            fused = FusedConv2d(conv, "relu").to(memory_format=torch.channels_last)
+        x = torch.randn(1, 24, 19, 23, generator=gen).contiguous(memory_format=torch.channels_last)
+        other = torch.randn(1, 32, 19, 23, generator=gen).contiguous(
+            memory_format=torch.channels_last)
+        with torch.inference_mode():
+            ref = F.relu(F.conv2d(x, conv.weight, conv.bias, padding=1) + other)
+            ok = torch.equal(fused(x, other=other), ref) and \
+                torch.equal(fused(x), F.relu(F.conv2d(x, conv.weight, conv.bias, padding=1)))
+        _exact_probe[threads] = bool(ok)
+    return _exact_probe[threads]

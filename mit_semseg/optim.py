@@ -1,0 +1,46 @@
+"""Optimizer and memory-layout helpers for training (the default training step
+uses both; ``TRAIN.exact`` keeps PyTorch's per-parameter SGD and NCHW)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ["make_sgd", "channels_last_"]
+
+
+def make_sgd(params: Any, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+             impl: str = "auto", **kwargs: Any) -> torch.optim.SGD:
+    """``torch.optim.SGD`` with a multi-tensor implementation.
+
+    ``impl``: "fused" (one kernel for all parameters), "foreach" (multi-tensor
+    ops), "loop" (PyTorch's per-parameter loop; PyTorch's own default on CPU) or
+    "auto" (fused where this PyTorch supports it for the parameters' device,
+    else foreach). All give the same update up to float rounding.
+    """
+    if impl not in ("auto", "fused", "foreach", "loop"):
+        raise ValueError(f"impl must be auto, fused, foreach or loop, got {impl!r}")
+    if impl == "loop":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               foreach=False, **kwargs)
+    if impl in ("auto", "fused"):
+        params = list(params)
+        try:
+            return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                   fused=True, **kwargs)
+        except (RuntimeError, ValueError, TypeError):
+            if impl == "fused":
+                raise
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           foreach=True, **kwargs)
+
+
+def channels_last_(module: nn.Module | None = None,
+                   batch: dict[str, torch.Tensor] | None = None) -> None:
+    """Convert ``module``'s 4-D parameters and ``batch['img_data']`` to channels-last,
+    in place. Training results equal the contiguous layout's up to float rounding."""
+    if module is not None:
+        module.to(memory_format=torch.channels_last)
+    if batch is not None and "img_data" in batch and batch["img_data"].dim() == 4:
+        batch["img_data"] = batch["img_data"].contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,78 @@
+"""Training helpers (mit_semseg.optim) and the default training step: the same
+updates as PyTorch's defaults up to float rounding."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mit_semseg.models import ModelBuilder
+from mit_semseg.models.inference_copy import factorize_pyramids_
+from mit_semseg.optim import channels_last_, make_sgd
+
+
+def test_make_sgd_implementations_agree():
+    torch.manual_seed(0)
+    base = [torch.randn(5, 3), torch.randn(7)]
+    grads = [[torch.randn_like(p) for p in base] for _ in range(3)]
+    results = {}
+    for impl in ("loop", "foreach", "fused", "auto"):
+        params = [nn.Parameter(p.clone()) for p in base]
+        opt = make_sgd([{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.0}],
+                            lr=0.1, momentum=0.9, weight_decay=1e-4, impl=impl)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            opt.step()
+        results[impl] = [p.detach() for p in params]
+    for impl in ("foreach", "fused", "auto"):
+        for a, b in zip(results[impl], results["loop"]):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dec_arch", ["c1", "ppm_deepsup"])
+def test_fast_training_steps_match(dec_arch):
+    """Channels-last, the factorized pyramid (PPM) and fused SGD compute the
+    training step of the default layout and optimizer: both are compared with
+    the same step in float64 (batch-2 BatchNorm on a 1x1 pooled branch makes
+    float32 updates of some parameters accurate to ~1% only, whichever path)."""
+    import copy
+    from mit_semseg.models import SegmentationModule
+    torch.manual_seed(0)
+    enc = ModelBuilder.build_encoder("resnet18dilated", 512, pretrained=False)
+    dec = ModelBuilder.build_decoder(dec_arch, 512, 5)
+    batch = {"img_data": torch.randn(2, 3, 64, 64),
+             "seg_label": torch.randint(-1, 5, (2, 8, 8))}
+    start = [p.detach().double() for p in list(enc.parameters()) + list(dec.parameters())]
+
+    def step(speedups: bool, dtype: torch.dtype):
+        module = SegmentationModule(copy.deepcopy(enc), copy.deepcopy(dec),
+                                    nn.NLLLoss(ignore_index=-1),
+                                    0.4 if dec_arch.endswith("deepsup") else None)
+        module.train().to(dtype)
+        feed = dict(batch, img_data=batch["img_data"].to(dtype))
+        if speedups:
+            channels_last_(module, feed)
+            factorize_pyramids_(module)
+            assert feed["img_data"].is_contiguous(memory_format=torch.channels_last)
+        opt = make_sgd(module.parameters(), lr=0.01, momentum=0.9,
+                            impl="auto" if speedups else "loop")
+        losses = []
+        for i in range(2):
+            torch.manual_seed(i)  # the same dropout masks
+            opt.zero_grad(set_to_none=True)
+            loss, _ = module(feed)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            if i == 0:
+                moved = [p.detach().double() - s for p, s in zip(module.parameters(), start)]
+        return losses, moved
+
+    exact_losses, exact_moves = step(False, torch.float64)
+    for speedups in (False, True):
+        losses, moves = step(speedups, torch.float32)
+        assert abs(losses[0] - exact_losses[0]) <= 1e-6 * exact_losses[0]
+        assert abs(losses[1] - exact_losses[1]) <= 1e-3 * exact_losses[1]
+        for got, want in zip(moves, exact_moves):
+            assert (got - want).norm() <= 0.03 * want.norm()
