@@ -261,7 +261,7 @@ function setView() {
 
 function fit() {
   // Display size of the canvases: the whole photo fits the stage's width (half of
-  // it per pane side by side, unless the panes stack) and 75% of the window height.
+  // it per pane side by side, unless the panes stack) and the window's height.
   const { result } = state;
   const stage = $("stage");
   if (!result || $("result").hidden) return;
@@ -269,7 +269,9 @@ function fit() {
   const side = stage.classList.contains("side") && !stacked;
   const gap = side ? parseFloat(getComputedStyle(stage).columnGap) || 0 : 0;
   const width = (stage.clientWidth - gap) / (side ? 2 : 1);
-  const scale = Math.min(width / result.width, (window.innerHeight * 0.75) / result.height);
+  // tall enough to fill the window below the view controls once scrolled to them
+  const height = Math.max(160, window.innerHeight - $("view-controls").offsetHeight - 24);
+  const scale = Math.min(width / result.width, height / result.height);
   for (const id of ["photo", "overlay", "labels"]) {
     $(id).style.width = `${Math.floor(result.width * scale)}px`;
     $(id).style.height = `${Math.floor(result.height * scale)}px`;
@@ -278,18 +280,17 @@ function fit() {
 
 function wire() {
   $("file").addEventListener("change", (ev) => choose(ev.target.files[0]));
-  const drop = $("drop");
-  for (const type of ["dragenter", "dragover"]) {
-    drop.addEventListener(type, (ev) => { ev.preventDefault(); drop.classList.add("dragging"); });
-  }
-  for (const type of ["dragleave", "drop"]) {
-    drop.addEventListener(type, () => drop.classList.remove("dragging"));
-  }
-  // a photo dropped anywhere on the page (the drop zone included) is segmented,
-  // instead of the browser navigating to it
-  window.addEventListener("dragover", (ev) => ev.preventDefault());
+  // a photo dropped anywhere on the page is segmented (instead of the browser opening it)
+  window.addEventListener("dragover", (ev) => {
+    ev.preventDefault();
+    document.body.classList.add("dragging");
+  });
+  window.addEventListener("dragleave", (ev) => {
+    if (!ev.relatedTarget) document.body.classList.remove("dragging");
+  });
   window.addEventListener("drop", (ev) => {
     ev.preventDefault();
+    document.body.classList.remove("dragging");
     if (ev.dataTransfer.files[0]) choose(ev.dataTransfer.files[0]);
   });
   document.addEventListener("paste", (ev) => {
