@@ -5,34 +5,23 @@ import io
 import os
 
 import numpy as np
-import torch
 from PIL import Image
 
-from mit_semseg.models import ModelBuilder
-
-from _support import rule_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CFG = os.path.join(ROOT, "config", "synthetic-demo.yaml")
-# MobileNetV2 + C1 (deep sup.) with the 150 ADE20K classes: small and fast, and
-# the class names are real ones; two small test scales.
-OPTS = ["MODEL.arch_encoder", "mobilenetv2dilated", "MODEL.fc_dim", "320",
-        "MODEL.arch_decoder", "c1_deepsup", "DATASET.num_class", "150",
-        "DATASET.imgSizes", "(40, 56)", "DATASET.imgMaxSize", "120",
+CFG = os.path.join(ROOT, "config", "ade20k-mobilenetv2dilated-c1_deepsup.yaml")
+NAME = "ade20k-mobilenetv2dilated-c1_deepsup"
+# The released MobileNetV2 + C1 (deep sup.) preset (150 ADE20K classes, real
+# names), small test scales and parity-rule weights.
+OPTS = ["DATASET.imgSizes", "(40, 56)", "DATASET.imgMaxSize", "120",
         "TEST.checkpoint", "epoch_1.pth", "TEST.workers", "0"]
 
 
-def write_rule_checkpoint(folder: str, encoder: str = "mobilenetv2dilated",
-                          decoder: str = "c1_deepsup", fc_dim: int = 320,
-                          num_class: int = 150, epoch: int = 1) -> None:
-    """``folder/{encoder,decoder}_epoch_<epoch>.pth`` filled by the parity weight rule."""
-    os.makedirs(folder, exist_ok=True)
-    nets = {"encoder": ModelBuilder.build_encoder(encoder, fc_dim, "", pretrained=False),
-            "decoder": ModelBuilder.build_decoder(decoder, fc_dim, num_class, "",
-                                                  use_softmax=True)}
-    for role, net in nets.items():
-        keys = [(k, v.shape) for k, v in net.state_dict().items()]
-        torch.save(rule_state_dict(keys), os.path.join(folder, f"{role}_epoch_{epoch}.pth"))
+def write_rule_checkpoint(folder: str) -> None:
+    """The OPTS model's checkpoint in ``folder``, filled by the parity weight rule."""
+    from mit_semseg.config import load_cfg
+    from mit_semseg.web.loadtest import write_rule_checkpoint as write
+    write(load_cfg(CFG, OPTS), folder)
 
 
 def photo(height: int = 64, width: int = 80) -> np.ndarray:

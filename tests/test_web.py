@@ -20,7 +20,7 @@ with warnings.catch_warnings():
     pytest.importorskip("httpx")
     from fastapi.testclient import TestClient
 
-from _web_support import CFG, OPTS, encode, photo, write_rule_checkpoint  # noqa: E402
+from _web_support import CFG, NAME, OPTS, encode, photo, write_rule_checkpoint  # noqa: E402
 
 from mit_semseg.config import load_cfg  # noqa: E402
 from mit_semseg.web import WebExtraMissing, require_web  # noqa: E402
@@ -80,13 +80,13 @@ def test_page_models_health_and_docs(client):
     for asset in ("app.js", "style.css"):
         assert client.get(f"/static/{asset}").status_code == 200
     models = client.get("/api/models").json()
-    assert models["default"] == "synthetic-demo"
+    assert models["default"] == NAME
     (m,) = models["models"]
     assert m["num_class"] == 150 and m["img_sizes"] == [40, 56] and m["single_size"] == 56
     assert m["classes"][0] == {"id": 0, "name": "wall", "color": "#787878"}
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["peak_rss_mb"] > 0
-    assert health["models"]["synthetic-demo"] == {"pending": 0, "capacity": 3}
+    assert health["models"][NAME] == {"pending": 0, "capacity": 3}
     spec = client.get("/openapi.json").json()
     assert {"/api/segment", "/api/models", "/api/health"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/api/segment"]["post"]["requestBody"]["content"]
@@ -177,13 +177,13 @@ def test_bad_uploads_get_clear_4xx_and_the_server_keeps_serving(client, monkeypa
     assert_error(post(client, encode(photo(100, 100)), name="bomb2.png"), 413, "bomb")
     monkeypatch.undo()
     # bad parameters
-    assert_error(post(client, good, model="nope"), 404, "unknown model 'nope'", "synthetic-demo")
+    assert_error(post(client, good, model="nope"), 404, "unknown model 'nope'", NAME)
     assert_error(post(client, good, scales="huge"), 400, "scales must be")
     assert_error(post(client, good, scales="8"), 400, "between 16 and 4096")
     assert_error(post(client, good, flip="maybe"), 400, "flip")
     # still serving
     assert post(client, good).status_code == 200
-    assert client.get("/api/health").json()["models"]["synthetic-demo"]["pending"] == 0
+    assert client.get("/api/health").json()["models"][NAME]["pending"] == 0
 
 
 def test_oversized_upload_is_refused_while_reading(client, model):
@@ -243,7 +243,7 @@ def test_model_choice(ckpt, model):
                                   device="cpu", name="small")
     with TestClient(create_app([model, second])) as c:
         names = [m["name"] for m in c.get("/api/models").json()["models"]]
-        assert names == ["synthetic-demo", "small"]
+        assert names == [NAME, "small"]
         out = post(c, encode(photo()), model="small").json()
         assert out["model"] == "small" and out["scales"] == [32]
     with pytest.raises(ValueError, match="names must differ"):

@@ -23,7 +23,7 @@ from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from _web_support import CFG, OPTS, encode, photo, write_rule_checkpoint  # noqa: E402
+from _web_support import CFG, NAME, OPTS, encode, photo, write_rule_checkpoint  # noqa: E402
 
 from mit_semseg.web.app import create_app  # noqa: E402
 from mit_semseg.web.images import read_label_png  # noqa: E402
