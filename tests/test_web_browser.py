@@ -169,8 +169,10 @@ def test_phone_sized_window_has_no_sideways_scroll(server, browser, tmp_path):
     Image.fromarray(photo(120, 160)).save(path)
     upload(browser, server, path)
     assert browser.execute_script(
-        "return document.documentElement.scrollWidth <= window.innerWidth")
+        "const e = document.documentElement; return e.scrollWidth <= e.clientWidth")
     stage = browser.find_element(By.ID, "stage").rect
     legend = browser.find_element(By.TAG_NAME, "aside").rect
     assert legend["y"] >= stage["y"] + stage["height"]  # legend below the image
+    width = browser.execute_script("return document.documentElement.clientWidth")
+    assert browser.find_element(By.ID, "overlay").rect["width"] >= 0.9 * width  # photo fills it
     browser.save_screenshot(str(tmp_path / "phone.png"))

@@ -262,9 +262,18 @@ function setView() {
 function fit() {
   // Display size of the canvases: the whole photo fits the stage's width (half of
   // it per pane side by side, unless the panes stack) and the window's height.
-  const { result } = state;
   const stage = $("stage");
-  if (!result || $("result").hidden) return;
+  if (!state.result || $("result").hidden) return;
+  // twice when the first size made a scroll bar appear (a narrower stage)
+  for (let i = 0; i < 2; i++) {
+    const before = stage.clientWidth;
+    fitOnce(stage);
+    if (stage.clientWidth >= before) break;
+  }
+}
+
+function fitOnce(stage) {
+  const { result } = state;
   const stacked = getComputedStyle(stage).flexDirection === "column";
   const side = stage.classList.contains("side") && !stacked;
   const gap = side ? parseFloat(getComputedStyle(stage).columnGap) || 0 : 0;
