@@ -228,6 +228,8 @@ def test_full_queue_answers_503_busy_retry(model, monkeypatch):
         worker.start()
         try:
             assert started.wait(60)
+            # the event loop keeps serving while the model's worker is busy
+            assert c.get("/api/health").json()["models"][NAME]["pending"] == 1
             busy = post(c, good)
             assert busy.status_code == 503 and busy.json() == {"detail": "busy, retry"}
             assert busy.headers["retry-after"] == "1"

@@ -176,3 +176,35 @@ def test_phone_sized_window_has_no_sideways_scroll(server, browser, tmp_path):
     width = browser.execute_script("return document.documentElement.clientWidth")
     assert browser.find_element(By.ID, "overlay").rect["width"] >= 0.9 * width  # photo fills it
     browser.save_screenshot(str(tmp_path / "phone.png"))
+
+
+DROP_OR_PASTE = """
+const [kind, width, height, done] = arguments;
+const canvas = document.createElement("canvas");
+canvas.width = width; canvas.height = height;
+const ctx = canvas.getContext("2d");
+const grad = ctx.createLinearGradient(0, 0, width, height);
+grad.addColorStop(0, "#204080"); grad.addColorStop(1, "#e0c040");
+ctx.fillStyle = grad; ctx.fillRect(0, 0, width, height);
+canvas.toBlob((blob) => {
+  const data = new DataTransfer();
+  data.items.add(new File([blob], `${kind}.png`, { type: "image/png" }));
+  const event = kind === "drop"
+    ? new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true })
+    : new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true });
+  (kind === "drop" ? document.getElementById("stage") : document).dispatchEvent(event);
+  done();
+}, "image/png");
+"""
+
+
+def test_dropped_and_pasted_photos_are_segmented(server, browser):
+    browser.get(server)
+    WebDriverWait(browser, WAIT_S).until(
+        lambda d: d.execute_script("return document.querySelectorAll('#model option').length") > 0)
+    timing = browser.find_element(By.ID, "timing")
+    for kind, width, height in (("drop", 100, 80), ("paste", 90, 70)):
+        browser.execute_async_script(DROP_OR_PASTE, kind, width, height)
+        WebDriverWait(browser, WAIT_S).until(lambda d: f"{width}×{height} px" in timing.text)
+        assert browser.find_elements(By.CSS_SELECTOR, "#legend li")
+        assert browser.find_element(By.ID, "error").text == ""
