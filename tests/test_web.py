@@ -163,6 +163,9 @@ def test_bad_uploads_get_clear_4xx_and_the_server_keeps_serving(client, monkeypa
     jpeg = encode(photo(), "JPEG")
     assert_error(post(client, jpeg[: len(jpeg) // 2], name="cut.jpg"), 400, "truncated")
     assert_error(post(client, b"", name="empty.png"), 400, "empty upload")
+    floats = encode(np.zeros((8, 8), np.float32), "TIFF")
+    assert_error(post(client, floats, name="depth.tif", ctype="image/tiff"), 415,
+                 "depth.tif", "unsupported image mode 'F'")
     big = np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8)
     assert_error(post(client, encode(big)), 413, "too large", "0.05 MB", "--max-upload-mb")
     assert_error(client.post("/api/segment"), 400, "empty upload")
