@@ -208,3 +208,24 @@ def test_dropped_and_pasted_photos_are_segmented(server, browser):
         WebDriverWait(browser, WAIT_S).until(lambda d: f"{width}×{height} px" in timing.text)
         assert browser.find_elements(By.CSS_SELECTOR, "#legend li")
         assert browser.find_element(By.ID, "error").text == ""
+
+
+DROP_BYTES = """
+const [name, size, text] = arguments;
+const data = new DataTransfer();
+data.items.add(new File([size ? new Uint8Array(size) : text], name));
+window.dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+"""
+
+
+def test_page_shows_why_an_upload_is_refused(server, browser):
+    browser.get(server)
+    WebDriverWait(browser, WAIT_S).until(
+        lambda d: d.execute_script("return document.querySelectorAll('#model option').length") > 0)
+    error = browser.find_element(By.ID, "error")
+    browser.execute_script(DROP_BYTES, "notes.txt", 0, "not a photo")
+    WebDriverWait(browser, WAIT_S).until(lambda d: error.text)
+    assert "notes.txt: not an image file" in error.text  # the server's message
+    browser.execute_script(DROP_BYTES, "huge.jpg", 21 * 2 ** 20, "")
+    WebDriverWait(browser, WAIT_S).until(lambda d: "huge.jpg" in error.text)
+    assert "21.0 MB is above the server's upload limit of 20 MB" in error.text

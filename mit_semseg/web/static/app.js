@@ -9,6 +9,7 @@ const state = {
   result: null,      // the last api/segment answer
   labels: null,      // Int32Array of 0-based class ids, width*height
   highlight: null,   // class id shown alone, or null
+  maxUploadBytes: 0, // the server's --max-upload-mb
   busy: false,
   again: false,      // options changed while a request ran
 };
@@ -40,6 +41,7 @@ async function loadModels() {
     const body = await res.json();
     if (!res.ok) throw new Error(body.detail || res.statusText);
     state.models = body.models;
+    state.maxUploadBytes = body.max_upload_mb * 1024 * 1024;
     const select = $("model");
     for (const m of body.models) {
       const opt = document.createElement("option");
@@ -81,6 +83,12 @@ async function choose(file) {
 async function segment() {
   if (!state.file) return;
   if (state.busy) { state.again = true; return; }
+  if (state.maxUploadBytes && state.file.size > state.maxUploadBytes) {
+    // the server would refuse it too (413), possibly before the browser could read why
+    setError(`${state.file.name || "the photo"}: ${(state.file.size / 1048576).toFixed(1)} MB is above `
+      + `the server's upload limit of ${state.maxUploadBytes / 1048576} MB`);
+    return;
+  }
   state.busy = true;
   const params = new URLSearchParams({
     model: currentModel() ? currentModel().name : "",
