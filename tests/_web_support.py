@@ -17,11 +17,16 @@ OPTS = ["DATASET.imgSizes", "(40, 56)", "DATASET.imgMaxSize", "120",
         "TEST.checkpoint", "epoch_1.pth", "TEST.workers", "0"]
 
 
-def write_rule_checkpoint(folder: str) -> None:
-    """The OPTS model's checkpoint in ``folder``, filled by the parity weight rule."""
+# 400 classes: label values above 255 (16-bit label PNGs); under rule weights
+# the test photos give classes 95 and 362.
+WIDE_OPTS = OPTS + ["DATASET.num_class", "400"]
+
+
+def write_rule_checkpoint(folder: str, opts=OPTS) -> None:
+    """The checkpoint of CFG + ``opts`` in ``folder``, filled by the parity weight rule."""
     from mit_semseg.config import load_cfg
     from mit_semseg.web.loadtest import write_rule_checkpoint as write
-    write(load_cfg(CFG, OPTS), folder)
+    write(load_cfg(CFG, opts), folder)
 
 
 def photo(height: int = 64, width: int = 80) -> np.ndarray:

@@ -20,7 +20,8 @@ with warnings.catch_warnings():
     pytest.importorskip("httpx")
     from fastapi.testclient import TestClient
 
-from _web_support import CFG, NAME, OPTS, encode, photo, write_rule_checkpoint  # noqa: E402
+from _web_support import (CFG, NAME, OPTS, WIDE_OPTS, encode, photo,  # noqa: E402
+                          write_rule_checkpoint)
 
 from mit_semseg.config import load_cfg  # noqa: E402
 from mit_semseg.web import WebExtraMissing, require_web  # noqa: E402
@@ -136,6 +137,24 @@ def test_downloads_equal_what_test_py_writes(client, ckpt, tmp_path):
         assert img.mode == "L"  # value = class id + 1, the dataset convention
         assert np.array_equal(np.asarray(img).astype(np.int64) - 1, labels_of(out))
     assert_error(client.get("/api/results/nope/result.png"), 404, "not found")
+
+
+def test_more_than_255_classes(tmp_path):
+    write_rule_checkpoint(str(tmp_path), WIDE_OPTS)
+    wide = WebModel.from_config(CFG, checkpoint_dir=str(tmp_path), opts=WIDE_OPTS, device="cpu")
+    arr = photo(120, 160)
+    expected = wide.segmenter.predict(arr, imgSizes=[56])
+    assert expected.max() > 255
+    with TestClient(create_app([wide])) as c:
+        out = post(c, encode(arr)).json()
+        assert np.array_equal(labels_of(out), expected)
+        raw = c.get(out["labels_url"])
+        with Image.open(io.BytesIO(raw.content)) as img:
+            assert img.mode.startswith("I;16")
+        packed = c.get(out["labels_url"], params={"encoding": "rgb"})
+        rgb = np.asarray(Image.open(io.BytesIO(packed.content))).astype(np.int64)
+        assert np.array_equal(rgb[..., 0] + 256 * rgb[..., 1] - 1, expected)
+        assert_error(c.get(out["labels_url"], params={"encoding": "jpeg"}), 400, "encoding")
 
 
 def test_raw_body_jpeg_and_exif_orientation(client, model):

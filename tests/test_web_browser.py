@@ -23,7 +23,7 @@ from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from _web_support import CFG, NAME, OPTS, encode, photo, write_rule_checkpoint  # noqa: E402
+from _web_support import CFG, OPTS, WIDE_OPTS, encode, photo, write_rule_checkpoint  # noqa: E402
 
 from mit_semseg.web.app import create_app  # noqa: E402
 from mit_semseg.web.images import read_label_png  # noqa: E402
@@ -38,16 +38,20 @@ WAIT_S = 120
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """Base URL of the demo served by uvicorn in a thread on a free 127.0.0.1 port."""
+    """Base URL of the demo served by uvicorn in a thread on a free 127.0.0.1 port:
+    the 150-class model (default) and a 400-class one named "wide"."""
     torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("ckpt")
-    write_rule_checkpoint(str(folder))
-    model = WebModel.from_config(CFG, checkpoint_dir=str(folder), opts=OPTS, device="cpu")
+    models = []
+    for name, opts in ((None, OPTS), ("wide", WIDE_OPTS)):
+        folder = tmp_path_factory.mktemp("ckpt")
+        write_rule_checkpoint(str(folder), opts)
+        models.append(WebModel.from_config(CFG, checkpoint_dir=str(folder), opts=opts,
+                                           device="cpu", name=name))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)  # connections wait in the backlog until uvicorn accepts them
     port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app([model]), log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(create_app(models), log_level="warning"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{port}/"
@@ -69,13 +73,13 @@ def browser():
     driver.quit()
 
 
-def api_segment(base, data):
+def api_segment(base, data, model=""):
     """The API's answer for the page's default settings (single scale, no flip)."""
     boundary = "----semsegtest"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
             f"filename=\"scene.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + data + \
         f"\r\n--{boundary}--\r\n".encode()
-    req = urllib.request.Request(base + "api/segment?scales=single&flip=false", data=body,
+    req = urllib.request.Request(base + f"api/segment?scales=single&flip=false&model={model}", data=body,
                                  headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     with urllib.request.urlopen(req, timeout=WAIT_S) as res:
         return json.load(res)
@@ -89,6 +93,30 @@ def interior_pixel(labels, k):
         if 3 <= y < h - 3 and 3 <= x < w - 3 and (labels[y - 3:y + 4, x - 3:x + 4] == k).all():
             return int(x), int(y)
     raise AssertionError(f"no interior pixel of class {k}")
+
+
+def hover_and_check(browser, overlay, rect, readout, labels, by_id, k):
+    """Point at an interior pixel of class k; the readout names the API's class there."""
+    h, w = labels.shape
+    x, y = interior_pixel(labels, k)
+    dx = round((x + 0.5) * rect[0] / w - rect[0] / 2)
+    dy = round((y + 0.5) * rect[1] / h - rect[1] / 2)
+    ActionChains(browser).move_to_element_with_offset(overlay, dx, dy).perform()
+    WebDriverWait(browser, WAIT_S).until(lambda d: readout.get_attribute("data-class-id") == str(k))
+    rx, ry = int(readout.get_attribute("data-x")), int(readout.get_attribute("data-y"))
+    assert abs(rx - x) <= 1 and abs(ry - y) <= 1
+    assert readout.text == f"{by_id[int(labels[ry, rx])]['name']} ({rx}, {ry})"
+    assert readout.is_displayed()
+
+
+def in_view(browser, element):
+    """Scroll ``element`` wholly into view; its [width, height] (CSS px)."""
+    r = browser.execute_script("arguments[0].scrollIntoView({block: 'center'});"
+                               "const r = arguments[0].getBoundingClientRect();"
+                               "return [r.width, r.height, r.top, r.bottom, window.innerHeight];",
+                               element)
+    assert 0 <= r[2] and r[3] <= r[4]
+    return r[:2]
 
 
 def upload(browser, base, path):
@@ -120,23 +148,11 @@ def test_page_segments_an_upload_like_the_api(server, browser, tmp_path):
     # hover: the readout names the API's class under the cursor
     overlay = browser.find_element(By.ID, "overlay")
     # wholly in view, so that offsets from the element's centre are from its in-view centre
-    rect = browser.execute_script("arguments[0].scrollIntoView({block: 'center'});"
-                                  "const r = arguments[0].getBoundingClientRect();"
-                                  "return [r.width, r.height, r.top, r.bottom, window.innerHeight];",
-                                  overlay)
-    assert 0 <= rect[2] and rect[3] <= rect[4]
+    rect = in_view(browser, overlay)
     readout = browser.find_element(By.ID, "readout")
     by_id = {c["id"]: c for c in answer["classes"]}
     for cls in answer["classes"][:2]:
-        x, y = interior_pixel(labels, cls["id"])
-        dx = round((x + 0.5) * rect[0] / 160 - rect[0] / 2)
-        dy = round((y + 0.5) * rect[1] / 120 - rect[1] / 2)
-        ActionChains(browser).move_to_element_with_offset(overlay, dx, dy).perform()
-        WebDriverWait(browser, WAIT_S).until(lambda d: readout.get_attribute("data-class-id") == str(cls["id"]))
-        rx, ry = int(readout.get_attribute("data-x")), int(readout.get_attribute("data-y"))
-        assert abs(rx - x) <= 1 and abs(ry - y) <= 1
-        assert readout.text == f"{by_id[int(labels[ry, rx])]['name']} ({rx}, {ry})"
-        assert readout.is_displayed()
+        hover_and_check(browser, overlay, rect, readout, labels, by_id, cls["id"])
 
     # clicking a legend entry highlights that class and dims the rest
     second = answer["classes"][1]
@@ -229,3 +245,28 @@ def test_page_shows_why_an_upload_is_refused(server, browser):
     browser.execute_script(DROP_BYTES, "huge.jpg", 21 * 2 ** 20, "")
     WebDriverWait(browser, WAIT_S).until(lambda d: "huge.jpg" in error.text)
     assert "21.0 MB is above the server's upload limit of 20 MB" in error.text
+
+
+def test_model_choice_and_hover_beyond_255_classes(server, browser, tmp_path):
+    arr = photo(120, 160)
+    path = tmp_path / "scene.png"
+    Image.fromarray(arr).save(path)
+    answer = api_segment(server, encode(arr), model="wide")
+    labels = read_label_png(base64.b64decode(answer["labels_png"]))
+    browser.get(server)
+    select = browser.find_element(By.ID, "model")
+    WebDriverWait(browser, WAIT_S).until(lambda d: select.is_displayed())  # two models: shown
+    browser.find_element(By.CSS_SELECTOR, "#model option[value=wide]").click()
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#legend li"))
+    assert "wide" in browser.find_element(By.ID, "timing").text
+    names = [li.find_element(By.CLASS_NAME, "name").text
+             for li in browser.find_elements(By.CSS_SELECTOR, "#legend li")]
+    assert names == [c["name"] for c in answer["classes"]]
+    overlay = browser.find_element(By.ID, "overlay")
+    rect = in_view(browser, overlay)
+    by_id = {c["id"]: c for c in answer["classes"]}
+    high = max(by_id)
+    assert high > 255  # the packed (16-bit) label map is decoded
+    hover_and_check(browser, overlay, rect, browser.find_element(By.ID, "readout"), labels,
+                    by_id, high)

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Literal, Sequence
 
 import numpy as np
 
@@ -38,7 +38,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response  # noqa: E402
 from fastapi.staticfiles import StaticFiles  # noqa: E402
 from starlette.formparsers import MultiPartException, MultiPartParser  # noqa: E402
 
-from .images import UploadError, decode_upload, label_png, read_label_png, result_png  # noqa: E402
+from .images import (UploadError, decode_upload, label_png, label_png_rgb,  # noqa: E402
+                     read_label_png, result_png)
 from .models import Busy, Runner, WebModel, hex_color, parse_scales  # noqa: E402
 
 __all__ = ["create_app", "STATIC_DIR"]
@@ -158,11 +159,21 @@ def create_app(models: Sequence[WebModel], *, max_upload_mb: float = 20, queue: 
 
     @app.get("/api/results/{rid}/labels.png", summary="Raw label map of a result",
              response_class=Response, responses={200: {"content": {"image/png": {}}}})
-    async def result_labels(rid: str) -> Response:
-        """8-bit (16-bit above 255 classes) PNG, value k+1 for class id k."""
+    async def result_labels(
+            rid: str,
+            encoding: Literal["raw", "rgb"] = Query(
+                "raw", description="'raw': 8-bit (16-bit above 255 classes) grayscale; 'rgb': "
+                                   "red = (k+1) mod 256, green = (k+1) div 256, for pages")
+    ) -> Response:
+        """The label map as PNG, value k+1 for class id k."""
         entry = store.get(rid)
-        return Response(entry.labels_png, media_type="image/png",
-                        headers=_attachment(entry.name, "labels"))
+        png = entry.labels_png
+        if encoding == "rgb":
+            try:
+                png = await downloads.run(lambda: label_png_rgb(read_label_png(entry.labels_png)))
+            except Busy:
+                raise _busy() from None
+        return Response(png, media_type="image/png", headers=_attachment(entry.name, "labels"))
 
     @app.get("/api/results/{rid}/result.png", summary="Image | labels PNG of a result",
              response_class=Response, responses={200: {"content": {"image/png": {}}}})

@@ -15,7 +15,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..io import DatasetError, to_rgb
 from ..utils import colorEncode
 
-__all__ = ["UploadError", "decode_upload", "label_png", "read_label_png", "result_png"]
+__all__ = ["UploadError", "decode_upload", "label_png", "label_png_rgb", "read_label_png",
+           "result_png"]
 
 
 class UploadError(ValueError):
@@ -66,9 +67,10 @@ def decode_upload(data: bytes, name: str = "upload", max_pixels: int | None = No
         raise UploadError(415, str(exc)) from None
 
 
-def _png(arr: np.ndarray, mode: str | None = None) -> bytes:
+def _png(arr: np.ndarray) -> bytes:
+    """uint8 H x W -> L, uint16 H x W -> I;16, uint8 H x W x 3 -> RGB."""
     buf = io.BytesIO()
-    Image.fromarray(arr, mode=mode).save(buf, format="PNG", compress_level=1)
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
@@ -76,8 +78,18 @@ def label_png(labels: np.ndarray, num_class: int) -> bytes:
     """The raw label map as a PNG in the dataset convention: value k+1 for 0-based
     class k (0 would be unlabeled); 8-bit grayscale up to 255 classes, else 16-bit."""
     if num_class <= 255:
-        return _png((labels + 1).astype(np.uint8), "L")
-    return _png((labels + 1).astype(np.uint16), "I;16")
+        return _png((labels + 1).astype(np.uint8))
+    return _png((labels + 1).astype(np.uint16))
+
+
+def label_png_rgb(labels: np.ndarray) -> bytes:
+    """The label map packed in an RGB PNG for pages (canvases decode 8 bits per
+    channel): value k+1 for class k as red = (k+1) mod 256, green = (k+1) div 256."""
+    value = (labels + 1).astype(np.uint32)
+    rgb = np.zeros(labels.shape + (3,), np.uint8)
+    rgb[..., 0] = value & 255
+    rgb[..., 1] = value >> 8
+    return _png(rgb)
 
 
 def read_label_png(data: bytes) -> np.ndarray:

@@ -117,9 +117,12 @@ async function segment() {
   }
 }
 
-async function decodeLabels(result) {
-  // The label PNG holds class id + 1 per pixel (8-bit for up to 255 classes).
-  const img = await loadImage(`data:image/png;base64,${result.labels_png}`);
+async function decodeLabels(result, numClass) {
+  // The label PNG holds class id + 1 per pixel: 8-bit grayscale up to 255 classes
+  // (red = value), else fetched packed in RGB (value = red + 256 * green).
+  const packed = numClass > 255;
+  const img = await loadImage(packed ? `${result.labels_url}?encoding=rgb`
+                                     : `data:image/png;base64,${result.labels_png}`);
   const canvas = document.createElement("canvas");
   canvas.width = result.width;
   canvas.height = result.height;
@@ -127,13 +130,15 @@ async function decodeLabels(result) {
   ctx.drawImage(img, 0, 0);
   const rgba = ctx.getImageData(0, 0, result.width, result.height).data;
   const labels = new Int32Array(result.width * result.height);
-  for (let i = 0, j = 0; i < labels.length; i++, j += 4) labels[i] = rgba[j] - 1;
+  for (let i = 0, j = 0; i < labels.length; i++, j += 4) {
+    labels[i] = (packed ? rgba[j] + 256 * rgba[j + 1] : rgba[j]) - 1;
+  }
   return labels;
 }
 
 async function showResult(result, roundTripMs) {
   const model = state.models.find((m) => m.name === result.model);
-  state.labels = model && model.num_class > 255 ? null : await decodeLabels(result);
+  state.labels = await decodeLabels(result, model ? model.num_class : 0);
   state.result = result;
   state.highlight = null;
   if (!state.photo || state.photo.naturalWidth !== result.width
@@ -239,16 +244,11 @@ function hover(ev) {
   const x = Math.floor(((ev.clientX - rect.left) / rect.width) * result.width);
   const y = Math.floor(((ev.clientY - rect.top) / rect.height) * result.height);
   if (x < 0 || y < 0 || x >= result.width || y >= result.height) { leave(); return; }
-  let text;
-  if (labels) {
-    const k = labels[y * result.width + x];
-    const cls = result.classes.find((c) => c.id === k);
-    text = cls ? cls.name : `class ${k}`;
-    readout.dataset.classId = String(k);
-  } else {
-    text = "(hover needs at most 255 classes)";
-    delete readout.dataset.classId;
-  }
+  if (!labels) return;
+  const k = labels[y * result.width + x];
+  const cls = result.classes.find((c) => c.id === k);
+  const text = cls ? cls.name : `class ${k}`;
+  readout.dataset.classId = String(k);
   readout.dataset.x = String(x);
   readout.dataset.y = String(y);
   readout.textContent = `${text} (${x}, ${y})`;
