@@ -4,7 +4,6 @@ keeps serving; a full queue answers 503; the CLI's errors."""
 import asyncio
 import base64
 import io
-import os
 import threading
 import warnings
 
