@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DatasetError", "read_image", "read_annotation", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["DatasetError", "read_image", "to_rgb", "read_annotation", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,12 +77,18 @@ def read_image(path: str, exif_transpose: bool = False) -> Image.Image:
             img = ImageOps.exif_transpose(img)
         except Exception:  # malformed EXIF block: keep the stored orientation
             pass
+    return to_rgb(img, path)
+
+
+def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
+    """``img`` (decoded) as 8-bit RGB, converted as ``read_image`` does; raises
+    DatasetError naming ``name`` for modes without an RGB meaning (e.g. float)."""
     if img.mode in _SIXTEEN_BIT:
         return _sixteen_bit_to_rgb(img)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode not in _DIRECT_TO_RGB:
-        raise DatasetError(f"{path}: unsupported image mode {img.mode!r}")
+        raise DatasetError(f"{name}: unsupported image mode {img.mode!r}")
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
