@@ -107,7 +107,7 @@ def _evaluate_part(cfg: CfgNode, engine: InferenceEngine, dataset: ValDataset,
                    names: Sequence[str], on_image=None) -> tuple[SegmentationMetrics, float]:
     """Metrics over ``dataset`` (and visualisations named ``names``); total inference seconds."""
     metrics = SegmentationMetrics(cfg.DATASET.num_class)
-    colors = class_colors(cfg.DATASET.num_class)
+    colors = class_colors(cfg)
     seconds = 0.0
     for i, batch in enumerate(_loader(dataset, cfg.VAL.workers)):
         sample = batch[0]
@@ -129,7 +129,7 @@ def _evaluate_part(cfg: CfgNode, engine: InferenceEngine, dataset: ValDataset,
 
 def _report(metrics: SegmentationMetrics, cfg: CfgNode, seconds: float | None,
             stream: TextIO) -> dict[str, Any]:
-    names = class_names(cfg.DATASET.num_class)
+    names = class_names(cfg)
     summary = metrics.summary(names)
     width = max(len(n) for n in names.values())
     for row in summary["per_class"]:
@@ -329,8 +329,8 @@ def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = 
         if os.path.abspath(out) in inputs:  # never overwrite an input image
             out = os.path.splitext(out)[0] + "_seg.png"
         outputs.append(out)
-    colors = class_colors(cfg.DATASET.num_class)
-    class_name = class_names(cfg.DATASET.num_class)
+    colors = class_colors(cfg)
+    class_name = class_names(cfg)
     dataset = _Readable(TestDataset([{"fpath_img": p} for p in paths], cfg.DATASET))
     skipped = 0
     with tqdm(total=len(paths), disable=not progress, file=err) as bar:
