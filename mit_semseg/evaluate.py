@@ -36,7 +36,7 @@ from .lib.nn import user_scattered_collate
 from .metrics import SegmentationMetrics
 from .utils import class_colors, class_names, colorEncode, find_recursive
 
-__all__ = ["evaluate", "evaluate_multiprocess", "run_test", "result_names", "list_test_images",
+__all__ = ["evaluate", "validate", "evaluate_multiprocess", "run_test", "result_names", "list_test_images",
            "results_path", "eval_main", "eval_multipro_main", "test_main"]
 
 
@@ -171,6 +171,23 @@ def evaluate(cfg: CfgNode, device: Any = "auto", *, progress: bool = True,
     with tqdm(total=len(dataset), disable=not progress, file=sys.stderr) as bar:
         metrics, seconds = _evaluate_part(cfg, engine, dataset, names, on_image=lambda: bar.update(1))
     return _report(metrics, cfg, seconds, stream)
+
+
+def validate(cfg: CfgNode, encoder: torch.nn.Module, decoder: torch.nn.Module,
+             device: Any, img_sizes: Sequence[int] | None = None) -> dict[str, Any]:
+    """Evaluate in-memory ``encoder``/``decoder`` (e.g. during training) on
+    ``DATASET.list_val`` at ``img_sizes`` (default: DATASET.imgSizes); nothing is
+    written. Leaves both nets in eval mode. Returns the metrics summary with the
+    class names and ``time`` (seconds, loading included)."""
+    tic = time.perf_counter()
+    vcfg = cfg.clone()
+    vcfg.defrost()
+    vcfg.VAL.visualize = False
+    if img_sizes:
+        vcfg.DATASET.imgSizes = tuple(int(s) for s in img_sizes)
+    engine = InferenceEngine(encoder, decoder, device=device)
+    metrics, _ = _evaluate_part(vcfg, engine, _val_dataset(vcfg), [])
+    return {**metrics.summary(class_names(cfg)), "time": time.perf_counter() - tic}
 
 
 def _cpu_count() -> int:
