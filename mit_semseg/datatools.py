@@ -157,8 +157,9 @@ def _write_report(path: str, reports: dict[str, PairReport]) -> None:
                     fh.write(f"{split}\t{title}\t{item}\n")
 
 
-def odgt_main(args: argparse.Namespace, out=sys.stdout) -> int:
+def odgt_main(args: argparse.Namespace, out=None) -> int:
     """The ``odgt`` subcommand; returns the exit status."""
+    out = out or sys.stdout
     if bool(args.val_images) != bool(args.val_masks):
         print("error: give both --val-images and --val-masks, or neither", file=sys.stderr)
         return 2
@@ -287,6 +288,13 @@ def _read_lists(lists: dict[str, str]) -> tuple[list[tuple[str, str, dict]], lis
     return entries, errors
 
 
+def _line_order(message: str) -> tuple[str, int]:
+    """Sort key: the odgt file, then the line number, of a "FILE, line N: ..." message."""
+    head, sep, rest = message.partition(", line ")
+    number = rest.split(":", 1)[0]
+    return (head, int(number)) if sep and number.isdigit() else (message, 0)
+
+
 @dataclass
 class CheckReport:
     """Everything ``check_lists`` found."""
@@ -331,6 +339,7 @@ def check_lists(lists: dict[str, str], root: str, fmt: LabelFormat, num_class: i
             images[res.split] += res.pixels > 0
         if res.size is not None:
             sizes.append(res.size)
+    errors.sort(key=_line_order)
     warnings = []
     for split in splits:
         if not pixels[split].sum():
@@ -370,8 +379,9 @@ def _print_check(report: CheckReport, names: dict[int, str], fmt: LabelFormat, o
     print(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)", file=out)
 
 
-def check_main(args: argparse.Namespace, out=sys.stdout) -> int:
+def check_main(args: argparse.Namespace, out=None) -> int:
     """The ``check`` subcommand; returns the exit status."""
+    out = out or sys.stdout
     from .classes import label_format
     from .config import ConfigError, load_cfg
     from .utils import class_names
