@@ -22,7 +22,13 @@ setuptools.setup(
     package_dir={"mit_semseg.data": "data"},
     package_data={"mit_semseg.data": ["color150.mat", "object150_info.csv"]},
     install_requires=["torch>=2.1", "numpy", "scipy", "pillow", "yacs", "tqdm"],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        # curves: python -m mit_semseg.curves DIR
+        "plot": ["matplotlib>=3.5"],
+        # TRAIN.tensorboard True
+        "tensorboard": ["tensorboard>=2.10"],
+        "test": ["pytest", "matplotlib>=3.5", "tensorboard>=2.10"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Operating System :: OS Independent",
