@@ -29,6 +29,7 @@ from __future__ import annotations
 import colorsys
 import csv
 import os
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -207,16 +208,28 @@ def _cached_table(path: str, mtime: float, num_class: int) -> ClassTable:
     return read_class_table(path, num_class)
 
 
-def class_table(opt: Any) -> ClassTable:
+def class_table(opt: Any, strict: bool = False) -> ClassTable:
     """The class table a config uses (``opt``: the whole cfg or its DATASET node):
     ``DATASET.class_table`` if set, else ADE20K's for 150 classes, else
-    ``class_k`` names and :func:`generated_palette` colours."""
+    ``class_k`` names and :func:`generated_palette` colours.
+
+    A table file that is set but cannot be found raises ``ClassTableError`` when
+    ``strict`` (reading masks, checking data); for showing results (eval,
+    test.py, Segmenter, e.g. with a model but without its dataset folder) it
+    warns once and the defaults are used. A malformed table always raises.
+    """
     ds = _dataset_node(opt)
     num_class = int(ds.num_class)
     table = str(getattr(ds, "class_table", "") or "")
     if table:
-        path = resolve_table_path(table, str(getattr(ds, "root_dataset", "") or ""))
-        return _cached_table(os.path.abspath(path), os.path.getmtime(path), num_class)
+        try:
+            path = resolve_table_path(table, str(getattr(ds, "root_dataset", "") or ""))
+        except ClassTableError as exc:
+            if strict:
+                raise
+            _warn_missing(str(exc))
+        else:
+            return _cached_table(os.path.abspath(path), os.path.getmtime(path), num_class)
     empty = np.zeros((0, 3), np.uint8)
     if num_class == 150:
         from .utils import ade20k_colors, ade20k_names
@@ -224,6 +237,15 @@ def class_table(opt: Any) -> ClassTable:
         return ClassTable(tuple(names[k] for k in range(150)), ade20k_colors(), empty, "ADE20K")
     return ClassTable(tuple(f"class_{k}" for k in range(num_class)), generated_palette(num_class),
                       empty, "", has_colors=False)
+
+
+_warned: set[str] = set()
+
+
+def _warn_missing(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(f"{message}; showing default class names and colours", stacklevel=3)
 
 
 def label_format(opt: Any) -> LabelFormat:
@@ -243,7 +265,7 @@ def label_format(opt: Any) -> LabelFormat:
     if not getattr(ds, "class_table", ""):
         raise DatasetError("DATASET.label_format 'rgb' needs DATASET.class_table: a CSV with "
                            "Name,R,G,B columns giving each class's colour in the masks")
-    table = class_table(ds)
+    table = class_table(ds, strict=True)
     if not table.has_colors:
         raise DatasetError(f"{table.source}: DATASET.label_format 'rgb' needs R,G,B columns "
                            f"in the class table")

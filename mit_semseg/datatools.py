@@ -382,13 +382,12 @@ def _print_check(report: CheckReport, names: dict[int, str], fmt: LabelFormat, o
 def check_main(args: argparse.Namespace, out=None) -> int:
     """The ``check`` subcommand; returns the exit status."""
     out = out or sys.stdout
-    from .classes import label_format
+    from .classes import class_table, label_format
     from .config import ConfigError, load_cfg
-    from .utils import class_names
     try:
         cfg = load_cfg(args.cfg, args.opts)
         fmt = label_format(cfg)
-        names = class_names(cfg)
+        names = class_table(cfg, strict=True).name_dict()
     except (ConfigError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

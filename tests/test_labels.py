@@ -114,9 +114,13 @@ def test_class_table_numbering_and_errors(tmp_path):
         bad.write_text(text)
         with pytest.raises(ClassTableError, match=message):
             read_class_table(str(bad), 2)
+    missing = load_cfg(None, ["DATASET.class_table", "nope.csv", "DATASET.num_class", "2",
+                              "DATASET.root_dataset", str(tmp_path)])
     with pytest.raises(ClassTableError, match="class table not found: nope.csv"):
-        class_table(load_cfg(None, ["DATASET.class_table", "nope.csv",
-                                    "DATASET.root_dataset", str(tmp_path)]))
+        class_table(missing, strict=True)
+    # showing results without the dataset folder: a warning, then the defaults
+    with pytest.warns(UserWarning, match="nope.csv.*showing default class names"):
+        assert class_names(missing) == {0: "class_0", 1: "class_1"}
 
 
 def test_relative_table_found_under_root_dataset(tmp_path, monkeypatch):

@@ -46,8 +46,9 @@ _C.DATASET = CN({
     # new: class table CSV (Idx,Name,R,G,B; see mit_semseg/classes.py) giving the
     # names and colours shown by eval, test.py and Segmenter, and the mask colours
     # of "rgb" annotations. A relative path is looked up in the current folder,
-    # then in DATASET.root_dataset. Empty: ADE20K's table for 150 classes, else
-    # class_k names and generated colours.
+    # then in DATASET.root_dataset (not found: an error where masks are read, a
+    # warning and the defaults where results are shown). Empty: ADE20K's table
+    # for 150 classes, else class_k names and generated colours.
     "class_table": "",
 })
 
