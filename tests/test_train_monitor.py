@@ -139,3 +139,12 @@ def test_fine_tune_from_a_150_class_checkpoint(data, tmp_path):
     conv = next(k for k in enc if k.endswith("weight") and enc[k].ndim == 4)
     assert torch.equal(enc[conv], start_enc[conv])  # loaded (and lr 0 kept it)
     assert dec["conv_last.weight"].shape[0] == 3 and start_dec["conv_last.weight"].shape[0] == 150
+
+
+def test_custom_template_config():
+    cfg = load_cfg(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "config", "custom-template.yaml"))
+    # what the BatchNorm measurement in docs/custom-dataset.md found to work
+    assert cfg.TRAIN.precise_bn_iters > 0 and cfg.MODEL.bn_momentum < 0
+    assert cfg.TRAIN.eval_every == 1 and cfg.VAL.checkpoint == "best.pth"
+    assert cfg.DATASET.label_format == "zero_based" and cfg.MODEL.reinit_classifier
