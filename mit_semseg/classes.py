@@ -258,7 +258,8 @@ def label_format(opt: Any) -> LabelFormat:
     num_class = getattr(ds, "num_class", None)
     ignore = int(getattr(ds, "ignore_label", 255))
     if kind == "zero_based" and num_class is not None and 0 <= ignore < int(num_class):
-        raise DatasetError(f"DATASET.ignore_label {ignore} is a class value (0..{int(num_class) - 1}"
+        raise DatasetError(f"DATASET.ignore_label {ignore} is a class value "
+                           f"(0..{int(num_class) - 1}"
                            f" with num_class={num_class}); use a value >= num_class, e.g. 255")
     if kind != "rgb":
         return LabelFormat(kind, None if num_class is None else int(num_class), ignore)

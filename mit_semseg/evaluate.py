@@ -36,8 +36,8 @@ from .lib.nn import user_scattered_collate
 from .metrics import SegmentationMetrics
 from .utils import class_colors, class_names, colorEncode, find_recursive
 
-__all__ = ["evaluate", "validate", "evaluate_multiprocess", "run_test", "result_names", "list_test_images",
-           "results_path", "eval_main", "eval_multipro_main", "test_main"]
+__all__ = ["evaluate", "validate", "evaluate_multiprocess", "run_test", "result_names",
+           "list_test_images", "results_path", "eval_main", "eval_multipro_main", "test_main"]
 
 
 # ============================================================================ output names

@@ -179,12 +179,14 @@ class TrainingMonitor:
         paths = epoch_paths(self.cfg.DIR, epoch)
         for kind in ("encoder", "decoder"):
             dst = os.path.join(self.cfg.DIR, f"{kind}_best.pth")
-            tmp = os.path.join(self.cfg.DIR, f".{kind}_best.pth.copy.tmp")  # see remove_stale_temporaries
+            # a name remove_stale_temporaries cleans up after a crash
+            tmp = os.path.join(self.cfg.DIR, f".{kind}_best.pth.copy.tmp")
             shutil.copyfile(paths[kind], tmp)
             os.replace(tmp, dst)
         self.best = {"epoch": epoch, "mean_iou": val["mean_iou"],
                      "pixel_accuracy": val["pixel_accuracy"],
-                     "encoder": f"encoder_epoch_{epoch}.pth", "decoder": f"decoder_epoch_{epoch}.pth",
+                     "encoder": f"encoder_epoch_{epoch}.pth",
+                     "decoder": f"decoder_epoch_{epoch}.pth",
                      "imgSizes": list(validation_sizes(self.cfg)), "time": time.time()}
         atomic_write_text(json.dumps(self.best, indent=2) + "\n",
                           os.path.join(self.cfg.DIR, BEST_FILE))
