@@ -28,8 +28,13 @@ setuptools.setup(
     extras_require={
         # python -m mit_semseg.web: the browser demo and its JSON API
         "web": WEB,
+        # curves: python -m mit_semseg.curves DIR
+        "plot": ["matplotlib>=3.5"],
+        # TRAIN.tensorboard True
+        "tensorboard": ["tensorboard>=2.10"],
         # the web tests drive FastAPI's TestClient (httpx) and headless Chromium (selenium)
-        "test": ["pytest", *WEB, "httpx>=0.27", "selenium>=4.11"],
+        "test": ["pytest", *WEB, "httpx>=0.27", "selenium>=4.11", "matplotlib>=3.5",
+                 "tensorboard>=2.10"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

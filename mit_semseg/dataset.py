@@ -12,7 +12,10 @@ width, height), with the original toolkit's resizing and output dicts.
   copies, one per entry of ``imgSizes``, bit-identical to the original's.
 
 Labels: annotation value 0 (unlabeled) becomes -1, value k becomes k-1
-(int64). Bad inputs raise ``DatasetError`` naming the file and odgt line.
+(int64). Files in other conventions (``DATASET.label_format``: 0-based with
+``DATASET.ignore_label``, colour-coded with ``DATASET.class_table``) are
+converted on reading to the same tensors (see ``mit_semseg.io``). Bad inputs
+raise ``DatasetError`` naming the file and odgt line.
 
 Randomness (train only): every DataLoader worker draws from its own
 ``numpy.random.Generator`` seeded from ``(seed, rank, worker_id)``, so workers
@@ -36,7 +39,7 @@ import torch
 import torch.utils.data
 from PIL import Image
 
-from .io import IMAGENET_MEAN, IMAGENET_STD, DatasetError, read_annotation, read_image
+from .io import IMAGENET_MEAN, IMAGENET_STD, DatasetError, LabelFormat, read_annotation, read_image
 
 __all__ = ["DatasetError", "BaseDataset", "TrainDataset", "ValDataset", "TestDataset",
            "worker_init_fn", "imresize"]
@@ -90,6 +93,10 @@ class BaseDataset(torch.utils.data.Dataset):
         self.imgMaxSize = opt.imgMaxSize
         self.padding_constant = int(opt.padding_constant)
         self.num_class = getattr(opt, "num_class", None)
+        self.label_format: LabelFormat | None = None
+        if "fpath_segm" in self.required_keys:
+            from .classes import label_format
+            self.label_format = label_format(opt)
         self.parse_input_list(odgt, max_sample, start_idx, end_idx)
 
     # -- odgt -----------------------------------------------------------------
@@ -200,7 +207,7 @@ class BaseDataset(torch.utils.data.Dataset):
         seg_path = os.path.join(root, rec["fpath_segm"])
         try:
             img = read_image(img_path)
-            segm = read_annotation(seg_path, self.num_class)
+            segm = read_annotation(seg_path, self.num_class, self.label_format)
         except DatasetError as exc:
             raise self._located(index, exc) from None
         if (segm.shape[1], segm.shape[0]) != img.size:

@@ -39,8 +39,8 @@ from .models import WeightsError
 from .utils import (IMAGE_EXTENSIONS, class_colors, class_names, colorEncode, cpu_count,
                     find_recursive, loader_workers)
 
-__all__ = ["evaluate", "evaluate_multiprocess", "run_test", "result_names", "list_test_images",
-           "results_path", "eval_main", "eval_multipro_main", "test_main"]
+__all__ = ["evaluate", "validate", "evaluate_multiprocess", "run_test", "result_names",
+           "list_test_images", "results_path", "eval_main", "eval_multipro_main", "test_main"]
 
 
 # ============================================================================ output names
@@ -110,7 +110,7 @@ def _evaluate_part(cfg: CfgNode, engine: InferenceEngine, dataset: ValDataset,
                    names: Sequence[str], on_image=None) -> tuple[SegmentationMetrics, float]:
     """Metrics over ``dataset`` (and visualisations named ``names``); total inference seconds."""
     metrics = SegmentationMetrics(cfg.DATASET.num_class)
-    colors = class_colors(cfg.DATASET.num_class)
+    colors = class_colors(cfg)
     seconds = 0.0
     for i, batch in enumerate(_loader(dataset, cfg.VAL.workers)):
         sample = batch[0]
@@ -132,7 +132,7 @@ def _evaluate_part(cfg: CfgNode, engine: InferenceEngine, dataset: ValDataset,
 
 def _report(metrics: SegmentationMetrics, cfg: CfgNode, seconds: float | None,
             stream: TextIO) -> dict[str, Any]:
-    names = class_names(cfg.DATASET.num_class)
+    names = class_names(cfg)
     summary = metrics.summary(names)
     width = max(len(n) for n in names.values())
     for row in summary["per_class"]:
@@ -174,6 +174,23 @@ def evaluate(cfg: CfgNode, device: Any = "auto", *, progress: bool = True,
     with tqdm(total=len(dataset), disable=not progress, file=sys.stderr) as bar:
         metrics, seconds = _evaluate_part(cfg, engine, dataset, names, on_image=lambda: bar.update(1))
     return _report(metrics, cfg, seconds, stream)
+
+
+def validate(cfg: CfgNode, encoder: torch.nn.Module, decoder: torch.nn.Module,
+             device: Any, img_sizes: Sequence[int] | None = None) -> dict[str, Any]:
+    """Evaluate in-memory ``encoder``/``decoder`` (e.g. during training) on
+    ``DATASET.list_val`` at ``img_sizes`` (default: DATASET.imgSizes); nothing is
+    written. Leaves both nets in eval mode. Returns the metrics summary with the
+    class names and ``time`` (seconds, loading included)."""
+    tic = time.perf_counter()
+    vcfg = cfg.clone()
+    vcfg.defrost()
+    vcfg.VAL.visualize = False
+    if img_sizes:
+        vcfg.DATASET.imgSizes = tuple(int(s) for s in img_sizes)
+    engine = InferenceEngine(encoder, decoder, device=device)
+    metrics, _ = _evaluate_part(vcfg, engine, _val_dataset(vcfg), [])
+    return {**metrics.summary(class_names(cfg)), "time": time.perf_counter() - tic}
 
 
 def _worker(cfg_yaml: str, device: str, start: int, end: int, threads: int,
@@ -329,8 +346,8 @@ def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = 
         if os.path.abspath(out) in inputs:  # never overwrite an input image
             out = os.path.splitext(out)[0] + "_seg.png"
         outputs.append(out)
-    colors = class_colors(cfg.DATASET.num_class)
-    class_name = class_names(cfg.DATASET.num_class)
+    colors = class_colors(cfg)
+    class_name = class_names(cfg)
     dataset = _Readable(TestDataset([{"fpath_img": p} for p in paths], cfg.DATASET))
     skipped = 0
     with tqdm(total=len(paths), disable=not progress, file=err) as bar:

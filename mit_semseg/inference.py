@@ -247,8 +247,11 @@ class Segmenter:
         self.engine = engine
         # A one-item TestDataset gives the exact resize/normalise rules of test.py.
         self._prep = TestDataset([{"fpath_img": "<in-memory>"}], dataset_opt)
-        self.names = dict(names) if names is not None else class_names(engine.num_class)
-        self.colors = np.asarray(colors) if colors is not None else class_colors(engine.num_class)
+        # DATASET.class_table (via dataset_opt) when it describes this model's classes
+        table = dataset_opt if getattr(dataset_opt, "num_class", None) == engine.num_class \
+            else engine.num_class
+        self.names = dict(names) if names is not None else class_names(table)
+        self.colors = np.asarray(colors) if colors is not None else class_colors(table)
 
     @classmethod
     def from_config(cls, config: Any, *, checkpoint_dir: str | None = None,
@@ -314,7 +317,8 @@ class Segmenter:
         return self.predict(image)
 
     def colorize(self, labels: np.ndarray) -> np.ndarray:
-        """H x W x 3 uint8 colour image of ``labels`` (ADE20K colours for 150 classes)."""
+        """H x W x 3 uint8 colour image of ``labels`` (the class table's colours;
+        ADE20K's for 150 classes without one)."""
         from .utils import colorEncode
         return colorEncode(labels, self.colors).astype(np.uint8)
 

@@ -9,7 +9,7 @@ import os
 import re
 import sys
 from functools import lru_cache
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -168,20 +168,26 @@ def ade20k_names() -> dict[int, str]:
         return {int(row["Idx"]) - 1: row["Name"].split(";")[0] for row in csv.DictReader(fh)}
 
 
-def class_colors(num_class: int) -> np.ndarray:
-    """ADE20K colours when ``num_class`` is 150 (or fewer), else a fixed generated palette."""
-    colors = ade20k_colors()
-    if num_class <= len(colors):
-        return colors[:num_class]
-    rng = np.random.default_rng(0)
-    return np.concatenate([colors, rng.integers(0, 256, (num_class - len(colors), 3), dtype=np.uint8)])
+def class_colors(num_class: Any) -> np.ndarray:
+    """K x 3 uint8 class colours. ``num_class``: a count, or a config (the whole
+    cfg or its DATASET node), whose ``DATASET.class_table`` then decides.
+    Without a table: ADE20K's colours, then distinct generated ones beyond 150."""
+    from .classes import class_table, generated_palette
+    if isinstance(num_class, (int, np.integer)):
+        return generated_palette(int(num_class))
+    return class_table(num_class).colors
 
 
-def class_names(num_class: int) -> dict[int, str]:
-    """ADE20K names for 150 classes; ``class_k`` for other datasets."""
-    if num_class == 150:
-        return ade20k_names()
-    return {k: f"class_{k}" for k in range(num_class)}
+def class_names(num_class: Any) -> dict[int, str]:
+    """0-based class index -> name. ``num_class``: a count (ADE20K names for 150
+    classes, ``class_k`` otherwise), or a config whose ``DATASET.class_table``
+    names the classes (see :mod:`mit_semseg.classes`)."""
+    if isinstance(num_class, (int, np.integer)):
+        if int(num_class) == 150:
+            return ade20k_names()
+        return {k: f"class_{k}" for k in range(int(num_class))}
+    from .classes import class_table
+    return class_table(num_class).name_dict()
 
 
 # ----------------------------------------------------------------------------- loaders
