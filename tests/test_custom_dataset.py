@@ -9,7 +9,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from _custom_data import MAKERS, NAMES, tiny_model_opts
@@ -21,12 +20,7 @@ from mit_semseg.evaluate import evaluate, run_test
 from mit_semseg.train import main as train_main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _odgt_args(root: str, layout: dict) -> list[str]:

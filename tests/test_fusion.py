@@ -14,12 +14,7 @@ from mit_semseg.fusion import banding_exact, fuse
 from _support import assert_same_labels_up_to_ties, reference_fuse
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rand_logits(shapes, num_class, seed):

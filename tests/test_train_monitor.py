@@ -17,12 +17,7 @@ from mit_semseg.models import ModelBuilder, WeightsError
 from mit_semseg.monitor import read_metrics
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
