@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import random
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -75,6 +75,29 @@ def _resize_labels(labels: np.ndarray, width: int, height: int) -> np.ndarray:
     dtype = np.uint8 if labels.dtype == np.uint8 else np.int32
     img = Image.fromarray(np.ascontiguousarray(labels, dtype=dtype))
     return np.asarray(imresize(img, (width, height), "nearest"))
+
+
+def read_odgt_lines(path: str, strict_utf8: bool = True
+                    ) -> Iterator[tuple[str, Any, str | None]]:
+    """``(where, record, None)`` for every non-empty line of an odgt file, or
+    ``(where, None, message)`` for a line that is not JSON; ``where`` is
+    "PATH, line N". Raises DatasetError when the file is missing, or (with
+    ``strict_utf8``) is not UTF-8 text."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: odgt file not found")
+    try:
+        with open(path, "r", encoding="utf-8", errors="strict" if strict_utf8 else "replace") as f:
+            lines = f.read().split("\n")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: odgt file is not UTF-8 text ({exc.reason})") from None
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {lineno}"
+        try:
+            yield where, json.loads(line), None
+        except json.JSONDecodeError as exc:
+            yield where, None, f"{where}: malformed odgt line (not JSON: {exc.msg})"
 
 
 class BaseDataset(torch.utils.data.Dataset):
@@ -128,21 +151,9 @@ class BaseDataset(torch.utils.data.Dataset):
 
     @staticmethod
     def _read_odgt(path: str) -> Iterable[tuple[str, dict]]:
-        if not os.path.isfile(path):
-            raise DatasetError(f"{path}: odgt file not found")
-        try:
-            with open(path, "r", encoding="utf-8") as f:
-                lines = f.read().split("\n")
-        except UnicodeDecodeError as exc:
-            raise DatasetError(f"{path}: odgt file is not UTF-8 text ({exc.reason})") from None
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{where}: malformed odgt line (not JSON: {exc.msg})") from None
+        for where, rec, error in read_odgt_lines(path):
+            if error is not None:
+                raise DatasetError(error)
             yield where, rec
 
     def _check_record(self, where: str, rec: Any) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from .io import DatasetError, LabelFormat, read_annotation, read_image
+from .dataset import read_odgt_lines
 from .utils import IMAGE_EXTENSIONS, find_recursive
 
 __all__ = ["PairReport", "pair_folders", "split_pairs", "write_odgt", "odgt_main",
@@ -264,17 +265,10 @@ def _read_lists(lists: dict[str, str]) -> tuple[list[tuple[str, str, dict]], lis
         if not os.path.isfile(path):
             errors.append(f"{path}: odgt file not found ({split} list)")
             continue
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            lines = fh.read().split("\n")
         found = 0
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                errors.append(f"{where}: malformed odgt line (not JSON: {exc.msg})")
+        for where, rec, error in read_odgt_lines(path, strict_utf8=False):
+            if error is not None:
+                errors.append(error)
                 continue
             missing = [k for k in ("fpath_img", "fpath_segm", "width", "height")
                        if not isinstance(rec, dict) or k not in rec]
