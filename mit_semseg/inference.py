@@ -91,16 +91,16 @@ class InferenceEngine:
     float32; fp16 and the exact path use autocast). ``band_bytes``: memory
     bound of a fusion band (0: one piece). ``exact``: run ``encoder`` and
     ``decoder`` as given (NCHW, unfused) instead of an inference copy.
-    ``channels_last`` / ``fuse`` / ``single_scale_softmax``: parts of the
-    default path (a single copy's labels are the argmax of its resized scores
-    when ``single_scale_softmax`` is False; same labels up to exact ties).
+    ``channels_last`` / ``fuse``: parts of the default path, which also fuses
+    labels with ``fusion.fuse(exact=False)`` (no softmax for a single copy, no
+    division by the number of copies; same labels up to float ties).
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, *,
                  device: str | int | torch.device | None = "auto", flip: bool = False,
                  precision: str = "fp32", band_bytes: int = DEFAULT_BAND_BYTES,
-                 exact: bool = False, channels_last: bool = True, fuse: bool = True,
-                 single_scale_softmax: bool = True) -> None:
+                 exact: bool = False, channels_last: bool = True,
+                 fuse: bool = True) -> None:
         if not hasattr(decoder, "logits"):
             raise TypeError(f"{type(decoder).__name__} has no logits(conv_out) method; "
                             "the engine needs class scores before the softmax")
@@ -109,7 +109,6 @@ class InferenceEngine:
         self.precision = precision
         self.band_bytes = int(band_bytes)
         self.exact = bool(exact)
-        self.single_scale_softmax = bool(single_scale_softmax) or self.exact
         dtype = precision_dtype(precision)  # validates early
         encoder = encoder.to(self.device).eval()
         decoder = decoder.to(self.device).eval()
@@ -157,8 +156,7 @@ class InferenceEngine:
     def fuse(self, logits: Sequence[torch.Tensor], out_size: tuple[int, int],
              return_probs: bool = False) -> Prediction:
         """Resize, softmax, average and argmax ``logits`` at ``out_size`` (H, W)."""
-        return fuse(logits, out_size, return_probs, self.band_bytes,
-                    softmax=self.single_scale_softmax)
+        return fuse(logits, out_size, return_probs, self.band_bytes, exact=self.exact)
 
     def predict(self, img_data: Sequence[torch.Tensor], out_size: tuple[int, int],
                 return_probs: bool = False, flip: bool | None = None) -> Prediction:
