@@ -79,7 +79,9 @@ def results_path(cfg: CfgNode) -> str:
 
 def _save_png(array: np.ndarray, path: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Image.fromarray(array).save(path)
+    # zlib level 1: the same pixels, about 3x faster to write than PIL's default
+    # level 6, files a few percent larger
+    Image.fromarray(array).save(path, compress_level=1)
 
 
 # ============================================================================ evaluation
