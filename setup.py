@@ -7,6 +7,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(HERE, "README.md"), encoding="utf-8") as fh:
     long_description = fh.read()
 
+WEB = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"]
+ONNX = ["onnx>=1.17", "onnxruntime>=1.19"]
+
 setuptools.setup(
     name="mit_semseg",
     version="2.0.0",
@@ -20,13 +23,22 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["mit_semseg", "mit_semseg.*"]) + ["mit_semseg.data"],
     # The ADE20K colour and name tables live in ./data and ship inside the package.
     package_dir={"mit_semseg.data": "data"},
-    package_data={"mit_semseg.data": ["color150.mat", "object150_info.csv"]},
+    package_data={"mit_semseg.data": ["color150.mat", "object150_info.csv"],
+                  "mit_semseg.web": ["static/*.html", "static/*.js", "static/*.css"]},
     install_requires=["torch>=2.1", "numpy", "scipy", "pillow", "yacs", "tqdm"],
     extras_require={
+        # python -m mit_semseg.web: the browser demo and its JSON API
+        "web": WEB,
+        # curves: python -m mit_semseg.curves DIR
+        "plot": ["matplotlib>=3.5"],
+        # TRAIN.tensorboard True
+        "tensorboard": ["tensorboard>=2.10"],
         # ONNX export (python -m mit_semseg.export) and the onnxruntime backend;
         # lowest versions tested: onnx 1.17.0, onnxruntime 1.19.0 (numpy 2).
-        "onnx": ["onnx>=1.17", "onnxruntime>=1.19"],
-        "test": ["pytest", "onnx>=1.17", "onnxruntime>=1.19"],
+        "onnx": ONNX,
+        # the web tests drive FastAPI's TestClient (httpx) and headless Chromium (selenium)
+        "test": ["pytest", *WEB, "httpx>=0.27", "selenium>=4.11", "matplotlib>=3.5",
+                 "tensorboard>=2.10", *ONNX],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -121,14 +121,28 @@ def remove_stale_temporaries(directory: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- reading
 
-def load_file(path: str, what: str = "checkpoint") -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, with errors that name the file."""
+def load_file(path: str, what: str = "checkpoint", map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` (on the CPU by default).
+
+    Every failure is a CheckpointError with a one-line message naming the file:
+    missing, damaged (truncated or corrupt), or holding more than tensors.
+    """
     if not os.path.isfile(path):
         raise CheckpointError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated, corrupt or not written by torch.save
-        raise CheckpointError(f"cannot read {what} {path}: {exc}") from exc
+        raise CheckpointError(_unreadable_message(path, what, exc)) from exc
+
+
+def _unreadable_message(path: str, what: str, exc: Exception) -> str:
+    text = str(exc)
+    if "Weights only load failed" in text and "Unsupported global" in text:
+        return (f"{what} {path} holds Python objects besides tensors and cannot be loaded "
+                f"safely (torch.load weights_only=True); re-save it as a plain state dict")
+    size = os.path.getsize(path)
+    return (f"{what} {path} is damaged (truncated or corrupt, {size} bytes; "
+            f"{type(exc).__name__}); download or copy it again")
 
 
 def load_training_state(path: str) -> dict:

@@ -12,7 +12,10 @@ width, height), with the original toolkit's resizing and output dicts.
   copies, one per entry of ``imgSizes``, bit-identical to the original's.
 
 Labels: annotation value 0 (unlabeled) becomes -1, value k becomes k-1
-(int64). Bad inputs raise ``DatasetError`` naming the file and odgt line.
+(int64). Files in other conventions (``DATASET.label_format``: 0-based with
+``DATASET.ignore_label``, colour-coded with ``DATASET.class_table``) are
+converted on reading to the same tensors (see ``mit_semseg.io``). Bad inputs
+raise ``DatasetError`` naming the file and odgt line.
 
 Randomness (train only): every DataLoader worker draws from its own
 ``numpy.random.Generator`` seeded from ``(seed, rank, worker_id)``, so workers
@@ -29,17 +32,17 @@ import json
 import logging
 import os
 import random
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.utils.data
 from PIL import Image
 
-from .io import IMAGENET_MEAN, IMAGENET_STD, DatasetError, read_annotation, read_image
+from .io import IMAGENET_MEAN, IMAGENET_STD, DatasetError, LabelFormat, read_annotation, read_image
 
 __all__ = ["DatasetError", "BaseDataset", "TrainDataset", "ValDataset", "TestDataset",
-           "worker_init_fn"]
+           "worker_init_fn", "imresize"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,17 @@ def _sizes_tuple(img_sizes: Any) -> tuple[int, ...]:
     return (int(img_sizes),)
 
 
+_RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+             "bicubic": Image.Resampling.BICUBIC}
+
+
+def imresize(im: Image.Image, size: tuple[int, int], interp: str = "bilinear") -> Image.Image:
+    """Resize a PIL image to ``size`` = (width, height) with ``interp`` (nearest, bilinear, bicubic)."""
+    if interp not in _RESAMPLE:
+        raise ValueError(f"imresize: unknown interp {interp!r}; expected one of {sorted(_RESAMPLE)}")
+    return im.resize(size, _RESAMPLE[interp])
+
+
 def _resize_labels(labels: np.ndarray, width: int, height: int) -> np.ndarray:
     """Nearest-neighbour resize through PIL (the original's label resampling)."""
     if labels.shape == (height, width):
@@ -60,7 +74,30 @@ def _resize_labels(labels: np.ndarray, width: int, height: int) -> np.ndarray:
     # uint8 maps become mode "L", wider ones mode "I" (int32).
     dtype = np.uint8 if labels.dtype == np.uint8 else np.int32
     img = Image.fromarray(np.ascontiguousarray(labels, dtype=dtype))
-    return np.asarray(img.resize((width, height), Image.Resampling.NEAREST))
+    return np.asarray(imresize(img, (width, height), "nearest"))
+
+
+def read_odgt_lines(path: str, strict_utf8: bool = True
+                    ) -> Iterator[tuple[str, Any, str | None]]:
+    """``(where, record, None)`` for every non-empty line of an odgt file, or
+    ``(where, None, message)`` for a line that is not JSON; ``where`` is
+    "PATH, line N". Raises DatasetError when the file is missing, or (with
+    ``strict_utf8``) is not UTF-8 text."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: odgt file not found")
+    try:
+        with open(path, "r", encoding="utf-8", errors="strict" if strict_utf8 else "replace") as f:
+            lines = f.read().split("\n")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: odgt file is not UTF-8 text ({exc.reason})") from None
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {lineno}"
+        try:
+            yield where, json.loads(line), None
+        except json.JSONDecodeError as exc:
+            yield where, None, f"{where}: malformed odgt line (not JSON: {exc.msg})"
 
 
 class BaseDataset(torch.utils.data.Dataset):
@@ -79,6 +116,10 @@ class BaseDataset(torch.utils.data.Dataset):
         self.imgMaxSize = opt.imgMaxSize
         self.padding_constant = int(opt.padding_constant)
         self.num_class = getattr(opt, "num_class", None)
+        self.label_format: LabelFormat | None = None
+        if "fpath_segm" in self.required_keys:
+            from .classes import label_format
+            self.label_format = label_format(opt)
         self.parse_input_list(odgt, max_sample, start_idx, end_idx)
 
     # -- odgt -----------------------------------------------------------------
@@ -110,21 +151,9 @@ class BaseDataset(torch.utils.data.Dataset):
 
     @staticmethod
     def _read_odgt(path: str) -> Iterable[tuple[str, dict]]:
-        if not os.path.isfile(path):
-            raise DatasetError(f"{path}: odgt file not found")
-        try:
-            with open(path, "r", encoding="utf-8") as f:
-                lines = f.read().split("\n")
-        except UnicodeDecodeError as exc:
-            raise DatasetError(f"{path}: odgt file is not UTF-8 text ({exc.reason})") from None
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{where}: malformed odgt line (not JSON: {exc.msg})") from None
+        for where, rec, error in read_odgt_lines(path):
+            if error is not None:
+                raise DatasetError(error)
             yield where, rec
 
     def _check_record(self, where: str, rec: Any) -> None:
@@ -179,7 +208,7 @@ class BaseDataset(torch.utils.data.Dataset):
             h, w = self.scaled_size(height, width, short)
             h = self.round2nearest_multiple(h, self.padding_constant)
             w = self.round2nearest_multiple(w, self.padding_constant)
-            resized = img.resize((w, h), Image.Resampling.BILINEAR)
+            resized = imresize(img, (w, h), "bilinear")
             out.append(self.img_transform(resized).unsqueeze(0).contiguous())
         return out
 
@@ -189,7 +218,7 @@ class BaseDataset(torch.utils.data.Dataset):
         seg_path = os.path.join(root, rec["fpath_segm"])
         try:
             img = read_image(img_path)
-            segm = read_annotation(seg_path, self.num_class)
+            segm = read_annotation(seg_path, self.num_class, self.label_format)
         except DatasetError as exc:
             raise self._located(index, exc) from None
         if (segm.shape[1], segm.shape[0]) != img.size:
@@ -300,7 +329,7 @@ class TrainDataset(BaseDataset):
             if self.random_flip and rng.integers(2):
                 img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
                 segm = segm[:, ::-1]
-            img = img.resize((w, h), Image.Resampling.BILINEAR)
+            img = imresize(img, (w, h), "bilinear")
             segm = _resize_labels(segm, w, h)
 
             # Downsample by r without shifting: pad to a multiple of r with

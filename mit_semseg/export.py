@@ -114,7 +114,7 @@ class ScoreNetwork(nn.Module):
 
 # ============================================================================ metadata
 
-def metadata(cfg: Any, num_class: int | None = None) -> dict[str, str]:
+def metadata(cfg: Any) -> dict[str, str]:
     """The model's metadata: every value a JSON string.
 
     ``num_class``, ``class_names`` (list, index = 0-based class), ``class_colors``
@@ -126,9 +126,9 @@ def metadata(cfg: Any, num_class: int | None = None) -> dict[str, str]:
     """
     from .io import IMAGENET_MEAN, IMAGENET_STD
     from .utils import class_colors, class_names
-    n = int(cfg.DATASET.num_class if num_class is None else num_class)
-    names = class_names(n)
-    colors = np.asarray(class_colors(n)).astype(int).tolist()
+    n = int(cfg.DATASET.num_class)
+    names = class_names(cfg)  # DATASET.class_table if set, else ADE20K's / generated
+    colors = np.asarray(class_colors(cfg))[:n].astype(int).tolist()
     values: dict[str, Any] = {
         "mit_semseg_format": FORMAT_VERSION,
         "num_class": n,

@@ -268,7 +268,7 @@ def _in_one_piece(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
 
 
 def _fuse_one_piece(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
-                    return_probs: bool, argmax_only: bool) -> Prediction:
+                    return_probs: bool, argmax_only: bool, average: bool) -> Prediction:
     n = len(logits)
     scores = None
     for x in logits:
@@ -279,7 +279,9 @@ def _fuse_one_piece(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
             break
         p = F.softmax(full, dim=-1)
         del full
-        scores = p / n if scores is None else scores + p / n
+        if average:
+            p = p / n
+        scores = p if scores is None else scores + p
     assert scores is not None
     labels = torch.max(scores, dim=-1).indices
     return _finish(labels, scores if return_probs else None)
@@ -287,7 +289,7 @@ def _fuse_one_piece(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
 
 def fuse(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
          return_probs: bool = False, band_bytes: int = DEFAULT_BAND_BYTES,
-         softmax: bool = True) -> Prediction:
+         exact: bool = True) -> Prediction:
     """Resize every ``[1, C, h, w]`` score map in ``logits`` to ``out_size`` (H, W),
     softmax over classes, average, argmax (see the module docstring).
 
@@ -295,17 +297,19 @@ def fuse(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
     resized source rows for two bands; plus the labels (and ``return_probs``'
     full [C, H, W] map). ``band_bytes <= 0``: one piece, whatever the size.
 
-    ``softmax=False`` with a single map and no probabilities: labels are the
-    argmax of the resized scores themselves (softmax is monotonic, so they
-    equal the softmax's argmax except where rounding makes two probabilities
-    exactly equal); saves the softmax pass. Ignored otherwise.
+    ``exact=False`` without ``return_probs`` skips work that cannot change a
+    label except where two classes tie to float32 rounding: a single map's
+    labels are the argmax of its resized scores (softmax is monotonic), and
+    several maps' probabilities are summed without dividing by their count.
+    Probabilities, when asked for, are always the exact procedure's.
     """
     logits = _as_nchw(logits)
     H, W = (int(s) for s in out_size)
     C, n = logits[0].shape[1], len(logits)
-    argmax_only = not softmax and n == 1 and not return_probs
+    argmax_only = not exact and n == 1 and not return_probs
+    average = exact or return_probs
     if _in_one_piece(logits, (H, W), band_bytes):
-        return _fuse_one_piece(logits, (H, W), return_probs, argmax_only)
+        return _fuse_one_piece(logits, (H, W), return_probs, argmax_only, average)
     device = logits[0].device
     plans = [_row_plan(x.shape[2], H, device) for x in logits]
     rows_per_band = max(1, int(band_bytes) // (C * W * 4))
@@ -342,10 +346,12 @@ def fuse(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
                 acc = band
             elif k == 0:
                 torch._softmax(band, -1, False, out=acc)
-                acc.div_(n)
+                if average:
+                    acc.div_(n)
             else:
                 torch._softmax(band, -1, False, out=band)
-                band.div_(n)
+                if average:
+                    band.div_(n)
                 acc.add_(band)
         values = _workspace.get("max", (rr, W), f32, device)
         torch.max(acc, -1, out=(values, labels[r0:r1]))

@@ -91,9 +91,9 @@ class InferenceEngine:
     float32; fp16 and the exact path use autocast). ``band_bytes``: memory
     bound of a fusion band (0: one piece). ``exact``: run ``encoder`` and
     ``decoder`` as given (NCHW, unfused) instead of an inference copy.
-    ``channels_last`` / ``fuse`` / ``single_scale_softmax``: parts of the
-    default path (a single copy's labels are the argmax of its resized scores
-    when ``single_scale_softmax`` is False; same labels up to exact ties).
+    ``channels_last`` / ``fuse``: parts of the default path, which also fuses
+    labels with ``fusion.fuse(exact=False)`` (no softmax for a single copy, no
+    division by the number of copies; same labels up to float ties).
     ``backend``: a callable with a ``num_class`` attribute run in place of
     encoder + decoder (``onnx_backend.OnnxBackend``; encoder and decoder None).
     """
@@ -101,8 +101,8 @@ class InferenceEngine:
     def __init__(self, encoder: nn.Module | None, decoder: nn.Module | None, *,
                  device: str | int | torch.device | None = "auto", flip: bool = False,
                  precision: str = "fp32", band_bytes: int = DEFAULT_BAND_BYTES,
-                 exact: bool = False, channels_last: bool = True, fuse: bool = True,
-                 single_scale_softmax: bool = True, backend: Any = None) -> None:
+                 exact: bool = False, channels_last: bool = True,
+                 fuse: bool = True, backend: Any = None) -> None:
         self.backend = backend
         if backend is not None:
             if (precision or "fp32").lower() not in ("fp32", "float32"):
@@ -117,7 +117,6 @@ class InferenceEngine:
         self.precision = precision
         self.band_bytes = int(band_bytes)
         self.exact = bool(exact)
-        self.single_scale_softmax = bool(single_scale_softmax) or self.exact
         dtype = precision_dtype(precision)  # validates early
         if backend is None:
             encoder = encoder.to(self.device).eval()
@@ -168,8 +167,7 @@ class InferenceEngine:
     def fuse(self, logits: Sequence[torch.Tensor], out_size: tuple[int, int],
              return_probs: bool = False) -> Prediction:
         """Resize, softmax, average and argmax ``logits`` at ``out_size`` (H, W)."""
-        return fuse(logits, out_size, return_probs, self.band_bytes,
-                    softmax=self.single_scale_softmax)
+        return fuse(logits, out_size, return_probs, self.band_bytes, exact=self.exact)
 
     def predict(self, img_data: Sequence[torch.Tensor], out_size: tuple[int, int],
                 return_probs: bool = False, flip: bool | None = None) -> Prediction:
@@ -267,8 +265,11 @@ class Segmenter:
         self.slide = slide  # a slide.SlideWindow: sliding-window mode; None: whole image
         # A one-item TestDataset gives the exact resize/normalise rules of test.py.
         self._prep = TestDataset([{"fpath_img": "<in-memory>"}], dataset_opt)
-        self.names = dict(names) if names is not None else class_names(engine.num_class)
-        self.colors = np.asarray(colors) if colors is not None else class_colors(engine.num_class)
+        # DATASET.class_table (via dataset_opt) when it describes this model's classes
+        table = dataset_opt if getattr(dataset_opt, "num_class", None) == engine.num_class \
+            else engine.num_class
+        self.names = dict(names) if names is not None else class_names(table)
+        self.colors = np.asarray(colors) if colors is not None else class_colors(table)
 
     @classmethod
     def from_config(cls, config: Any, *, checkpoint_dir: str | None = None,
@@ -353,7 +354,8 @@ class Segmenter:
         return self.predict(image)
 
     def colorize(self, labels: np.ndarray) -> np.ndarray:
-        """H x W x 3 uint8 colour image of ``labels`` (ADE20K colours for 150 classes)."""
+        """H x W x 3 uint8 colour image of ``labels`` (the class table's colours;
+        ADE20K's for 150 classes without one)."""
         from .utils import colorEncode
         return colorEncode(labels, self.colors).astype(np.uint8)
 

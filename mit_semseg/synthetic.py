@@ -13,6 +13,7 @@ relative to ``root``)::
     images/{training,validation}/scene_00000.jpg
     annotations/{training,validation}/scene_00000.png   (L mode, 0 = unlabeled)
     training.odgt  validation.odgt                        (fpath_img, fpath_segm, width, height)
+    classes.csv                                           (class table: Idx,Name,R,G,B)
 
 Output is a pure function of the arguments: image i of a split depends only
 on (seed, split, i). CLI: ``python -m mit_semseg.synthetic --root data/synthetic``.
@@ -27,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-__all__ = ["CLASS_NAMES", "MAX_CLASSES", "make_synthetic_dataset", "make_scene", "main"]
+__all__ = ["CLASS_NAMES", "CLASS_COLORS", "MAX_CLASSES", "make_synthetic_dataset", "make_scene", "main"]
 
 Texture = Callable[[np.random.Generator, int, int], np.ndarray]
 
@@ -116,6 +117,10 @@ _TEXTURES: tuple[tuple[str, Texture], ...] = (
 )
 CLASS_NAMES: tuple[str, ...] = tuple(name for name, _ in _TEXTURES)
 """Class k (annotation value k, 1-based) is CLASS_NAMES[k - 1]."""
+# Display colour of each class (close to its texture's main colour), for classes.csv.
+CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
+    (110, 170, 235), (60, 135, 45), (165, 65, 45), (30, 65, 150),
+    (235, 205, 35), (200, 50, 185), (215, 185, 130), (130, 130, 130))
 MAX_CLASSES = len(_TEXTURES)
 
 
@@ -195,7 +200,7 @@ def make_synthetic_dataset(root: str, num_train: int = 200, num_val: int = 50,
                            size_range: tuple[int, int] = (64, 160), num_class: int = MAX_CLASSES,
                            seed: int = 0) -> dict[str, str]:
     """Write the data set under ``root``; return {"training": odgt path,
-    "validation": odgt path}.
+    "validation": odgt path, "classes": class table path}.
 
     Sides are drawn from ``size_range`` (inclusive); even-numbered images are
     landscape, odd-numbered portrait. ``num_class`` (2..MAX_CLASSES) selects
@@ -225,6 +230,9 @@ def make_synthetic_dataset(root: str, num_train: int = 200, num_val: int = 50,
         with open(odgt, "w", encoding="utf-8") as f:
             f.write("".join(line + "\n" for line in lines))
         out[split] = odgt
+    from .classes import write_class_table
+    out["classes"] = os.path.join(root, "classes.csv")
+    write_class_table(out["classes"], CLASS_NAMES[:num_class], CLASS_COLORS[:num_class])
     return out
 
 

@@ -60,11 +60,12 @@ from .optim import make_sgd
 from .lib.nn import UserScatteredDataParallel, patch_replication_callback, user_scattered_collate
 from .models import ModelBuilder, SegmentationModule
 from .models.weights import load_weights
-from .utils import AverageMeter, parse_devices, setup_logger
+from .monitor import TrainingMonitor, validation_sizes
+from .utils import AverageMeter, loader_workers, parse_devices, setup_logger
 
 __all__ = ["DataNotFoundError", "NonFiniteLossError", "DeviceError", "TrainSummary", "group_weight",
            "create_optimizers", "poly_lr", "adjust_learning_rate", "select_devices",
-           "check_dataset", "train_one_epoch", "precise_bn", "checkpoint", "main"]
+           "check_dataset", "train_one_epoch", "precise_bn", "checkpoint", "end_epoch", "main"]
 
 logger = logging.getLogger("Logger")
 
@@ -319,6 +320,7 @@ class _Run:
     history: dict = field(default_factory=lambda: {"train": {"epoch": [], "loss": [], "acc": []}})
     global_iter: int = 0
     last_checkpoint: str = ""
+    monitor: Any = None  # monitor.TrainingMonitor: metrics file, TensorBoard, validation
 
     @property
     def per_iter(self) -> int:
@@ -403,6 +405,9 @@ def train_one_epoch(run: _Run, epoch: int, start_iter: int = 0) -> None:
 
         batch_time.update(time.perf_counter() - tic)
         tic = time.perf_counter()
+        if run.monitor is not None:
+            run.monitor.iteration(epoch, i, run.global_iter, loss_value, acc_value,
+                                  (lr_enc, lr_dec), data_time.value(), batch_time.value())
         ave_loss.update(loss_value)
         ave_acc.update(acc_value * 100)
         bar.update(1)
@@ -445,7 +450,7 @@ def precise_bn(run: _Run, num_batches: int) -> None:
     if cfg.TRAIN.fix_bn:
         logger.info("TRAIN.fix_bn is set: BatchNorm statistics stay frozen, precise BN skipped")
         return
-    workers = min(int(cfg.TRAIN.workers), num_batches)
+    workers = min(loader_workers(cfg.TRAIN.workers), num_batches)
     bn_seed = _derive_seed(cfg.TRAIN.seed, _BN_STREAM, run.global_iter)
     loader, _ = _make_loader(run.dataset, cfg, workers, run.per_iter, 0, num_batches,
                              lambda g: bn_seed, run.device.type == "cuda")
@@ -510,7 +515,7 @@ def checkpoint(run: _Run, epoch: int, iteration: int) -> str:
             "epoch": epoch, "iteration": iteration, "global_iter": run.global_iter,
             "epoch_iters": cfg.TRAIN.epoch_iters, "num_epoch": cfg.TRAIN.num_epoch,
             "checkpoint_every": cfg.TRAIN.checkpoint_every, "seed": cfg.TRAIN.seed,
-            "workers": cfg.TRAIN.workers, "world_size": run.env.world_size,
+            "workers": loader_workers(cfg.TRAIN.workers), "world_size": run.env.world_size,
             "num_devices": run.per_iter,
             "optimizers": {"encoder": run.optimizers[0].state_dict(),
                            "decoder": run.optimizers[1].state_dict()},
@@ -530,6 +535,24 @@ def checkpoint(run: _Run, epoch: int, iteration: int) -> str:
     D.barrier()
     run.last_checkpoint = path
     return path
+
+
+# ============================================================================ validation
+
+def end_epoch(run: _Run, epoch: int) -> dict | None:
+    """After the epoch-``epoch`` checkpoint: validate when ``TRAIN.eval_every`` says
+    so (rank 0, single process, then back to training mode) and write the epoch
+    record of the metrics file; returns the validation summary (rank 0) or None."""
+    from .evaluate import validate
+    val = None
+    if run.monitor.validation_due(epoch):
+        if run.env.is_main:
+            val = validate(run.cfg, run.module.encoder, run.module.decoder, run.device,
+                           validation_sizes(run.cfg))
+        D.barrier()
+        run.model.train(not run.cfg.TRAIN.fix_bn)
+    run.monitor.end_epoch(epoch, run.global_iter, val)
+    return val
 
 
 # ============================================================================ resume
@@ -645,7 +668,7 @@ def _check_cfg(cfg: CfgNode) -> None:
     for key in ("epoch_iters", "num_epoch", "batch_size_per_gpu"):
         if int(t[key]) < 1:
             raise ConfigError(f"TRAIN.{key} must be >= 1, got {t[key]}")
-    for key in ("workers", "checkpoint_every", "precise_bn_iters", "num_threads"):
+    for key in ("workers", "checkpoint_every", "precise_bn_iters", "num_threads", "eval_every"):
         if int(t[key]) < 0:
             raise ConfigError(f"TRAIN.{key} must be >= 0, got {t[key]}")
 
@@ -713,6 +736,7 @@ def _train(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: list[int
     run.global_iter = (first_epoch - 1) * epoch_iters + start_iter
     if point is not None:
         _restore(run, point)
+    run.monitor = TrainingMonitor(cfg, env.is_main, run.global_iter if point else None)
     if env.is_main:
         atomic_write_text(cfg.dump(), os.path.join(cfg.DIR, "config.yaml"))
         logger.info("Running with config:\n%s", cfg.dump())
@@ -721,11 +745,12 @@ def _train(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: list[int
                 cfg.TRAIN.batch_size_per_gpu, run.per_iter * env.world_size)
     if first_epoch > num_epoch:
         logger.info("Nothing to do: %d of %d epochs already trained", first_epoch - 1, num_epoch)
+        run.monitor.close()
         return TrainSummary(run.history, run.last_checkpoint, run.global_iter)
 
     every = int(cfg.TRAIN.checkpoint_every)
     loader, placeholders = _make_loader(
-        dataset, cfg, int(cfg.TRAIN.workers), run.per_iter, run.global_iter,
+        dataset, cfg, loader_workers(cfg.TRAIN.workers), run.per_iter, run.global_iter,
         num_epoch * epoch_iters,
         lambda g: _derive_seed(seed, _TRAIN_STREAM, _segment_start(g, epoch_iters, every)),
         device.type == "cuda")
@@ -744,6 +769,8 @@ def _train(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: list[int
         for epoch in range(first_epoch, num_epoch + 1):
             train_one_epoch(run, epoch, start_iter if epoch == first_epoch else 0)
             checkpoint(run, epoch, epoch_iters)
+            end_epoch(run, epoch)
+    run.monitor.close()
     run.batches = None  # stops the loader workers
     logger.info("Training Done!")
     return TrainSummary(run.history, run.last_checkpoint, run.global_iter)
@@ -766,7 +793,8 @@ def _restore(run: _Run, point: _ResumePoint) -> None:
     if run.scaler is not None and state.get("grad_scaler"):
         run.scaler.load_state_dict(state["grad_scaler"])
     changed = [f"{name} {state.get(key)} -> {now}" for key, name, now in (
-        ("seed", "TRAIN.seed", cfg.TRAIN.seed), ("workers", "TRAIN.workers", cfg.TRAIN.workers),
+        ("seed", "TRAIN.seed", cfg.TRAIN.seed), ("workers", "loader workers (TRAIN.workers capped at the CPU count)",
+         loader_workers(cfg.TRAIN.workers)),
         ("checkpoint_every", "TRAIN.checkpoint_every", cfg.TRAIN.checkpoint_every),
         ("num_epoch", "TRAIN.num_epoch", cfg.TRAIN.num_epoch),
         ("world_size", "world size", run.env.world_size),

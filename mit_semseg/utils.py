@@ -3,12 +3,13 @@ file search, logging, and the dataset's class colours and names."""
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import os
 import re
 import sys
 from functools import lru_cache
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -47,9 +48,10 @@ def setup_logger(distributed_rank: int = 0, filename: str | None = "log.txt") ->
 
 # ----------------------------------------------------------------------------- files
 
-def find_recursive(root_dir: str, ext: str | Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
+def find_recursive(root_dir: str, ext: str | Sequence[str] = ".jpg") -> list[str]:
     """Files under ``root_dir`` (recursively, sorted) whose name ends with ``ext``
-    (a suffix or a sequence of them), compared case-insensitively."""
+    (a suffix or a sequence of them, e.g. ``IMAGE_EXTENSIONS``), compared
+    case-insensitively. The default is the original's ``.jpg``."""
     exts = (ext,) if isinstance(ext, str) else tuple(ext)
     exts = tuple(e.lower() for e in exts)
     found = []
@@ -166,20 +168,41 @@ def ade20k_names() -> dict[int, str]:
         return {int(row["Idx"]) - 1: row["Name"].split(";")[0] for row in csv.DictReader(fh)}
 
 
-def class_colors(num_class: int) -> np.ndarray:
-    """ADE20K colours when ``num_class`` is 150 (or fewer), else a fixed generated palette."""
-    colors = ade20k_colors()
-    if num_class <= len(colors):
-        return colors[:num_class]
-    rng = np.random.default_rng(0)
-    return np.concatenate([colors, rng.integers(0, 256, (num_class - len(colors), 3), dtype=np.uint8)])
+def class_colors(num_class: Any) -> np.ndarray:
+    """K x 3 uint8 class colours. ``num_class``: a count, or a config (the whole
+    cfg or its DATASET node), whose ``DATASET.class_table`` then decides.
+    Without a table: ADE20K's colours, then distinct generated ones beyond 150."""
+    from .classes import class_table, generated_palette
+    if isinstance(num_class, (int, np.integer)):
+        return generated_palette(int(num_class))
+    return class_table(num_class).colors
 
 
-def class_names(num_class: int) -> dict[int, str]:
-    """ADE20K names for 150 classes; ``class_k`` for other datasets."""
-    if num_class == 150:
-        return ade20k_names()
-    return {k: f"class_{k}" for k in range(num_class)}
+def class_names(num_class: Any) -> dict[int, str]:
+    """0-based class index -> name. ``num_class``: a count (ADE20K names for 150
+    classes, ``class_k`` otherwise), or a config whose ``DATASET.class_table``
+    names the classes (see :mod:`mit_semseg.classes`)."""
+    if isinstance(num_class, (int, np.integer)):
+        if int(num_class) == 150:
+            return ade20k_names()
+        return {k: f"class_{k}" for k in range(int(num_class))}
+    from .classes import class_table
+    return class_table(num_class).name_dict()
+
+
+# ----------------------------------------------------------------------------- loaders
+
+def cpu_count() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def loader_workers(requested: int) -> int:
+    """DataLoader worker processes to start: ``requested`` capped at :func:`cpu_count` (>= 0)."""
+    return max(0, min(int(requested), cpu_count()))
 
 
 # ----------------------------------------------------------------------------- devices
@@ -188,10 +211,19 @@ class NotSupportedCliException(ValueError):
     """A device string that parse_devices does not understand."""
 
 
-_DEVICE_PATTERNS = (
-    re.compile(r"^(?:gpu)?(\d+)$"),
-    re.compile(r"^(?:gpu)?(\d+)-(?:gpu)?(\d+)$"),
-)
+def process_range(xpu: str, inp: Sequence[str]) -> list[str]:
+    """Device names for an inclusive id range in either order: ``('gpu', ('3', '1'))`` ->
+    ``['gpu1', 'gpu2', 'gpu3']``."""
+    lo, hi = sorted(int(g) for g in inp)
+    return [f"{xpu}{i}" for i in range(lo, hi + 1)]
+
+
+# (pattern, match groups -> device names), tried in order by parse_devices.
+REGEX = [
+    (re.compile(r"^cpu$"), lambda groups: ["cpu"]),
+    (re.compile(r"^(?:gpu)?(\d+)$"), lambda groups: [f"gpu{groups[0]}"]),
+    (re.compile(r"^(?:gpu)?(\d+)-(?:gpu)?(\d+)$"), functools.partial(process_range, "gpu")),
+]
 
 
 def parse_devices(input_devices: str) -> list[str]:
@@ -200,13 +232,11 @@ def parse_devices(input_devices: str) -> list[str]:
     out: list[str] = []
     for part in str(input_devices).split(","):
         token = part.strip().lower()
-        if token == "cpu":
-            ids: Iterable[str] = ["cpu"]
-        elif m := _DEVICE_PATTERNS[0].match(token):
-            ids = [f"gpu{m.group(1)}"]
-        elif m := _DEVICE_PATTERNS[1].match(token):
-            lo, hi = sorted(int(g) for g in m.groups())
-            ids = [f"gpu{i}" for i in range(lo, hi + 1)]
+        for pattern, expand in REGEX:
+            m = pattern.match(token)
+            if m:
+                ids = expand(m.groups())
+                break
         else:
             raise NotSupportedCliException(
                 f'Can not recognize device: "{part}" (use e.g. 0, 0-3, 0,2, gpu1 or cpu)')

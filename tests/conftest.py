@@ -4,3 +4,17 @@ import os
 # OpenMP threads spin-wait by default; on a small or shared CPU a waiting
 # thread steals the core its partner needs and runs slow by up to 10x.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures(
+    "one_thread")``): tiny ops on a small shared CPU run many times slower when
+    OpenMP threads compete for the cores."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

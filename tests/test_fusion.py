@@ -14,12 +14,7 @@ from mit_semseg.fusion import banding_exact, fuse
 from _support import assert_same_labels_up_to_ties, reference_fuse
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rand_logits(shapes, num_class, seed):
@@ -79,12 +74,20 @@ def test_one_piece_form_is_the_reference_procedure():
     assert np.array_equal(got.labels, labels) and torch.equal(got.probs, probs)
 
 
-def test_single_scale_argmax_without_softmax_gives_the_same_labels():
+@pytest.mark.parametrize("maps", [1, 3])
+def test_inexact_shortcuts_give_the_same_labels_up_to_ties(maps):
+    """exact=False: no softmax for one map, no division by the count for several."""
     for seed in range(4):
-        logits = rand_logits([(11, 13)], 30, seed)
+        shapes = [(11 + 3 * k, 13 + k) for k in range(maps)]
+        logits = rand_logits(shapes, 30, seed)
         labels, probs = reference_fuse(logits, (57, 70), return_probs=True)
-        got = fuse(logits, (57, 70), band_bytes=30 * 70 * 4 * 6, softmax=False)
-        assert_same_labels_up_to_ties(got.labels, probs)
+        for band in (30 * 70 * 4 * 6, 0):
+            got = fuse(logits, (57, 70), band_bytes=band, exact=False)
+            assert_same_labels_up_to_ties(got.labels, probs)
+        # probabilities, when asked for, are the exact procedure's
+        with_probs = fuse(logits, (57, 70), return_probs=True, band_bytes=30 * 70 * 4 * 6,
+                          exact=False)
+        torch.testing.assert_close(with_probs.probs, probs, rtol=0, atol=1e-6)
 
 
 def test_banded_fusion_never_interpolates_full_size(monkeypatch):

@@ -23,13 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASS = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny ops on a shared machine: one thread avoids OpenMP contention
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,7 @@ def test_corrupt_or_missing_weights_file(tmp_path):
         ModelBuilder.build_encoder("resnet18", weights=str(tmp_path / "nope.pth"))
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a torch file")
-    with pytest.raises(WeightsError, match="cannot read"):
+    with pytest.raises(WeightsError, match="bad.pth is damaged"):
         ModelBuilder.build_encoder("resnet18", weights=str(bad))
 
 

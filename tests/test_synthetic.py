@@ -46,7 +46,10 @@ def test_deterministic_from_seed(tmp_path):
 
 def test_odgt_files_labels_and_orientations(tmp_path):
     paths = make_synthetic_dataset(str(tmp_path), num_train=12, num_val=4, size_range=(40, 90), seed=0)
-    assert set(paths) == {"training", "validation"}
+    assert set(paths) == {"training", "validation", "classes"}
+    from mit_semseg.classes import read_class_table
+    table = read_class_table(paths["classes"], MAX_CLASSES)
+    assert table.names == CLASS_NAMES and table.colors.shape == (MAX_CLASSES, 3)
     for split, count in (("training", 12), ("validation", 4)):
         recs = read_odgt(tmp_path / f"{split}.odgt")
         assert len(recs) == count and paths[split] == str(tmp_path / f"{split}.odgt")

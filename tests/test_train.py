@@ -28,14 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASS = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU, OpenMP threads competing for
-    cores make these runs many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +123,7 @@ def test_poly_learning_rate_per_iteration():
 def test_main_writes_the_original_checkpoints(reference_run):
     out, summary = reference_run
     names = sorted(os.listdir(out))
-    assert names == sorted(["config.yaml", "log.txt"] + [f"{kind}_epoch_{n}.pth" for n in (1, 2)
+    assert names == sorted(["config.yaml", "log.txt", "metrics.jsonl"] + [f"{kind}_epoch_{n}.pth" for n in (1, 2)
                            for kind in ("encoder", "decoder", "history", "state")])
     # the weights load strictly into freshly built models
     ModelBuilder.build_encoder("mobilenetv2dilated", 320, weights=str(out / "encoder_epoch_2.pth"),
@@ -371,7 +364,8 @@ def test_torchrun_two_cpu_processes(data_root, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "run"
     assert sorted(os.listdir(out)) == ["config.yaml", "decoder_epoch_1.pth", "encoder_epoch_1.pth",
-                                       "history_epoch_1.pth", "log.txt", "state_epoch_1.pth"]
+                                       "history_epoch_1.pth", "log.txt", "metrics.jsonl",
+                                       "state_epoch_1.pth"]
     ModelBuilder.build_encoder("mobilenetv2dilated", 320, weights=str(out / "encoder_epoch_1.pth"),
                                pretrained=False)
     ModelBuilder.build_decoder("c1_deepsup", 320, NUM_CLASS, weights=str(out / "decoder_epoch_1.pth"))

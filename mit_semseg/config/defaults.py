@@ -33,6 +33,23 @@ _C.DATASET = CN({
     "segm_downsampling_rate": 8,
     # Randomly flip training images horizontally.
     "random_flip": True,
+    # new: how the annotation files store the classes (files are read as they
+    # are, never rewritten): "ade20k" = 0 unlabeled, 1..num_class (default);
+    # "zero_based" = 0..num_class-1 with DATASET.ignore_label unlabeled (VOC,
+    # Cityscapes train ids); "rgb" = colour-coded masks, colours from
+    # DATASET.class_table. Palette (P mode) PNGs are read as their indices in the
+    # index formats. See docs/custom-dataset.md.
+    "label_format": "ade20k",
+    # new: the unlabeled value of "zero_based" annotations (255 in VOC and
+    # Cityscapes); a negative value means there is none.
+    "ignore_label": 255,
+    # new: class table CSV (Idx,Name,R,G,B; see mit_semseg/classes.py) giving the
+    # names and colours shown by eval, test.py and Segmenter, and the mask colours
+    # of "rgb" annotations. A relative path is looked up in the current folder,
+    # then in DATASET.root_dataset (not found: an error where masks are read, a
+    # warning and the defaults where results are shown). Empty: ADE20K's table
+    # for 150 classes, else class_k names and generated colours.
+    "class_table": "",
 })
 
 # -----------------------------------------------------------------------------
@@ -120,6 +137,16 @@ _C.TRAIN = CN({
     # 0 keeps PyTorch's default (one per core). On small or shared CPUs fewer
     # threads can be faster: OpenMP threads that wait for each other stall.
     "num_threads": 0,
+    # new: evaluate on DATASET.list_val every N epochs (and after the last one)
+    # while training; logs mIoU/accuracy, appends them to DIR/metrics.jsonl and
+    # keeps DIR/{encoder,decoder}_best.pth + best.json for the best mIoU. 0 = off.
+    "eval_every": 0,
+    # new: short sides for that validation; empty = one scale, the middle entry
+    # of DATASET.imgSizes (fast). Set DATASET.imgSizes here for multi-scale.
+    "eval_imgSizes": (),
+    # new: also write TensorBoard event files to DIR/tensorboard (needs the
+    # tensorboard package: pip install tensorboard).
+    "tensorboard": False,
     # new: seconds a torchrun rank waits in a collective (e.g. for a dead or stuck
     # rank) before the run fails instead of hanging.
     "dist_timeout": 1800,

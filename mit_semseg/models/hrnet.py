@@ -11,6 +11,7 @@ every BatchNorm uses HRNet's running-statistics momentum 0.1.
 """
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -18,13 +19,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mit_semseg.lib.nn import SynchronizedBatchNorm2d
+from mit_semseg.models.resnet import conv3x3  # noqa: F401 (the original's name here)
 from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
+from mit_semseg.models.weights import load_url  # noqa: F401
 
 __all__ = ["BasicBlock", "Bottleneck", "HighResolutionModule", "HRNetV2", "hrnetv2"]
 
 IMAGENET_URL = "http://sceneparsing.csail.mit.edu/model/pretrained_resnet/hrnetv2_w48-imagenet.pth"
 
-_BN_MOMENTUM = 0.1
+model_urls = {"hrnetv2": IMAGENET_URL}
+
+BN_MOMENTUM = 0.1  # HRNet's running-statistics momentum
+BatchNorm2d = SynchronizedBatchNorm2d  # the original's name
+logger = logging.getLogger(__name__)
 
 # W48 layout of stages 2-4: (multi-resolution modules, blocks per branch,
 # channels per branch). Every branch of these stages is made of BasicBlocks.
@@ -36,7 +43,7 @@ _W48_STAGES: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...] = (
 
 
 def _bn(channels: int) -> SynchronizedBatchNorm2d:
-    return SynchronizedBatchNorm2d(channels, momentum=_BN_MOMENTUM)
+    return SynchronizedBatchNorm2d(channels, momentum=BN_MOMENTUM)
 
 
 def _conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1,
@@ -113,6 +120,9 @@ def _residual_stack(block: type[BasicBlock] | type[Bottleneck], inplanes: int, p
     return nn.Sequential(*stack)
 
 
+blocks_dict = {"BASIC": BasicBlock, "BOTTLENECK": Bottleneck}  # the original's block names
+
+
 # -------------------------------------------------------- multi-resolution module
 
 def _fuse_path(channels: Sequence[int], src: int, dst: int) -> nn.Module | None:
@@ -136,25 +146,33 @@ def _fuse_path(channels: Sequence[int], src: int, dst: int) -> nn.Module | None:
 class HighResolutionModule(nn.Module):
     """Parallel residual branches followed by an all-to-all sum across resolutions.
 
-    Branch ``i`` works at 1/2**i of branch 0's resolution. Needs two branches
-    or more (as every module of HRNetV2 has).
+    Branch ``i`` works at 1/2**i of branch 0's resolution; ``blocks`` is the
+    residual block class of every branch. Needs two branches or more (as every
+    module of HRNetV2 has). Without ``multi_scale_output`` only branch 0's sum
+    is produced. ``fuse_method`` must be "SUM" (the only one HRNetV2 uses).
     """
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], num_blocks: Sequence[int],
-                 in_channels: Sequence[int], channels: Sequence[int]) -> None:
+    def __init__(self, num_branches: int, blocks: type[BasicBlock] | type[Bottleneck],
+                 num_blocks: Sequence[int], num_inchannels: Sequence[int],
+                 num_channels: Sequence[int], fuse_method: str = "SUM",
+                 multi_scale_output: bool = True) -> None:
         super().__init__()
-        if not (len(num_blocks) == len(in_channels) == len(channels)) or len(channels) < 2:
+        if (not num_branches == len(num_blocks) == len(num_inchannels) == len(num_channels)
+                or num_branches < 2):
             raise ValueError(
-                f"HighResolutionModule: inconsistent branch spec (blocks {tuple(num_blocks)}, "
-                f"in_channels {tuple(in_channels)}, channels {tuple(channels)})")
+                f"HighResolutionModule: inconsistent branch spec ({num_branches} branches, "
+                f"blocks {tuple(num_blocks)}, in_channels {tuple(num_inchannels)}, "
+                f"channels {tuple(num_channels)})")
+        if fuse_method != "SUM":
+            raise ValueError(f"HighResolutionModule: fuse_method must be 'SUM', got {fuse_method!r}")
         self.branches = nn.ModuleList(
-            _residual_stack(block, cin, c, n)
-            for n, cin, c in zip(num_blocks, in_channels, channels))
-        self.out_channels = [c * block.expansion for c in channels]
-        count = len(channels)
+            _residual_stack(blocks, cin, c, n)
+            for n, cin, c in zip(num_blocks, num_inchannels, num_channels))
+        self.out_channels = [c * blocks.expansion for c in num_channels]
+        count = num_branches
         self.fuse_layers = nn.ModuleList(
             nn.ModuleList(_fuse_path(self.out_channels, src, dst) for src in range(count))
-            for dst in range(count))
+            for dst in range(count if multi_scale_output else 1))
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -196,7 +214,8 @@ def _transition(prev: Sequence[int], cur: Sequence[int]) -> nn.ModuleList:
 class HRNetV2(nn.Module):
     """HRNetV2-W48 without its classifier: a 720-channel map at 1/4 resolution."""
 
-    def __init__(self) -> None:
+    def __init__(self, n_class: int = 1000, **kwargs) -> None:
+        """``n_class`` and ``kwargs`` are accepted for the original's signature and unused."""
         super().__init__()
         # stem: two stride-2 3x3 convs, then four bottlenecks at 1/4 resolution
         self.conv1 = nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False)
@@ -213,7 +232,8 @@ class HRNetV2(nn.Module):
             stage = []
             widths = list(channels)
             for _ in range(modules):
-                stage.append(HighResolutionModule(BasicBlock, depths, widths, channels))
+                stage.append(HighResolutionModule(len(channels), BasicBlock, depths, widths,
+                                                  channels))
                 widths = stage[-1].out_channels
             setattr(self, f"stage{idx + 1}", nn.Sequential(*stage))
         self.out_channels = sum(widths)

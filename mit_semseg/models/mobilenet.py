@@ -16,6 +16,9 @@ import torch.nn as nn
 from mit_semseg.lib.nn import SynchronizedBatchNorm2d
 from mit_semseg.models._layers import dilate_conv_
 from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
+from mit_semseg.models.weights import load_url  # noqa: F401 (the original's name here)
+
+BatchNorm2d = SynchronizedBatchNorm2d  # the original's name
 
 __all__ = ["InvertedResidual", "MobileNetV2", "MobileNetV2Dilated", "mobilenetv2"]
 
@@ -50,6 +53,16 @@ def _conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int 
     return layers
 
 
+def conv_bn(inp: int, oup: int, stride: int) -> nn.Sequential:
+    """3x3 conv, BatchNorm, ReLU6 (the stem)."""
+    return nn.Sequential(*_conv_bn(inp, oup, 3, stride))
+
+
+def conv_1x1_bn(inp: int, oup: int) -> nn.Sequential:
+    """1x1 conv, BatchNorm, ReLU6 (the head)."""
+    return nn.Sequential(*_conv_bn(inp, oup, 1))
+
+
 # --------------------------------------------------------------------------- block
 
 class InvertedResidual(nn.Module):
@@ -82,18 +95,21 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """ImageNet MobileNetV2: ``features`` (stem, 17 inverted residuals, 1x1 head) + classifier."""
 
-    def __init__(self, n_class: int = 1000, width_mult: float = 1.0) -> None:
+    def __init__(self, n_class: int = 1000, input_size: int = 224, width_mult: float = 1.0) -> None:
+        """``input_size`` (a multiple of 32) is checked only; the network takes any size."""
         super().__init__()
+        if input_size % 32:
+            raise ValueError(f"input_size must be a multiple of 32, got {input_size}")
         channels = int(_STEM_CHANNELS * width_mult)
         self.last_channel = (int(_HEAD_CHANNELS * width_mult) if width_mult > 1.0
                              else _HEAD_CHANNELS)
-        blocks: list[nn.Module] = [nn.Sequential(*_conv_bn(3, channels, 3, 2))]
+        blocks: list[nn.Module] = [conv_bn(3, channels, 2)]
         for t, c, n, s in _STAGE_SPEC:
             out_ch = int(c * width_mult)
             for i in range(n):
                 blocks.append(InvertedResidual(channels, out_ch, s if i == 0 else 1, t))
                 channels = out_ch
-        blocks.append(nn.Sequential(*_conv_bn(channels, self.last_channel, 1)))
+        blocks.append(conv_1x1_bn(channels, self.last_channel))
         self.features = nn.Sequential(*blocks)
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(self.last_channel, n_class))
         self._reset_parameters()

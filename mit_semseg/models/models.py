@@ -12,8 +12,18 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from mit_semseg.lib.nn import SynchronizedBatchNorm2d
+
 from . import decoders as _dec
+from . import hrnet, mobilenet, resnet, resnext  # noqa: F401 (the original's module attributes)
+from ._layers import conv3x3_bn_relu  # noqa: F401
+from .decoders import C1, PPM, C1DeepSup, PPMDeepsup, UPerNet  # noqa: F401
+from .mobilenet import MobileNetV2Dilated  # noqa: F401
+from .resnet import Resnet, ResnetDilated  # noqa: F401
 from .weights import DEFAULT_PRETRAINED_DIR, WeightsError, load_weights, read_state_dict
+
+# The original's names for the building blocks, kept so that old imports resolve.
+BatchNorm2d = SynchronizedBatchNorm2d
 
 EncoderFactory = Callable[[bool, str], nn.Module]
 
@@ -174,7 +184,9 @@ class SegmentationModule(SegmentationModuleBase):
     ``forward(feed_dict, segSize=None)``: without ``segSize`` returns
     ``(loss, acc)`` for ``feed_dict['img_data']`` / ``feed_dict['seg_label']``
     (with deep supervision ``loss = main + deep_sup_scale * aux``); with
-    ``segSize`` returns the decoder's scores at that size.
+    ``segSize`` returns the decoder's scores at that size. A list holding one
+    such dict (a loader batch made with ``user_scattered_collate``, as the
+    original train.py passes it on a single device) is taken as that dict.
     """
 
     def __init__(self, net_enc: nn.Module, net_dec: nn.Module, crit: nn.Module,
@@ -186,6 +198,8 @@ class SegmentationModule(SegmentationModuleBase):
         self.deep_sup_scale = deep_sup_scale
 
     def forward(self, feed_dict: dict, *, segSize=None):
+        if isinstance(feed_dict, (list, tuple)) and len(feed_dict) == 1:
+            feed_dict = feed_dict[0]
         features = self.encoder(feed_dict["img_data"], return_feature_maps=True)
         if segSize is not None:
             return self.decoder(features, segSize=segSize)

@@ -16,6 +16,9 @@ import torch.nn as nn
 from mit_semseg.lib.nn import SynchronizedBatchNorm2d
 from mit_semseg.models._layers import dilate_conv_
 from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
+from mit_semseg.models.weights import load_url  # noqa: F401 (the original's name here)
+
+BatchNorm2d = SynchronizedBatchNorm2d  # the original's name
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "Resnet", "ResnetDilated",
            "resnet18", "resnet50", "resnet101"]
@@ -34,6 +37,11 @@ def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1
     """Bias-free conv with 'same' padding for odd kernels."""
     return nn.Conv2d(in_ch, out_ch, kernel_size=kernel, stride=stride, padding=kernel // 2,
                      groups=groups, bias=False)
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 conv, padding 1, no bias."""
+    return _conv(in_planes, out_planes, 3, stride)
 
 
 # --------------------------------------------------------------------------- blocks
@@ -107,7 +115,7 @@ def _make_stage(block: type[_ResidualBlock], in_ch: int, planes: int, count: int
     if stride != 1 or in_ch != out_ch:
         projection = nn.Sequential(_conv(in_ch, out_ch, 1, stride),
                                    SynchronizedBatchNorm2d(out_ch))
-    blocks = [block(in_ch, planes, stride, projection, groups=groups)]
+    blocks = [block(in_ch, planes, stride=stride, downsample=projection, groups=groups)]
     blocks += [block(out_ch, planes, groups=groups) for _ in range(count - 1)]
     return nn.Sequential(*blocks), out_ch
 

@@ -6,8 +6,12 @@ the segmentation encoder is the plain :class:`~mit_semseg.models.resnet.Resnet`.
 """
 from __future__ import annotations
 
-from mit_semseg.models.resnet import Bottleneck, ResNet, Resnet
+import torch.nn as nn
+
+from mit_semseg.lib.nn import SynchronizedBatchNorm2d  # noqa: F401 (the original's name here)
+from mit_semseg.models.resnet import BatchNorm2d, Bottleneck, ResNet, Resnet, conv3x3  # noqa: F401
 from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
+from mit_semseg.models.weights import load_url  # noqa: F401
 
 __all__ = ["GroupBottleneck", "ResNeXt", "Resnet", "resnext101"]
 
@@ -24,19 +28,23 @@ class GroupBottleneck(Bottleneck):
 
     expansion = 2
 
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, groups: int = 1,
+                 downsample: nn.Module | None = None) -> None:
+        super().__init__(inplanes, planes, stride=stride, downsample=downsample, groups=groups)
+
 
 class ResNeXt(ResNet):
     """ImageNet ResNeXt: :class:`ResNet` with grouped bottlenecks and doubled widths."""
 
-    def __init__(self, layers: tuple[int, ...] = (3, 4, 23, 3), groups: int = 32,
+    def __init__(self, block: type[Bottleneck] = GroupBottleneck,
+                 layers: tuple[int, ...] = (3, 4, 23, 3), groups: int = 32,
                  num_classes: int = 1000) -> None:
-        super().__init__(GroupBottleneck, layers, num_classes=num_classes, widths=_WIDTHS,
-                         groups=groups)
+        super().__init__(block, layers, num_classes=num_classes, widths=_WIDTHS, groups=groups)
 
 
 def resnext101(pretrained: bool = False, model_dir: str = DEFAULT_PRETRAINED_DIR) -> ResNeXt:
     """ResNeXt-101 32-group, ImageNet weights if ``pretrained``."""
-    model = ResNeXt((3, 4, 23, 3), groups=32)
+    model = ResNeXt(GroupBottleneck, (3, 4, 23, 3), groups=32)
     if pretrained:
         load_pretrained(model, model_urls["resnext101"], model_dir)
     return model

@@ -14,6 +14,8 @@ from typing import Callable, Iterable, Mapping
 import torch
 import torch.nn as nn
 
+from mit_semseg.checkpoint import CheckpointError, load_file
+
 DEFAULT_PRETRAINED_DIR = "./pretrained"
 
 
@@ -21,18 +23,18 @@ class WeightsError(RuntimeError):
     """A weights file does not fit the model it is loaded into."""
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str, map_location=None) -> dict[str, torch.Tensor]:
     """Read a state dict saved with ``torch.save`` (safely, ``weights_only=True``).
+
+    Tensors are loaded onto the CPU unless ``map_location`` (as in ``torch.load``) says otherwise.
 
     A file holding ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped and a
     ``module.`` prefix (left by DataParallel / DDP) is removed.
     """
-    if not os.path.isfile(path):
-        raise WeightsError(f"weights file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated or not a torch file
-        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
+        obj = load_file(path, "weights file", map_location or "cpu")
+    except CheckpointError as exc:  # missing, damaged, or more than tensors: one-line message
+        raise WeightsError(str(exc)) from exc
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
             obj = obj[wrapper]
@@ -77,7 +79,8 @@ def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], source: s
     return skipped
 
 
-def load_url(url: str, model_dir: str = DEFAULT_PRETRAINED_DIR) -> dict[str, torch.Tensor]:
+def load_url(url: str, model_dir: str = DEFAULT_PRETRAINED_DIR,
+             map_location=None) -> dict[str, torch.Tensor]:
     """Return the state dict at ``url``, downloading it once into ``model_dir``.
 
     Offline, the error names the URL and the path to place the file at.
@@ -97,7 +100,7 @@ def load_url(url: str, model_dir: str = DEFAULT_PRETRAINED_DIR) -> dict[str, tor
                 f"means and place it at {os.path.abspath(cached)}, or start from random init "
                 f"with MODEL.pretrained False (pretrained=False).") from exc
         os.replace(partial, cached)
-    return read_state_dict(cached)
+    return read_state_dict(cached, map_location)
 
 
 _BN_BOOKKEEPING = ("num_batches_tracked", "_tmp_running_mean", "_tmp_running_var",

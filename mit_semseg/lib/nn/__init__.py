@@ -2,6 +2,8 @@
 
 Synchronized BatchNorm (over DataParallel replicas and torch.distributed
 ranks) and the single-process multi-GPU helpers of the original toolkit.
+The original's module paths (``lib.nn.modules.*``,
+``lib.nn.parallel.data_parallel``) re-export these.
 """
 from .batchnorm import (DEFAULT_MOMENTUM, SynchronizedBatchNorm1d, SynchronizedBatchNorm2d,
                         SynchronizedBatchNorm3d)

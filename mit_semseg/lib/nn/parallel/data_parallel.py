@@ -13,27 +13,29 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 from torch.nn.parallel import gather
+from torch.nn.parallel._functions import Gather  # noqa: F401 (the original exposed it here)
 
-__all__ = ["UserScatteredDataParallel", "user_scattered_collate", "async_copy_to"]
+__all__ = ["UserScatteredDataParallel", "DictGatherDataParallel", "user_scattered_collate",
+           "async_copy_to", "dict_gather"]
 
 Device = Union[int, str, torch.device]
-
-
-def _as_device(dev: Device) -> torch.device:
-    return torch.device("cuda", dev) if isinstance(dev, int) else torch.device(dev)
 
 
 def async_copy_to(obj: Any, dev: Device, main_stream: Optional[torch.cuda.Stream] = None) -> Any:
     """Copy every tensor in ``obj`` (nested dicts, lists, tuples) to ``dev`` without blocking.
 
-    ``dev`` is a CUDA index or any torch device. Dicts come back as ``dict``,
+    ``dev`` is a CUDA index (int, or digits as a string: copied with
+    ``Tensor.cuda``, as the original) or any torch device. Dicts come back as ``dict``,
     lists as ``list``, tuples (named ones too) as their own type; strings and
     other objects are returned unchanged. When the copy runs on a side stream,
     pass the stream that will use the result as ``main_stream`` so the
     allocator keeps the memory alive for it.
     """
     if torch.is_tensor(obj):
-        moved = obj.to(_as_device(dev), non_blocking=True)
+        if isinstance(dev, int) or (isinstance(dev, str) and dev.isdigit()):
+            moved = obj.cuda(int(dev), non_blocking=True)  # a CUDA index, as in the original
+        else:
+            moved = obj.to(torch.device(dev), non_blocking=True)
         if main_stream is not None and moved.is_cuda and moved is not obj:
             moved.record_stream(main_stream)
         return moved
@@ -90,7 +92,23 @@ def _unsqueeze_scalars(obj: Any) -> Any:
     return obj
 
 
-class UserScatteredDataParallel(nn.DataParallel):
+def dict_gather(outputs: Sequence[Any], target_device: Device, dim: int = 0) -> Any:
+    """Gather per-replica outputs on ``target_device`` (-1: the CPU), dicts and sequences included.
+
+    Tensors are concatenated along ``dim`` (0-dim ones become one entry per
+    replica), dicts and sequences element-wise, ``None`` stays ``None``.
+    """
+    return gather(_unsqueeze_scalars(list(outputs)), target_device, dim=dim)
+
+
+class DictGatherDataParallel(nn.DataParallel):
+    """``nn.DataParallel`` whose outputs are gathered with :func:`dict_gather`."""
+
+    def gather(self, outputs: Sequence[Any], output_device: Device) -> Any:
+        return dict_gather(outputs, output_device, dim=self.dim)
+
+
+class UserScatteredDataParallel(DictGatherDataParallel):
     """``nn.DataParallel`` fed with a list holding one batch per device.
 
     ``model(batches)`` runs ``module(batches[i], **kwargs)`` on
@@ -126,6 +144,3 @@ class UserScatteredDataParallel(nn.DataParallel):
         per_device_inputs = [(batch,) for batch in _copy_to_devices(batches, used)]
         per_device_kwargs = [async_copy_to(dict(kwargs or {}), device) for device in used]
         return per_device_inputs, per_device_kwargs
-
-    def gather(self, outputs: Sequence[Any], output_device: Device) -> Any:
-        return gather(_unsqueeze_scalars(list(outputs)), output_device, dim=self.dim)

@@ -1,0 +1,335 @@
+"""The benchmark's shared harness: timing, memory, the parity weight rule, the
+original toolkit's procedures (transcribed), encoder/decoder pairs, scenes and
+run recorders.
+
+Module-level imports are the standard library, numpy and torch only: the
+original implementation's interpreter loads this file (through
+``original_worker.py``) without this package on its path. Imports of this
+package happen inside the functions that our side alone calls.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+FC_DIM = {"mobilenetv2dilated": 320, "resnet18": 512, "resnet18dilated": 512,
+          "resnet50": 2048, "resnet50dilated": 2048, "resnet101": 2048,
+          "resnet101dilated": 2048, "resnext101": 2048, "hrnetv2": 720}
+
+
+# ============================================================================ timing, memory
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _proc_status(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0  # kB -> MiB
+    except OSError:
+        pass
+    return None
+
+
+class MemoryProbe:
+    """Peak memory over a block: RSS high-water mark on CPU (reset through
+    /proc/self/clear_refs where the kernel allows it), max_memory_allocated on CUDA."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.peak_mb: float | None = None
+        self.delta_mb: float | None = None
+
+    def __enter__(self) -> "MemoryProbe":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device) / 2 ** 20
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # reset VmHWM
+            except OSError:
+                pass
+            self._base = _proc_status("VmRSS")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+        else:
+            self.peak_mb = _proc_status("VmHWM")
+            if self.peak_mb is None:
+                import resource
+                self.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        if self.peak_mb is not None and self._base is not None:
+            self.delta_mb = max(0.0, self.peak_mb - self._base)
+
+
+# ============================================================================ weights, procedures
+
+def rule_tensor(key: str, shape: Sequence[int]) -> torch.Tensor:
+    """Deterministic weights by key name and shape (the rule of tests/parity/README.md)."""
+    shape = tuple(shape)
+    g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+    if key.endswith("num_batches_tracked"):
+        return torch.zeros(shape, dtype=torch.int64)
+    if key.endswith("running_mean"):
+        return torch.randn(shape, generator=g) * 0.1
+    if key.endswith("running_var"):
+        return torch.rand(shape, generator=g) * 0.5 + 0.75
+    if len(shape) == 1 and key.endswith("weight"):
+        return torch.rand(shape, generator=g) * 0.5 + 0.5
+    if len(shape) == 1:
+        return torch.randn(shape, generator=g) * 0.05
+    fan_in = math.prod(shape[1:])
+    scale = 10.0 if shape[0] == 150 else 1.0
+    return torch.randn(shape, generator=g) * scale * (1.0 / fan_in) ** 0.5
+
+
+class _Stamp:
+    """Forward hook on the class layer: records when the class scores exist."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.t: float | None = None
+
+    def __call__(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        sync(self.device)
+        self.t = time.perf_counter()
+
+
+def original_inference(encoder: nn.Module, decoder: nn.Module, imgs: Sequence[torch.Tensor],
+                       size: tuple[int, int], num_class: int, device: torch.device,
+                       gap: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The original toolkit's eval procedure (eval.py / test.py), transcribed:
+    per resized copy ``decoder(encoder(img), segSize)`` (interpolate + softmax
+    inside the decoder built with use_softmax=True), ``scores = scores + p / n``,
+    labels = argmax. Returns (labels [H, W] int64 on CPU, seconds {total, model, post});
+    ``model`` runs until the class layer (``decoder.conv_last``) has produced its scores.
+    ``gap``: also return, untimed, the margin of the best class over the second
+    (``times["gap"]``, [H, W] float32 on CPU) to tell float ties from real differences.
+    """
+    stamp = _Stamp(device)
+    handle = decoder.conv_last.register_forward_hook(stamp)
+    model_s = 0.0
+    try:
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            scores = torch.zeros(1, num_class, size[0], size[1], device=device)
+            for img in imgs:
+                sync(device)
+                ts = time.perf_counter()
+                pred = decoder(encoder(img.to(device), return_feature_maps=True), segSize=size)
+                assert stamp.t is not None
+                model_s += stamp.t - ts
+                scores = scores + pred / len(imgs)
+            _, pred = torch.max(scores, dim=1)
+            labels = pred[0].cpu()
+        sync(device)
+        total = time.perf_counter() - t0
+    finally:
+        handle.remove()
+    out: dict[str, Any] = {"total": total, "model": model_s, "post": total - model_s}
+    if gap:
+        top2 = torch.topk(scores[0], 2, dim=0).values
+        out["gap"] = (top2[0] - top2[1]).cpu()
+    return labels, out
+
+
+def group_weight(module: nn.Module) -> list[dict[str, Any]]:
+    """The original's SGD groups: conv/linear weights decayed; their biases and
+    BatchNorm parameters not."""
+    decay, no_decay = [], []
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
+            decay.append(m.weight)
+            if m.bias is not None:
+                no_decay.append(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if m.weight is not None:
+                no_decay.append(m.weight)
+            if m.bias is not None:
+                no_decay.append(m.bias)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def original_train_step(module: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
+                        batch: dict[str, torch.Tensor], device: torch.device,
+                        autocast: Any = None, seed: int | None = None) -> tuple[float, float]:
+    """One iteration of the original's train loop, transcribed: zero_grad,
+    forward (loss, acc), mean, backward, step every optimizer, ``loss.item()``.
+    ``seed``: reseed torch first (same dropout masks in every method).
+    Returns (loss, seconds)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    sync(device)
+    t0 = time.perf_counter()
+    module.zero_grad(set_to_none=True)
+    with autocast if autocast is not None else contextlib.nullcontext():
+        loss, acc = module(batch)
+    loss = loss.mean()
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+    value = loss.item()
+    sync(device)
+    return value, time.perf_counter() - t0
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+# ====================================================================== records, machine, inputs
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {"median": median(values), "min": float(min(values)), "max": float(max(values))}
+
+
+class Recorder:
+    """Per-method lists of run measurements."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, list[dict[str, float]]] = {}
+
+    def add(self, method: str, record: dict[str, float]) -> None:
+        self.runs.setdefault(method, []).append(record)
+
+    def field(self, method: str, key: str) -> list[float]:
+        return [r[key] for r in self.runs.get(method, []) if r.get(key) is not None]
+
+
+def agreement(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    return float((a == b).mean())
+
+
+def bench_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 is fast here: CUDA with bf16, or a CPU with AVX512-BF16 / AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def load_avg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+class Pair:
+    """An encoder/decoder pair with parity-rule weights saved to ``workdir``."""
+
+    def __init__(self, spec: str, num_class: int, workdir: str) -> None:
+        if "+" not in spec:
+            raise SystemExit(f"pair '{spec}' must be ENCODER+DECODER, "
+                             "e.g. resnet50dilated+ppm_deepsup")
+        self.enc_arch, self.dec_arch = (s.strip().lower() for s in spec.split("+", 1))
+        if self.enc_arch not in FC_DIM:
+            raise SystemExit(f"unknown encoder '{self.enc_arch}'; expected one of {sorted(FC_DIM)}")
+        self.name = f"{self.enc_arch}+{self.dec_arch}"
+        self.fc_dim = FC_DIM[self.enc_arch]
+        self.num_class = num_class
+        self.workdir = workdir
+        self.enc_weights = os.path.join(workdir, f"{self.name}.encoder.pth")
+        self.dec_weights = os.path.join(workdir, f"{self.name}.decoder.pth")
+
+    def build(self, use_softmax: bool = True) -> tuple[nn.Module, nn.Module]:
+        from ..models import ModelBuilder
+        if not os.path.exists(self.dec_weights):
+            enc = ModelBuilder.build_encoder(self.enc_arch, self.fc_dim, pretrained=False)
+            dec = ModelBuilder.build_decoder(self.dec_arch, self.fc_dim, self.num_class)
+            for net, path in ((enc, self.enc_weights), (dec, self.dec_weights)):
+                torch.save({k: rule_tensor(k, v.shape) for k, v in net.state_dict().items()}, path)
+        enc = ModelBuilder.build_encoder(self.enc_arch, self.fc_dim, weights=self.enc_weights,
+                                         pretrained=False)
+        dec = ModelBuilder.build_decoder(self.dec_arch, self.fc_dim, self.num_class,
+                                         weights=self.dec_weights, use_softmax=use_softmax)
+        return enc.eval(), dec.eval()
+
+
+def scene(height: int, width: int, seed: int = 0):
+    """A synthetic RGB photo (PIL) of the given size."""
+    from PIL import Image
+
+    from ..synthetic import make_scene
+    image, _ = make_scene(np.random.default_rng(seed), height, width)
+    return Image.fromarray(image)
+
+
+def resize_rules(scales: Sequence[int], max_size: int, padding: int):
+    """A TestDataset used only for its resize/normalise rules."""
+    from types import SimpleNamespace
+
+    from ..dataset import TestDataset
+    opt = SimpleNamespace(imgSizes=tuple(scales), imgMaxSize=max_size, padding_constant=padding)
+    return TestDataset([{"fpath_img": "<in-memory>"}], opt)
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Bench:
+    """One run's state, shared by the sections: options, device, a scratch folder,
+    the original's worker (``original_worker.OriginalWorker`` or None), the
+    results being collected and the matmul peaks (GFLOP/s by precision)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.device = bench_device(args.device)
+        self.workdir = tempfile.mkdtemp(prefix="semseg_bench_")
+        self.worker: Any = None
+        self.results: dict[str, Any] = {}
+        self.peaks: dict[str, float] = {}
+
+    def log(self, msg: str) -> None:
+        if not self.args.quiet:
+            print(msg, file=sys.stderr, flush=True)
