@@ -152,6 +152,42 @@ _C.TRAIN = CN({
     "dist_timeout": 1800,
 })
 
+
+def _inference_keys() -> dict:
+    """Keys that VAL (eval.py, eval_multipro.py) and TEST (test.py) share."""
+    return {
+        # new: also average the horizontally flipped prediction.
+        "flip": False,
+        # new: "fp32" (default), or "bf16"/"fp16" autocast for inference.
+        "precision": "fp32",
+        # new: False (default) runs an inference copy of the model (BatchNorm folded
+        # into the convolutions, fused conv+ReLU, channels-last, factorized PPM and
+        # UPerNet heads; mit_semseg/models/inference_copy.py): faster, scores equal
+        # to float32 rounding, labels differ only where two classes tie to that
+        # precision. True: the original's exact operations.
+        "exact": False,
+        # new: "pytorch" runs encoder + decoder; "onnxruntime" runs the exported
+        # graph named by the "onnx" key instead (python -m mit_semseg.export;
+        # pip install ".[onnx]").
+        # Multi-scale, flip, fusion and the sliding window work alike with both.
+        "backend": "pytorch",
+        # new: path of the .onnx file for backend "onnxruntime" (unused otherwise).
+        "onnx": "",
+        # new: "whole" resizes the photo to each DATASET.imgSizes copy (the
+        # original's way); "slide" tiles the photo at full (or slide_scale)
+        # resolution and averages the scores of overlapping tiles
+        # (mmsegmentation's slide mode; memory bounded; see mit_semseg/slide.py).
+        "mode": "whole",
+        # new: slide mode tile size [height, width] in pixels of the resized photo.
+        "crop_size": [512, 512],
+        # new: slide mode step between tiles [height, width]; <= crop_size.
+        "stride": [341, 341],
+        # new: slide mode resize factor applied to the photo before tiling (1.0:
+        # full resolution); the scores are resized back to the photo's size.
+        "slide_scale": 1.0,
+    }
+
+
 # -----------------------------------------------------------------------------
 # Validation
 # -----------------------------------------------------------------------------
@@ -162,34 +198,7 @@ _C.VAL = CN({
     "visualize": False,
     # Checkpoint suffix to evaluate: DIR/encoder_<checkpoint>, DIR/decoder_<checkpoint>.
     "checkpoint": "epoch_20.pth",
-    # new: also average the horizontally flipped prediction.
-    "flip": False,
-    # new: "fp32" (default), or "bf16"/"fp16" autocast for inference.
-    "precision": "fp32",
-    # new: False (default) runs an inference copy of the model (BatchNorm folded
-    # into the convolutions, fused conv+ReLU, channels-last, factorized PPM and
-    # UPerNet heads; mit_semseg/models/inference_copy.py): faster, scores equal
-    # to float32 rounding, labels differ only where two classes tie to that
-    # precision. True: the original's exact operations.
-    "exact": False,
-    # new: "pytorch" runs encoder + decoder; "onnxruntime" runs the exported
-    # graph VAL.onnx instead (python -m mit_semseg.export; pip install ".[onnx]").
-    # Multi-scale, flip, fusion and the sliding window work alike with both.
-    "backend": "pytorch",
-    # new: path of the .onnx file for backend "onnxruntime" (unused otherwise).
-    "onnx": "",
-    # new: "whole" resizes the photo to each DATASET.imgSizes copy (the
-    # original's way); "slide" tiles the photo at full (or slide_scale)
-    # resolution and averages the scores of overlapping tiles
-    # (mmsegmentation's slide mode; memory bounded; see mit_semseg/slide.py).
-    "mode": "whole",
-    # new: slide mode tile size [height, width] in pixels of the resized photo.
-    "crop_size": [512, 512],
-    # new: slide mode step between tiles [height, width]; <= crop_size.
-    "stride": [341, 341],
-    # new: slide mode resize factor applied to the photo before tiling (1.0:
-    # full resolution); the scores are resized back to the photo's size.
-    "slide_scale": 1.0,
+    **_inference_keys(),
     # new: DataLoader worker processes reading validation images, per evaluation
     # process (the original used 5 in eval.py, 2 in eval_multipro.py).
     "workers": 4,
@@ -205,34 +214,7 @@ _C.TEST = CN({
     "checkpoint": "epoch_20.pth",
     # Folder for the visualised predictions.
     "result": "./",
-    # new: also average the horizontally flipped prediction.
-    "flip": False,
-    # new: "fp32" (default), or "bf16"/"fp16" autocast for inference.
-    "precision": "fp32",
-    # new: False (default) runs an inference copy of the model (BatchNorm folded
-    # into the convolutions, fused conv+ReLU, channels-last, factorized PPM and
-    # UPerNet heads; mit_semseg/models/inference_copy.py): faster, scores equal
-    # to float32 rounding, labels differ only where two classes tie to that
-    # precision. True: the original's exact operations.
-    "exact": False,
-    # new: "pytorch" runs encoder + decoder; "onnxruntime" runs the exported
-    # graph TEST.onnx instead (python -m mit_semseg.export; pip install ".[onnx]").
-    # Multi-scale, flip, fusion and the sliding window work alike with both.
-    "backend": "pytorch",
-    # new: path of the .onnx file for backend "onnxruntime" (unused otherwise).
-    "onnx": "",
-    # new: "whole" resizes the photo to each DATASET.imgSizes copy (the
-    # original's way); "slide" tiles the photo at full (or slide_scale)
-    # resolution and averages the scores of overlapping tiles
-    # (mmsegmentation's slide mode; memory bounded; see mit_semseg/slide.py).
-    "mode": "whole",
-    # new: slide mode tile size [height, width] in pixels of the resized photo.
-    "crop_size": [512, 512],
-    # new: slide mode step between tiles [height, width]; <= crop_size.
-    "stride": [341, 341],
-    # new: slide mode resize factor applied to the photo before tiling (1.0:
-    # full resolution); the scores are resized back to the photo's size.
-    "slide_scale": 1.0,
+    **_inference_keys(),
     # new: DataLoader worker processes reading test images (the original used 5).
     "workers": 4,
 })
