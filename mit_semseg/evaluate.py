@@ -38,7 +38,7 @@ from .metrics import SegmentationMetrics
 from .models import WeightsError
 from .slide import SlideWindow, predict_slide, slide_options
 from .utils import (IMAGE_EXTENSIONS, class_colors, class_names, colorEncode, cpu_count,
-                    find_recursive, loader_workers)
+                    find_recursive, loader_workers, tune_allocator)
 
 __all__ = ["evaluate", "validate", "evaluate_multiprocess", "run_test", "result_names",
            "list_test_images", "results_path", "eval_main", "eval_multipro_main", "test_main"]
@@ -217,6 +217,7 @@ def validate(cfg: CfgNode, encoder: torch.nn.Module, decoder: torch.nn.Module,
 def _worker(cfg_yaml: str, device: str, start: int, end: int, threads: int,
             names: list[str], results: Any, rank: int) -> None:
     try:
+        tune_allocator()  # a spawned process: the parent's setting is not inherited
         if threads > 0:
             torch.set_num_threads(threads)
         cfg = CfgNode.load_cfg(cfg_yaml)
@@ -406,7 +407,9 @@ def _load(cfg_file: str, opts: Sequence[str]) -> CfgNode:
 
 
 def _run(body) -> int:
+    """The command-line mains' common part: tuned allocator, input errors as one line."""
     from .config import ConfigError
+    tune_allocator()
     try:
         body()
     except (CheckpointNotFoundError, CheckpointError, ConfigError, DatasetError,

@@ -1,5 +1,5 @@
-"""Optimizer and memory-layout helpers for training (the default training step
-uses both; ``TRAIN.exact`` keeps PyTorch's per-parameter SGD and NCHW)."""
+"""Optimizer, memory-layout and layer helpers of the default training step
+(``TRAIN.exact`` keeps PyTorch's per-parameter SGD, NCHW and the modules as built)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,7 +7,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["make_sgd", "channels_last_"]
+from .models.depthwise import use_fast_depthwise_
+from .models.inference_copy import factorize_pyramids_
+
+__all__ = ["make_sgd", "channels_last_", "fast_training_"]
 
 
 def make_sgd(params: Any, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
@@ -44,3 +47,16 @@ def channels_last_(module: nn.Module | None = None,
         module.to(memory_format=torch.channels_last)
     if batch is not None and "img_data" in batch and batch["img_data"].dim() == 4:
         batch["img_data"] = batch["img_data"].contiguous(memory_format=torch.channels_last)
+
+
+def fast_training_(module: nn.Module) -> nn.Module:
+    """The default training step's changes to ``module``, in place: channels-last
+    parameters, factorized PPM/UPerNet heads (``factorize_pyramids_``) and the
+    fast CPU backward of dilated depthwise convolutions (``use_fast_depthwise_``).
+    Losses and gradients equal the unchanged module's up to float rounding;
+    parameters and state-dict keys are unchanged. Feed channels-last batches
+    (``channels_last_(None, batch)``)."""
+    channels_last_(module)
+    factorize_pyramids_(module)
+    use_fast_depthwise_(module)
+    return module

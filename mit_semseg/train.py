@@ -55,13 +55,13 @@ from .checkpoint import (STATE_VERSION, CheckpointError, atomic_save, atomic_wri
                          restore_rng_state)
 from .config import ConfigError
 from .dataset import TrainDataset, worker_init_fn
-from .models.inference_copy import factorize_pyramids_
-from .optim import make_sgd
+from .optim import fast_training_, make_sgd
 from .lib.nn import UserScatteredDataParallel, patch_replication_callback, user_scattered_collate
 from .models import ModelBuilder, SegmentationModule
 from .models.weights import load_weights
 from .monitor import TrainingMonitor, validation_sizes
-from .utils import AverageMeter, loader_workers, parse_devices, setup_logger
+from .utils import (AverageMeter, allocator_state, loader_workers, parse_devices, setup_logger,
+                    tune_allocator)
 
 __all__ = ["DataNotFoundError", "NonFiniteLossError", "DeviceError", "TrainSummary", "group_weight",
            "create_optimizers", "poly_lr", "adjust_learning_rate", "select_devices",
@@ -689,6 +689,7 @@ def main(cfg: CfgNode, gpus: str | Sequence[str] = "auto", resume: str | None = 
     torchrun (RANK, WORLD_SIZE, LOCAL_RANK set) joins the process group first
     and leaves it at the end. Returns the history and the last state file.
     """
+    tune_allocator()
     env = D.from_environment()
     device, gpu_ids = select_devices(gpus, env)
     D.init_process_group(env, device, float(cfg.TRAIN.dist_timeout))
@@ -710,6 +711,8 @@ def _train(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: list[int
     if env.enabled:
         where += f", rank {env.rank} of {env.world_size}"
     logger.info("Training on %s; checkpoints in %s", where, cfg.DIR)
+    if device.type == "cpu":
+        logger.info("Memory: %s", allocator_state())
     check_dataset(cfg)
     point = _resume_point(cfg, resume)
 
@@ -719,10 +722,8 @@ def _train(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: list[int
     _seed_everything(seed)
     module = _build_module(cfg, point, env)
     module.to(device)
-    if _channels_last(cfg):
-        module.to(memory_format=torch.channels_last)
     if not cfg.TRAIN.exact:
-        factorize_pyramids_(module)
+        fast_training_(module)
     model = _wrap(module, device, gpu_ids, env)
     optimizers = create_optimizers((module.encoder, module.decoder), cfg)
     scaler = torch.amp.GradScaler(device.type) if cfg.TRAIN.precision == "fp16" else None

@@ -7,8 +7,7 @@ import torch
 import torch.nn as nn
 
 from mit_semseg.models import ModelBuilder
-from mit_semseg.models.inference_copy import factorize_pyramids_
-from mit_semseg.optim import channels_last_, make_sgd
+from mit_semseg.optim import channels_last_, fast_training_, make_sgd
 
 
 def test_make_sgd_implementations_agree():
@@ -30,17 +29,22 @@ def test_make_sgd_implementations_agree():
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("dec_arch", ["c1", "ppm_deepsup"])
-def test_fast_training_steps_match(dec_arch):
-    """Channels-last, the factorized pyramid (PPM) and fused SGD compute the
-    training step of the default layout and optimizer: both are compared with
-    the same step in float64 (batch-2 BatchNorm on a 1x1 pooled branch makes
-    float32 updates of some parameters accurate to ~1% only, whichever path)."""
+@pytest.mark.parametrize("enc_arch,dec_arch,fc_dim", [
+    ("resnet18dilated", "c1", 512),
+    ("resnet18dilated", "ppm_deepsup", 512),
+    ("mobilenetv2dilated", "c1_deepsup", 320),  # dilated depthwise convolutions
+])
+def test_fast_training_steps_match(enc_arch, dec_arch, fc_dim):
+    """``fast_training_`` (channels-last, factorized pyramid, fast dilated
+    depthwise backward) and fused SGD compute the training step of the default
+    layout and optimizer: both are compared with the same step in float64
+    (batch-2 BatchNorm on a 1x1 pooled branch makes float32 updates of some
+    parameters accurate to ~1% only, whichever path)."""
     import copy
     from mit_semseg.models import SegmentationModule
     torch.manual_seed(0)
-    enc = ModelBuilder.build_encoder("resnet18dilated", 512, pretrained=False)
-    dec = ModelBuilder.build_decoder(dec_arch, 512, 5)
+    enc = ModelBuilder.build_encoder(enc_arch, fc_dim, pretrained=False)
+    dec = ModelBuilder.build_decoder(dec_arch, fc_dim, 5)
     batch = {"img_data": torch.randn(2, 3, 64, 64),
              "seg_label": torch.randint(-1, 5, (2, 8, 8))}
     start = [p.detach().double() for p in list(enc.parameters()) + list(dec.parameters())]
@@ -52,8 +56,8 @@ def test_fast_training_steps_match(dec_arch):
         module.train().to(dtype)
         feed = dict(batch, img_data=batch["img_data"].to(dtype))
         if speedups:
-            channels_last_(module, feed)
-            factorize_pyramids_(module)
+            fast_training_(module)
+            channels_last_(None, feed)
             assert feed["img_data"].is_contiguous(memory_format=torch.channels_last)
         opt = make_sgd(module.parameters(), lr=0.01, momentum=0.9,
                             impl="auto" if speedups else "loop")
@@ -70,9 +74,14 @@ def test_fast_training_steps_match(dec_arch):
         return losses, moved
 
     exact_losses, exact_moves = step(False, torch.float64)
-    for speedups in (False, True):
-        losses, moves = step(speedups, torch.float32)
+    plain_losses, plain_moves = step(False, torch.float32)
+    fast_losses, fast_moves = step(True, torch.float32)
+    for losses in (plain_losses, fast_losses):
         assert abs(losses[0] - exact_losses[0]) <= 1e-6 * exact_losses[0]
-        assert abs(losses[1] - exact_losses[1]) <= 1e-3 * exact_losses[1]
-        for got, want in zip(moves, exact_moves):
-            assert (got - want).norm() <= 0.03 * want.norm()
+    # after one update: no further from float64 than 0.1% (3% per parameter
+    # tensor) or, where float32 itself strays more (MobileNetV2's 8x8 BatchNorm
+    # maps), than 3x the plain float32 step
+    plain_err = abs(plain_losses[1] - exact_losses[1])
+    assert abs(fast_losses[1] - exact_losses[1]) <= max(1e-3 * exact_losses[1], 3 * plain_err)
+    for got, plain, want in zip(fast_moves, plain_moves, exact_moves):
+        assert (got - want).norm() <= max(0.03 * want.norm(), 3 * (plain - want).norm())

@@ -22,6 +22,7 @@ import torch
 
 from ..fusion import banding_exact
 from ..models.inference_copy import fused_conv_exact
+from ..utils import allocator_state, tune_allocator
 from .data import run_data
 from .flops import run_peak
 from .harness import REPO_ROOT, Bench, bench_device, bf16_supported, cpu_name, load_avg
@@ -196,6 +197,7 @@ def _start(bench: Bench) -> None:
         "cpu_name": cpu_name(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "allocator": allocator_state(),
         "fused_conv_exact": fused_conv_exact(),
         "banding_exact": banding_exact(dev, a.num_class), "banding_classes": a.num_class,
         "load_avg_start": load_avg(),
@@ -214,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.omp_wait_policy != "default":
         _reexec_with_policy(args.omp_wait_policy, argv)
     _apply_preset(args)
+    tune_allocator()  # as train.py / eval.py / test.py do; MIT_SEMSEG_MALLOC=system: off
     bench = Bench(args)
     threads_before = torch.get_num_threads()
     try:

@@ -36,6 +36,9 @@ def _header(results: dict[str, Any]) -> list[str]:
            f"{m.get('threads')} threads, torch {m.get('torch')}, "
            f"OMP_WAIT_POLICY={m.get('omp_wait_policy')}, load average "
            f"{m.get('load_avg_start')} -> {m.get('load_avg_end')}"]
+    if m.get("allocator"):
+        out.append(f"memory: {m['allocator']} (the original runs with system defaults)"
+                   if "original" in results else f"memory: {m['allocator']}")
     if "fused_conv_exact" in m or "banding_exact" in m:
         out.append("this machine: oneDNN fused conv bit-identical to separate ops "
                    f"(fused_conv_exact): {_yes_no(m.get('fused_conv_exact'))}; banded fusion "

@@ -2,8 +2,8 @@
 
 Methods: ``original`` (with ``--compare-original``), ``exact`` (the original's
 operations: NCHW, ``torch.optim.SGD`` as PyTorch defaults it; train.py's
-``TRAIN.exact True``), ``default`` (train.py's default step: channels-last,
-factorized pyramid heads, ``optim.make_sgd``) and ``default-bf16`` (the
+``TRAIN.exact True``), ``default`` (train.py's default step:
+``optim.fast_training_`` and ``optim.make_sgd``) and ``default-bf16`` (the
 default step under bf16 autocast, where ``--precisions`` has bf16). All start
 from the same weights and see the same batches and dropout seeds; speedups
 and loss differences are relative to ``original`` when present, else ``exact``.
@@ -17,8 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..models import ModelBuilder, SegmentationModule
-from ..models.inference_copy import factorize_pyramids_
-from ..optim import channels_last_, make_sgd
+from ..optim import channels_last_, fast_training_, make_sgd
 from .harness import (Bench, MemoryProbe, Pair, Recorder, group_weight, median,
                       original_train_step, summary)
 
@@ -40,8 +39,7 @@ def train_setup(pair: Pair, method: str, device: torch.device,
         sgd: Any = torch.optim.SGD
         ctx = None
     else:
-        channels_last_(module)
-        factorize_pyramids_(module)
+        fast_training_(module)
         sgd = make_sgd
         ctx = (torch.autocast(device.type, dtype=torch.bfloat16)
                if method == "default-bf16" else None)

@@ -62,7 +62,8 @@ def _tap_matrix(resize: torch.Tensor, taps: int, padding: int, dilation: int,
     return out.transpose(0, 1).reshape(size_out, taps * size_in)
 
 
-def pyramid_term(branches: Sequence[torch.Tensor], weight: torch.Tensor,
+def pyramid_term(branches: Sequence[torch.Tensor],
+                 weight: torch.Tensor | Sequence[torch.Tensor],
                  size: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
                  channels_last: bool = False) -> torch.Tensor:
     """``conv2d(cat([_resize(b, size) for b in branches]), weight)`` (stride 1, zero
@@ -71,17 +72,28 @@ def pyramid_term(branches: Sequence[torch.Tensor], weight: torch.Tensor,
     Resizing and the convolution are both linear, so each kernel tap is applied
     to the small map first (``weight`` times ``branch``) and the resize, shifted
     by the tap, afterwards, as two small matrix products per axis. Equal to the
-    direct computation up to float rounding; differentiable.
+    direct computation up to float rounding; differentiable. ``weight`` may
+    also be given per branch (a sequence of kernels with each branch's input
+    channels, e.g. from one ``torch.split``: its backward is one concatenation,
+    where every slice of a kernel would write a zero-filled kernel-size gradient).
     """
     height, width = int(size[0]), int(size[1])
-    out_ch, _, kh, kw = weight.shape
+    if isinstance(weight, torch.Tensor):
+        sizes = [int(b.shape[1]) for b in branches]
+        if sum(sizes) != weight.shape[1]:
+            raise ValueError(f"the branches have {sum(sizes)} channels, the weight "
+                             f"{weight.shape[1]}")
+        weight = torch.split(weight, sizes, dim=1)
+    if len(weight) != len(branches):
+        raise ValueError(f"{len(branches)} branches but {len(weight)} kernels")
+    out_ch, _, kh, kw = weight[0].shape
     out_h = height + 2 * int(padding[0]) - int(dilation[0]) * (kh - 1)
     out_w = width + 2 * int(padding[1]) - int(dilation[1]) * (kw - 1)
-    firsts, seconds, start = [], [], 0
-    for b in branches:
+    firsts, seconds = [], []
+    for b, w in zip(branches, weight):
         n, c, bh, bw = b.shape
-        w = weight[:, start:start + c]
-        start += c
+        if w.shape[1] != c:
+            raise ValueError(f"a branch has {c} channels, its kernel {w.shape[1]}")
         rows = _tap_matrix(_resize_matrix(bh, height, b.dtype, b.device),
                            kh, int(padding[0]), int(dilation[0]), out_h)
         cols = _tap_matrix(_resize_matrix(bw, width, b.dtype, b.device),
@@ -94,8 +106,6 @@ def pyramid_term(branches: Sequence[torch.Tensor], weight: torch.Tensor,
             z = torch.einsum("ocde,ncab->nodaeb", w, b).reshape(n, out_ch, kh * bh, kw * bw)
             firsts.append(torch.matmul(rows, z))
             seconds.append(cols)
-    if start != weight.shape[1]:
-        raise ValueError(f"the branches have {start} channels, the weight {weight.shape[1]}")
     if channels_last:
         y = torch.matmul(torch.cat(seconds, 1), torch.cat(firsts, 1))
         return y.view(-1, out_h, out_w, out_ch).permute(0, 3, 1, 2)
@@ -115,17 +125,22 @@ def pyramid_conv(conv: nn.Module, top: torch.Tensor,
     with ``split_forward(top, term)`` (``models.inference_copy.FusedConv2d``) that adds
     the term before its fused activation.
     """
-    split = top.shape[1]
     channels_last = (top.is_contiguous(memory_format=torch.channels_last)
                      and not top.is_contiguous())
-    term = pyramid_term(branches, conv.weight[:, split:], top.shape[2:], conv.padding,
-                        conv.dilation, channels_last)
     split_forward = getattr(conv, "split_forward", None)
+    if split_forward is None and (tuple(conv.stride) != (1, 1) or conv.groups != 1
+                                  or conv.padding_mode != "zeros"):
+        raise ValueError("pyramid_conv needs a stride-1, ungrouped, zero-padded convolution")
+    sizes = [int(top.shape[1])] + [int(b.shape[1]) for b in branches]
+    if sum(sizes) != conv.weight.shape[1]:
+        raise ValueError(f"pyramid_conv: the inputs have {sum(sizes)} channels, the "
+                         f"convolution {conv.weight.shape[1]}")
+    top_w, *branch_w = torch.split(conv.weight, sizes, dim=1)
+    term = pyramid_term(branches, branch_w, top.shape[2:], conv.padding, conv.dilation,
+                        channels_last)
     if split_forward is not None:
         return split_forward(top, term)
-    if tuple(conv.stride) != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros":
-        raise ValueError("pyramid_conv needs a stride-1, ungrouped, zero-padded convolution")
-    y = F.conv2d(top, conv.weight[:, :split], conv.bias, 1, conv.padding, conv.dilation)
+    y = F.conv2d(top, top_w, conv.bias, 1, conv.padding, conv.dilation)
     return y + term
 
 
