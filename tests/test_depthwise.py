@@ -90,3 +90,20 @@ def test_switch_touches_only_dilated_depthwise_layers_and_keeps_keys():
     # ResNet's dilated convolutions are dense: nothing to switch
     assert use_fast_depthwise_(ModelBuilder.build_encoder("resnet18dilated", 512,
                                                           pretrained=False)) == 0
+
+
+def test_inference_copy_of_a_switched_encoder_is_the_plain_one():
+    """Validation during training builds the inference copy from the switched
+    modules: their BatchNorms fold as before and the copy holds plain convolutions."""
+    from mit_semseg.models.inference_copy import optimize_for_inference
+    torch.manual_seed(0)
+    enc = ModelBuilder.build_encoder("mobilenetv2dilated", 320, pretrained=False).eval()
+    switched = copy.deepcopy(enc)
+    assert use_fast_depthwise_(switched) > 0
+    plain_copy = optimize_for_inference(enc)
+    switched_copy = optimize_for_inference(switched)
+    assert not any(isinstance(m, DilatedDepthwiseConv2d) for m in switched_copy.modules())
+    assert [type(m) for m in switched_copy.modules()] == [type(m) for m in plain_copy.modules()]
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(switched_copy(x)[-1], plain_copy(x)[-1])

@@ -31,6 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .depthwise import DilatedDepthwiseConv2d
+
 __all__ = [
     "fold_conv_bn", "fuse_bn", "FusedConv2d", "FusedResidual", "KeepFloat32",
     "optimize_for_inference", "prepare_input", "precision_dtype", "mkldnn_fusion_available",
@@ -88,7 +90,9 @@ def _named_pair_owners() -> tuple[type, ...]:
 
 
 def _foldable(conv: Any, bn: Any) -> bool:
-    return (type(conv) is nn.Conv2d and isinstance(bn, _BatchNorm)
+    # DilatedDepthwiseConv2d: a module switched for training (fast_training_);
+    # the folded copy is a plain nn.Conv2d again.
+    return (type(conv) in (nn.Conv2d, DilatedDepthwiseConv2d) and isinstance(bn, _BatchNorm)
             and bn.track_running_stats and bn.running_mean is not None
             and conv.out_channels == bn.num_features)
 
