@@ -4,7 +4,8 @@
 BatchNorm folded into the convolution before it (``fuse_bn``), convolution +
 ReLU/ReLU6 (and the residual add of ResNet, HRNet and MobileNetV2 blocks) run
 as one oneDNN primitive with post-ops (``FusedConv2d``; CPU, channels-last;
-elsewhere the same module runs the plain ops), channels-last memory, the
+elsewhere the same module runs the plain ops), wide 3x3 convolutions as
+Winograd F(2x2, 3x3) (``models.winograd``), channels-last memory, the
 factorized pyramid heads (``models.decoders.pyramid_conv``) and no autograd
 state. Class scores equal the original model's to float32 rounding (folding
 changes the order of operations; the tests bound the difference by the
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .depthwise import DilatedDepthwiseConv2d
+from .winograd import transform_weight, winograd_conv3x3, winograd_eligible
 
 __all__ = [
     "fold_conv_bn", "fuse_bn", "FusedConv2d", "FusedResidual", "KeepFloat32",
@@ -180,7 +182,9 @@ class FusedConv2d(nn.Module):
 
     On CPU, for float32/bfloat16 channels-last input with no autograd, one
     oneDNN convolution with the add and the activation as post-ops (the same
-    numbers as the separate ops); otherwise ``F.conv2d``, ``+ other``, activation.
+    numbers as the separate ops up to float summation order), or for wide 3x3
+    float32 convolutions Winograd F(2x2, 3x3) (``models.winograd``; float32
+    accuracy); otherwise ``F.conv2d``, ``+ other``, activation.
     ``activation``: "none", "relu" or "relu6".
     """
 
@@ -192,6 +196,12 @@ class FusedConv2d(nn.Module):
     # kernels are within 10%. Measured with oneDNN 3.x; nchw_min_k = 0 disables it.
     nchw_min_k = 32768
     nchw_min_pixels = 5000
+    # 3x3 "same" convolutions (stride 1, one group) with at least this many input
+    # and output channels run as Winograd F(2x2, 3x3) (models/winograd.py) on CPU in
+    # float32: 1.2-2x faster than oneDNN's direct kernel from 256 channels up (the
+    # PPM head's 2048->512 part at 64x64: 430 -> 210 ms), slower below (128->128 at
+    # 128x128: 23 vs 52 ms), as accurate. winograd_min_channels = 0 disables it.
+    winograd_min_channels = 256
 
     def __init__(self, conv: nn.Conv2d, activation: str = "none") -> None:
         super().__init__()
@@ -217,6 +227,8 @@ class FusedConv2d(nn.Module):
         state.pop("_nchw_weight", None)
         state.pop("_nchw_key", None)
         state.pop("_split", None)
+        state.pop("_winograd_weight", None)
+        state.pop("_winograd_key", None)
         return state
 
     def _mkldnn_weight(self, x: torch.Tensor) -> torch.Tensor:
@@ -255,6 +267,24 @@ class FusedConv2d(nn.Module):
                                   or (other.requires_grad and torch.is_grad_enabled())):
             return False
         return True
+
+    def _use_winograd(self, x: torch.Tensor) -> bool:
+        w = self.weight
+        return (0 < self.winograd_min_channels <= min(w.shape[0], w.shape[1])
+                and x.dtype == torch.float32 and w.dtype == torch.float32
+                and winograd_eligible(w, self.stride, self.padding, self.dilation, self.groups))
+
+    def _winograd_forward(self, x: torch.Tensor, other: torch.Tensor | None) -> torch.Tensor:
+        w = self.weight
+        key = (w.data_ptr(), w._version)
+        if getattr(self, "_winograd_key", None) != key:
+            self._winograd_weight = transform_weight(w)
+            self._winograd_key = key
+        if other is not None and other.shape != (x.shape[0], w.shape[0]) + x.shape[2:]:
+            raise ValueError(f"residual of shape {tuple(other.shape)} does not match the "
+                             f"convolution output {(x.shape[0], w.shape[0]) + x.shape[2:]}")
+        return winograd_conv3x3(x, self._winograd_weight, self.bias, self.dilation[0], other,
+                                self.activation)
 
     def _prefers_nchw(self, x: torch.Tensor) -> bool:
         w = self.weight
@@ -296,6 +326,8 @@ class FusedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
         if self._use_mkldnn(x, other):
+            if self._use_winograd(x):
+                return self._winograd_forward(x, other)
             if self._prefers_nchw(x):
                 return self._nchw_forward(x, other)
             ops = torch.ops.mkldnn
