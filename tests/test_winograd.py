@@ -85,7 +85,8 @@ def test_refuses_what_it_does_not_compute():
 
 
 def test_fused_conv_routes_wide_convolutions_through_winograd(monkeypatch):
-    """FusedConv2d takes the Winograd path from winograd_min_channels up, and only
+    """FusedConv2d takes the Winograd path from winograd_min_channels (harmonic mean
+    of the channel counts) up, and only
     for float32 without autograd; 0 switches it off."""
     calls = []
     real = ic.winograd_conv3x3
@@ -97,7 +98,7 @@ def test_fused_conv_routes_wide_convolutions_through_winograd(monkeypatch):
         ref = F.relu(conv(x) + other)
         monkeypatch.setattr(ic.FusedConv2d, "winograd_min_channels", 32)
         fused(x, other)
-        assert calls == []  # 16 input channels: below the threshold
+        assert calls == []  # 16 in, 24 out: harmonic mean 19.2, below the threshold
         monkeypatch.setattr(ic.FusedConv2d, "winograd_min_channels", 16)
         got = fused(x, other)
         assert calls == [1]

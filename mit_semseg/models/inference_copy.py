@@ -196,11 +196,13 @@ class FusedConv2d(nn.Module):
     # kernels are within 10%. Measured with oneDNN 3.x; nchw_min_k = 0 disables it.
     nchw_min_k = 32768
     nchw_min_pixels = 5000
-    # 3x3 "same" convolutions (stride 1, one group) with at least this many input
-    # and output channels run as Winograd F(2x2, 3x3) (models/winograd.py) on CPU in
-    # float32: 1.2-2x faster than oneDNN's direct kernel from 256 channels up (the
-    # PPM head's 2048->512 part at 64x64: 430 -> 210 ms), slower below (128->128 at
-    # 128x128: 23 vs 52 ms), as accurate. winograd_min_channels = 0 disables it.
+    # 3x3 "same" convolutions (stride 1, one group) whose input and output channel
+    # counts have a harmonic mean of at least this run as Winograd F(2x2, 3x3)
+    # (models/winograd.py) on CPU in float32. The batched product grows with
+    # Cin * Cout, the transforms with Cin + Cout; measured against oneDNN's direct
+    # kernel (2-core Xeon): PPM head 2048->512 at 64x64 430 -> 210 ms, HRNet's C1
+    # 720->180 at 128x128 200 -> 159 ms, 512->128 even, 128->128 at 128x128 23 vs
+    # 52 ms. As accurate as the direct kernel. winograd_min_channels = 0 disables it.
     winograd_min_channels = 256
 
     def __init__(self, conv: nn.Conv2d, activation: str = "none") -> None:
@@ -270,7 +272,8 @@ class FusedConv2d(nn.Module):
 
     def _use_winograd(self, x: torch.Tensor) -> bool:
         w = self.weight
-        return (0 < self.winograd_min_channels <= min(w.shape[0], w.shape[1])
+        cout, cin = w.shape[0], w.shape[1]
+        return (0 < self.winograd_min_channels <= 2 * cin * cout / (cin + cout)
                 and x.dtype == torch.float32 and w.dtype == torch.float32
                 and winograd_eligible(w, self.stride, self.padding, self.dilation, self.groups))
 
