@@ -4,9 +4,9 @@
     python3 eval.py --cfg config/synthetic-demo.yaml --gpu cpu VAL.visualize True
 """
 import argparse
-import sys
 
 from mit_semseg.evaluate import eval_main
+from mit_semseg.utils import exit_now
 
 
 def main(argv=None) -> int:
@@ -26,4 +26,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

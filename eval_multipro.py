@@ -5,9 +5,9 @@ the numbers equal eval.py's exactly.
     python3 eval_multipro.py --cfg config/synthetic-demo.yaml --gpus cpu --workers 2
 """
 import argparse
-import sys
 
 from mit_semseg.evaluate import eval_multipro_main
+from mit_semseg.utils import exit_now
 
 
 def main(argv=None) -> int:
@@ -36,4 +36,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

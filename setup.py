@@ -23,7 +23,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["mit_semseg", "mit_semseg.*"]) + ["mit_semseg.data"],
     # The ADE20K colour and name tables live in ./data and ship inside the package.
     package_dir={"mit_semseg.data": "data"},
-    package_data={"mit_semseg.data": ["color150.mat", "object150_info.csv"],
+    package_data={"mit_semseg.data": ["color150.mat", "color150.csv", "object150_info.csv"],
                   "mit_semseg.web": ["static/*.html", "static/*.js", "static/*.css"]},
     install_requires=["torch>=2.1", "numpy", "scipy", "pillow", "yacs", "tqdm"],
     extras_require={

@@ -6,9 +6,9 @@ Writes image | prediction PNGs to TEST.result and prints the classes found.
 Unreadable images are reported and skipped; the exit code stays 0.
 """
 import argparse
-import sys
 
 from mit_semseg.evaluate import test_main
+from mit_semseg.utils import exit_now
 
 
 def main(argv=None) -> int:
@@ -31,4 +31,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

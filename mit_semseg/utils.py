@@ -9,7 +9,7 @@ import os
 import re
 import sys
 from functools import lru_cache
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -145,26 +145,37 @@ def colorEncode(labelmap: np.ndarray, colors: np.ndarray, mode: str = "RGB") -> 
     return rgb[:, :, ::-1] if mode == "BGR" else rgb
 
 
+_ADE20K_TABLES = ("color150.mat", "color150.csv", "object150_info.csv")
+
+
 @lru_cache(maxsize=None)
-def _ade20k_files() -> tuple[str, str]:
+def _ade20k_file(name: str) -> str:
+    """Path of one of the ADE20K tables shipped in ``data/`` (``_ADE20K_TABLES``)."""
     here = os.path.dirname(os.path.abspath(__file__))
     for folder in (os.path.join(here, "data"), os.path.join(os.path.dirname(here), "data")):
-        colors, names = os.path.join(folder, "color150.mat"), os.path.join(folder, "object150_info.csv")
-        if os.path.isfile(colors) and os.path.isfile(names):
-            return colors, names
-    raise FileNotFoundError("ADE20K colour/name tables (color150.mat, object150_info.csv) are "
-                            "missing from the installed package; reinstall mit_semseg")
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"ADE20K table {name} is missing from the installed package "
+                            f"(expected beside {', '.join(_ADE20K_TABLES)}); reinstall mit_semseg")
 
 
 def ade20k_colors() -> np.ndarray:
-    """The 150 ADE20K class colours, 150 x 3 uint8 (works from any directory)."""
-    from scipy.io import loadmat
-    return np.asarray(loadmat(_ade20k_files()[0])["colors"], dtype=np.uint8)
+    """The 150 ADE20K class colours, 150 x 3 uint8 (works from any directory).
+
+    Read from ``data/color150.csv``, the same colours as the original's
+    ``data/color150.mat`` (kept for code that loads it; the tests compare the
+    two): reading the .mat needs scipy.io, about 0.25 s of a test.py run."""
+    with open(_ade20k_file("color150.csv"), newline="") as fh:
+        rows = sorted((int(r["Idx"]), r["R"], r["G"], r["B"]) for r in csv.DictReader(fh))
+    if [r[0] for r in rows] != list(range(1, 151)):
+        raise ValueError(f"{_ade20k_file('color150.csv')}: expected rows Idx 1..150")
+    return np.array([r[1:] for r in rows], dtype=np.uint8)
 
 
 def ade20k_names() -> dict[int, str]:
     """0-based class index -> short ADE20K name (first of the ';'-separated names)."""
-    with open(_ade20k_files()[1]) as fh:
+    with open(_ade20k_file("object150_info.csv")) as fh:
         return {int(row["Idx"]) - 1: row["Name"].split(";")[0] for row in csv.DictReader(fh)}
 
 
@@ -203,6 +214,36 @@ def cpu_count() -> int:
 def loader_workers(requested: int) -> int:
     """DataLoader worker processes to start: ``requested`` capped at :func:`cpu_count` (>= 0)."""
     return max(0, min(int(requested), cpu_count()))
+
+
+# ----------------------------------------------------------------------------- process exit
+
+def exit_now(code: int | None = 0) -> None:
+    """End a command-line script with exit status ``code`` without the
+    interpreter's teardown, which takes about 0.5 s once torch is loaded (its
+    modules and extension state are dismantled one by one).
+
+    Output is flushed and the atexit handlers run first (logging, multiprocessing
+    children, tqdm), then ``os._exit``. Under a debugger, tracer or profiler
+    (``sys.gettrace()`` / ``sys.getprofile()`` set, e.g. ``python -m cProfile``),
+    or with ``MIT_SEMSEG_FAST_EXIT=0``, it is plain ``sys.exit(code)``.
+    """
+    if (sys.gettrace() is not None or sys.getprofile() is not None
+            or os.environ.get("MIT_SEMSEG_FAST_EXIT", "1") == "0"):
+        sys.exit(code)
+    import atexit
+
+    def _flush() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+
+    _flush()
+    atexit._run_exitfuncs()
+    _flush()
+    os._exit(0 if code is None else int(code))
 
 
 # ----------------------------------------------------------------------------- allocator

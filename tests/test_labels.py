@@ -100,8 +100,8 @@ def test_class_table_numbering_and_errors(tmp_path):
     zero.write_text("Idx,Name,R,G,B\n0,road,1,1,1\n1,car,2,2,2\n")
     assert read_class_table(str(zero), 2).names == ("road", "car")
     # the ADE20K file itself: 1-based, extra columns, ';' synonyms, no colours
-    from mit_semseg.utils import _ade20k_files
-    ade = read_class_table(_ade20k_files()[1], 150)
+    from mit_semseg.utils import _ade20k_file
+    ade = read_class_table(_ade20k_file("object150_info.csv"), 150)
     assert ade.names[1] == "building" and not ade.has_colors
     cases = {"Idx,Name\n1,a\n3,b\n": "Idx must number the rows",
              "Idx,Label\n1,a\n": "no 'Name' column",

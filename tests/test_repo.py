@@ -3,6 +3,7 @@ package data ships; the presets load."""
 import os
 import re
 
+import numpy as np
 import pytest
 
 from mit_semseg.config import ConfigError, load_cfg
@@ -75,3 +76,13 @@ def test_class_tables_load_from_any_directory(tmp_path, monkeypatch):
     names = ade20k_names()
     assert names[0] == "wall" and len(names) == 150
     assert class_names(8)[7] == "class_7"
+
+
+def test_colour_csv_holds_the_original_mat_colours():
+    """data/color150.csv (read at start-up without scipy.io) and the original's
+    data/color150.mat (kept for code that loads it) hold the same colours."""
+    from scipy.io import loadmat
+
+    from mit_semseg.utils import _ade20k_file, ade20k_colors
+    mat = loadmat(_ade20k_file("color150.mat"))["colors"]
+    assert mat.shape == (150, 3) and np.array_equal(ade20k_colors(), mat)

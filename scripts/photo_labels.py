@@ -1,0 +1,105 @@
+"""Labels on real photos, side by side with the original (not part of the test suite).
+
+    python scripts/photo_labels.py --compare-original /path/to/original/venv/bin/python \\
+        --original-repo /path/to/semantic-segmentation-pytorch [--pairs A+B,C+D] [--scales 300,450]
+
+For every pair, with the parity rule's weights (``mit_semseg.benchmark.Pair``),
+``test.py`` segments the photos three ways: the original's (its repository's
+test.py under its interpreter; on a CPU through ``benchmark/cpu_shim.py``),
+this package's default and ``TEST.exact True``. The table gives, per photo, the
+share of pixels whose label equals the original's (from the prediction half of
+the output PNGs). Photos: the sample photos shipped with matplotlib and the
+Rust documentation when present, cropped to odd sizes, and two synthetic scenes.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from mit_semseg.benchmark.harness import Bench, Pair  # noqa: E402
+from mit_semseg.benchmark.testpy import (_command, _labels, _run, _write_checkpoint,  # noqa: E402
+                                         _write_config)
+from mit_semseg.synthetic import make_scene  # noqa: E402
+
+PHOTOS = [  # (glob, crop height, crop width): odd sizes
+    ("/root/.pyenv/versions/*/lib/python*/site-packages/matplotlib/mpl-data/sample_data/"
+     "grace_hopper.jpg", 599, 511),
+    ("/root/.rustup/toolchains/*/share/doc/rust/html/embedded-book/assets/f3.jpg", 475, 719),
+    ("/root/.rustup/toolchains/*/share/doc/rust/html/embedded-book/assets/verify.jpeg", 477, 701),
+]
+PAIRS = ["mobilenetv2dilated+c1_deepsup", "resnet50dilated+ppm_deepsup", "resnet50+upernet",
+         "hrnetv2+c1"]
+
+
+def write_photos(folder: str) -> list[str]:
+    """The photos as JPEG files in ``folder`` (the original's test.py finds only
+    .jpg in a folder); returns their names."""
+    os.makedirs(folder, exist_ok=True)
+    names = []
+    for pattern, h, w in PHOTOS:
+        found = sorted(glob.glob(pattern))
+        if found:
+            img = np.asarray(Image.open(found[0]).convert("RGB"))[:h, :w]
+            name = f"{os.path.splitext(os.path.basename(found[0]))[0]}_{img.shape[0]}x{img.shape[1]}"
+            Image.fromarray(np.ascontiguousarray(img)).save(
+                os.path.join(folder, name + ".jpg"), quality=95)
+            names.append(name)
+    for seed, (h, w) in enumerate([(337, 451), (289, 203)]):
+        name = f"scene{seed}_{h}x{w}"
+        Image.fromarray(make_scene(np.random.default_rng(seed), h, w)[0]).save(
+            os.path.join(folder, name + ".jpg"), quality=95)
+        names.append(name)
+    return names
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--compare-original", metavar="PYTHON", required=True,
+                   help="an interpreter in which mit-semseg 1.0.0 (the original) is importable")
+    p.add_argument("--original-repo", metavar="DIR", required=True,
+                   help="a checkout of the original repository (its test.py)")
+    p.add_argument("--pairs", default=",".join(PAIRS), help="ENCODER+DECODER pairs")
+    p.add_argument("--scales", default="300,375,450,525,600", help="DATASET.imgSizes")
+    p.add_argument("--max-size", type=int, default=1000, help="DATASET.imgMaxSize")
+    a = p.parse_args()
+    args = argparse.Namespace(device="cpu", threads=0, quiet=False, scales=tuple(
+        int(s) for s in a.scales.split(",")), max_size=a.max_size, padding=8,
+        compare_original=a.compare_original, original_repo=a.original_repo)
+    bench = Bench(args)
+    imgs = os.path.join(bench.workdir, "photos")
+    names = write_photos(imgs)
+    print(f"photos: {', '.join(names)}; imgSizes {list(args.scales)}, workdir {bench.workdir}")
+    print("pair | method | share of pixels labelled as by the original, per photo | worst")
+    for spec in a.pairs.split(","):
+        pair = Pair(spec, 150, bench.workdir)
+        ckpt = os.path.join(bench.workdir, pair.name)
+        cfg = os.path.join(bench.workdir, f"{pair.name}.yaml")
+        _write_checkpoint(pair, ckpt)
+        _write_config(bench, pair, cfg)
+        labels = {}
+        for method in ("original", "default", "exact"):
+            out = os.path.join(bench.workdir, f"out_{pair.name}_{method}")
+            argv, cwd, env = _command(bench, method, cfg, ckpt, imgs, out, args.scales)
+            seconds, failure = _run(argv, cwd, env)
+            if failure is not None:
+                raise SystemExit(f"test.py ({method}) failed: {' '.join(argv)}\n{failure}")
+            labels[method] = _labels(out)
+        ref = labels["original"]
+        for method in ("default", "exact"):
+            shares = [float((labels[method][k] == ref[k]).all(axis=-1).mean()) for k in sorted(ref)]
+            print(f"{pair.name} | {method} | "
+                  + ", ".join(f"{100 * s:.4f}%" for s in shares) + f" | {100 * min(shares):.4f}%",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
