@@ -42,10 +42,12 @@ SAMPLE_PHOTOS = [  # (glob, crop height, crop width): odd sizes
 ]
 
 
-def photos() -> list[tuple[str, np.ndarray]]:
+def photos(extra: tuple = ()) -> list[tuple[str, np.ndarray]]:
+    """(name, H x W x 3 uint8) of the sample photos found (``SAMPLE_PHOTOS``, then
+    ``extra`` entries of the same form), then two synthetic scenes."""
     from mit_semseg.synthetic import make_scene
     out = []
-    for pattern, h, w in SAMPLE_PHOTOS:
+    for pattern, h, w in (*SAMPLE_PHOTOS, *extra):
         found = sorted(glob.glob(pattern))
         if found:
             img = np.asarray(Image.open(found[0]).convert("RGB"))[:h, :w]

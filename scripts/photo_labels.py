@@ -8,31 +8,29 @@ For every pair, with the parity rule's weights (``mit_semseg.benchmark.Pair``),
 test.py under its interpreter; on a CPU through ``benchmark/cpu_shim.py``),
 this package's default and ``TEST.exact True``. The table gives, per photo, the
 share of pixels whose label equals the original's (from the prediction half of
-the output PNGs). Photos: the sample photos shipped with matplotlib and the
-Rust documentation when present, cropped to odd sizes, and two synthetic scenes.
+the output PNGs). Photos: ``deployment_check.photos()`` (the sample photos shipped with
+matplotlib and the Rust documentation when present, cropped to odd sizes, and
+two synthetic scenes) and one more Rust-docs photo.
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import os
+import re
 import sys
 
-import numpy as np
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from deployment_check import photos  # noqa: E402
 from mit_semseg.benchmark.harness import Bench, Pair  # noqa: E402
 from mit_semseg.benchmark.testpy import (_command, _labels, _run, _write_checkpoint,  # noqa: E402
                                          _write_config)
-from mit_semseg.synthetic import make_scene  # noqa: E402
 
-PHOTOS = [  # (glob, crop height, crop width): odd sizes
-    ("/root/.pyenv/versions/*/lib/python*/site-packages/matplotlib/mpl-data/sample_data/"
-     "grace_hopper.jpg", 599, 511),
-    ("/root/.rustup/toolchains/*/share/doc/rust/html/embedded-book/assets/f3.jpg", 475, 719),
+EXTRA_PHOTOS = [  # (glob, crop height, crop width), beside deployment_check's
     ("/root/.rustup/toolchains/*/share/doc/rust/html/embedded-book/assets/verify.jpeg", 477, 701),
 ]
 PAIRS = ["mobilenetv2dilated+c1_deepsup", "resnet50dilated+ppm_deepsup", "resnet50+upernet",
@@ -44,18 +42,9 @@ def write_photos(folder: str) -> list[str]:
     .jpg in a folder); returns their names."""
     os.makedirs(folder, exist_ok=True)
     names = []
-    for pattern, h, w in PHOTOS:
-        found = sorted(glob.glob(pattern))
-        if found:
-            img = np.asarray(Image.open(found[0]).convert("RGB"))[:h, :w]
-            name = f"{os.path.splitext(os.path.basename(found[0]))[0]}_{img.shape[0]}x{img.shape[1]}"
-            Image.fromarray(np.ascontiguousarray(img)).save(
-                os.path.join(folder, name + ".jpg"), quality=95)
-            names.append(name)
-    for seed, (h, w) in enumerate([(337, 451), (289, 203)]):
-        name = f"scene{seed}_{h}x{w}"
-        Image.fromarray(make_scene(np.random.default_rng(seed), h, w)[0]).save(
-            os.path.join(folder, name + ".jpg"), quality=95)
+    for label, img in photos(tuple(EXTRA_PHOTOS)):
+        name = re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
+        Image.fromarray(img).save(os.path.join(folder, name + ".jpg"), quality=95)
         names.append(name)
     return names
 
@@ -77,7 +66,8 @@ def main() -> None:
     bench = Bench(args)
     imgs = os.path.join(bench.workdir, "photos")
     names = write_photos(imgs)
-    print(f"photos: {', '.join(names)}; imgSizes {list(args.scales)}, workdir {bench.workdir}")
+    print(f"photos (in the order of the columns): {', '.join(sorted(names))}; "
+          f"imgSizes {list(args.scales)}, workdir {bench.workdir}")
     print("pair | method | share of pixels labelled as by the original, per photo | worst")
     for spec in a.pairs.split(","):
         pair = Pair(spec, 150, bench.workdir)
