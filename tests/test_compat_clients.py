@@ -8,6 +8,11 @@ here on the CPU through run_client.py (``.cuda()`` and
 tests/compat/scenario.py. The expected numbers were printed by the same
 clients running against the original mit-semseg 1.0.0 (tests/compat/side_by_side.py,
 torch 2.13.0 CPU); this package printed identical lines.
+
+Every client runs with portable kernels (PORTABLE below, see run_client.py), so
+the recorded numbers hold on any x86-64 CPU: the scenario's weights are exact
+in float32 and the same everywhere, convolutions use MKL's CPU-independent
+branch, ATen its scalar kernels, one thread.
 """
 from __future__ import annotations
 
@@ -28,14 +33,23 @@ sys.path.insert(0, os.path.join(HERE, "compat"))
 from scenario import make_scenario  # noqa: E402
 
 ORIGINAL_PREDICTIONS = {  # test client: class shares per image, as the original printed them
-    "scene_00000": "ceiling: 49.68% floor: 36.60% bed: 10.53% road: 1.88% tree: 1.30%",
-    "scene_00001": "ceiling: 37.12% floor: 29.26% bed: 16.10% wall: 8.12% tree: 7.09% road: 2.31%",
-    "scene_00002": "floor: 50.92% ceiling: 36.37% wall: 5.29% bed: 4.86% road: 2.18% tree: 0.37%",
-    "scene_00003": "ceiling: 50.21% floor: 39.97% tree: 4.17% bed: 3.60% wall: 1.62% road: 0.42%",
+    "scene_00000": "tree: 51.22% sky: 39.32% road: 5.96% wall: 3.12% building: 0.38%",
+    "scene_00001": "tree: 40.24% sky: 32.38% bed: 16.60% wall: 7.89% ceiling: 2.00% road: 0.69% building: 0.19%",
+    "scene_00002": "tree: 43.72% sky: 43.57% road: 7.20% bed: 3.60% building: 1.11% wall: 0.80%",
+    "scene_00003": "tree: 43.64% bed: 23.59% road: 12.92% sky: 10.56% building: 6.46% wall: 2.47% ceiling: 0.35%",
 }
-ORIGINAL_IOU = [0.1056, 0.0000, 0.0000, 0.0915, 0.0020, 0.1696, 0.0379, 0.0000]
-ORIGINAL_SUMMARY = "Mean IoU: 0.0508, Accuracy: 15.72%"
-ORIGINAL_TRAIN = [(16.67, 2.552642), (25.00, 2.228482), (43.06, 1.831954)]  # (accuracy, loss)
+ORIGINAL_IOU = [0.0040, 0.1081, 0.0050, 0.0000, 0.0917, 0.0000, 0.0000, 0.0769]
+ORIGINAL_SUMMARY = "Mean IoU: 0.0357, Accuracy: 8.23%"
+# train client: (accuracy, running-mean loss) per step, printed by the original with
+# portable kernels (the same bits with MKL and oneDNN capped at AVX2 or SSE4.1).
+# With each CPU's own kernels the original prints other numbers after the first SGD step
+# (on an earlier scenario, third step: AMX Xeon 1.831954, oneDNN capped at AVX2 1.830300,
+# AMD EPYC Zen 4 1.832137): two updates on this tiny scene amplify float32
+# summation-order differences, so only a CPU-independent run can be compared with
+# recorded numbers. side_by_side.py shows the two packages print identical lines on
+# one machine with its native kernels.
+ORIGINAL_TRAIN = [(14.58, 2.452319), (30.21, 1.896156), (53.47, 1.403785)]
+PORTABLE = {"PORTABLE_KERNELS": "1", "MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default"}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +59,7 @@ def scene(tmp_path_factory):
 
 
 def run_client(folder: str, *argv: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, **PORTABLE)
     res = subprocess.run([sys.executable, os.path.join(CLIENTS, "run_client.py"),
                           os.path.join(CLIENTS, argv[0]), *argv[1:]],
                          cwd=folder, env=env, capture_output=True, text=True, timeout=300)
@@ -123,6 +137,6 @@ def test_notebook_client_segments_one_photo(scene) -> None:
     folder, _ = scene
     res = run_client(folder, "client_notebook.py", "resnet18dilated", "512", "c1", "8", "ckpt",
                      "data/images/validation/scene_00001.jpg", "notebook_out")
-    assert res.stdout.split()[:4] == ["floor:", "ceiling:", "bed:", "wall:"]
+    assert res.stdout.split()[:4] == ["tree:", "sky:", "bed:", "wall:"]
     written = sorted(os.listdir(os.path.join(folder, "notebook_out")))
     assert written == ["all.png"] + [f"class_{c}.png" for c in range(8)]

@@ -6,7 +6,9 @@
   ``./data`` as the original scripts did) and a synthetic data set (8
   classes, 4 validation scenes, 1 left-right symmetric training scene so that
   the original's unconditional random flip changes nothing);
-* ``ckpt/``: random resnet18dilated + c1 weights as ``*_epoch_1.pth``;
+* ``ckpt/``: random resnet18dilated + c1 weights as ``*_epoch_1.pth``, the
+  same bits on every CPU (torch's ``normal_`` is not: its vectorised and
+  scalar kernels round differently);
 * ``scene.yaml``: a config with only keys the original package knows.
 
 Used by tests/test_compat_clients.py and by side_by_side.py (the comparison
@@ -81,6 +83,30 @@ def _symmetric_training_scene(data: str) -> str:
     return odgt
 
 
+def _portable_weights(module: torch.nn.Module, seed: int) -> None:
+    """Overwrite every convolution with uniform values drawn from integers.
+
+    Each value is an integer below 2**23 times a power of two, so it is exact in
+    float32 and depends only on numpy's PCG64 stream. The bounds are the powers of
+    two nearest to those of the original's initialisation (Kaiming-normal on
+    fan-in for weights, spread std * sqrt(3); torch's default 1/sqrt(fan-in) for
+    biases), so activations and losses keep their usual scale.
+    """
+    rng = np.random.default_rng(seed)
+    for sub in module.modules():
+        if not isinstance(sub, torch.nn.Conv2d):
+            continue
+        fan_in = sub.in_channels // sub.groups * sub.kernel_size[0] * sub.kernel_size[1]
+        spreads = {"weight": np.sqrt(6.0 / fan_in), "bias": 1.0 / np.sqrt(fan_in)}
+        for name, spread in spreads.items():
+            param = getattr(sub, name)
+            if param is None:
+                continue
+            bound = 2.0 ** round(float(np.log2(spread)))
+            ints = rng.integers(-2 ** 23, 2 ** 23, size=tuple(param.shape))
+            param.data.copy_(torch.from_numpy(ints * (bound / 2 ** 23)).float())
+
+
 def make_scenario(folder: str) -> str:
     """Write the scenario under ``folder``; returns the config path."""
     data = os.path.join(folder, "data")
@@ -92,9 +118,10 @@ def make_scenario(folder: str) -> str:
     _symmetric_training_scene(data)
     ckpt = os.path.join(folder, "ckpt")
     os.makedirs(ckpt, exist_ok=True)
-    torch.manual_seed(0)
     enc = ModelBuilder.build_encoder("resnet18dilated", 512, "", pretrained=False)
     dec = ModelBuilder.build_decoder("c1", 512, NUM_CLASS, "")
+    _portable_weights(enc, seed=0)
+    _portable_weights(dec, seed=1)
     torch.save(enc.state_dict(), os.path.join(ckpt, "encoder_epoch_1.pth"))
     torch.save(dec.state_dict(), os.path.join(ckpt, "decoder_epoch_1.pth"))
     cfg_path = os.path.join(folder, "scene.yaml")
