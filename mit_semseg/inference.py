@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -33,7 +34,8 @@ import torch.nn as nn
 from PIL import Image
 
 from .fusion import DEFAULT_BAND_BYTES, Prediction, fuse
-from .models.inference_copy import optimize_for_inference, precision_dtype, prepare_input
+from .models.inference_copy import (mkldnn_bf16_available, optimize_for_inference, precision_dtype,
+                                    prepare_input)
 
 __all__ = ["InferenceEngine", "Prediction", "Segmenter", "ClassShare", "CheckpointNotFoundError",
            "DeviceUnavailableError", "resolve_device", "checkpoint_paths", "build_engine",
@@ -118,6 +120,10 @@ class InferenceEngine:
         self.band_bytes = int(band_bytes)
         self.exact = bool(exact)
         dtype = precision_dtype(precision)  # validates early
+        if dtype == torch.bfloat16 and self.device.type == "cpu" and not mkldnn_bf16_available():
+            warnings.warn("bf16 on this CPU: oneDNN has no bf16 convolutions here (they need "
+                          "AVX-512 BW/VL/DQ, AVX-NE-CONVERT or AMX), so torch's generic bf16 "
+                          "convolution runs, slower than fp32; use precision fp32", stacklevel=2)
         if backend is None:
             encoder = encoder.to(self.device).eval()
             decoder = decoder.to(self.device).eval()

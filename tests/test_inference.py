@@ -139,6 +139,23 @@ def test_reduced_precision_runs_and_fuses_in_float32(tiny_model, precision):
         InferenceEngine(enc, dec, device="cpu", precision="int8")
 
 
+def test_bf16_without_onednn_bf16_warns_and_still_runs(tiny_model, monkeypatch):
+    """AVX2-only CPUs (AMD Zen 2/3, older Intel): oneDNN has no bf16 convolution there."""
+    import mit_semseg.inference as inference
+    from mit_semseg.models import inference_copy as ic
+    monkeypatch.setattr(inference, "mkldnn_bf16_available", lambda: False)
+    monkeypatch.setattr(ic, "_MKLDNN_BF16", False)
+    enc, dec = tiny_model
+    with pytest.warns(UserWarning, match="oneDNN has no bf16 convolutions"):
+        engine = InferenceEngine(enc, dec, device="cpu", precision="bf16")
+    img_data = multi_scale(Image.new("RGB", (90, 70), (20, 140, 60)), (40,))
+    with torch.inference_mode():
+        logits = engine.scale_logits(img_data)
+    ref = InferenceEngine(enc, dec, device="cpu").scale_logits(img_data)
+    assert torch.isfinite(logits[0]).all()
+    torch.testing.assert_close(logits[0], ref[0], rtol=0.05, atol=0.05 * ref[0].abs().max().item())
+
+
 def test_resolve_device():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device(-1).type == "cpu" and resolve_device("-1").type == "cpu"

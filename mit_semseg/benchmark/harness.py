@@ -252,10 +252,11 @@ def cpu_name() -> str:
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """bf16 is fast here: CUDA with bf16, or a CPU with AVX512-BF16 / AMX."""
+    """bf16 is fast here: CUDA with bf16, or a CPU with AVX512-BF16 / AMX that oneDNN uses."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    from ..models.inference_copy import mkldnn_bf16_available
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"}) and mkldnn_bf16_available()
 
 
 def load_avg() -> list[float] | None:

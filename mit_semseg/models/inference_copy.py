@@ -38,6 +38,7 @@ from .winograd import transform_weight, winograd_conv3x3, winograd_eligible
 __all__ = [
     "fold_conv_bn", "fuse_bn", "FusedConv2d", "FusedResidual", "KeepFloat32",
     "optimize_for_inference", "prepare_input", "precision_dtype", "mkldnn_fusion_available",
+    "mkldnn_bf16_available",
     "factorize_pyramids_", "fused_conv_exact",
 ]
 
@@ -143,7 +144,17 @@ def mkldnn_fusion_available() -> bool:
         return False
 
 
+def mkldnn_bf16_available() -> bool:
+    """Whether oneDNN runs bf16 convolutions on this CPU (AVX-512 BW/VL/DQ, AVX-NE-CONVERT or
+    AMX; not AVX2-only CPUs such as AMD Zen 2/3, nor where ONEDNN_MAX_CPU_ISA caps it)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 _MKLDNN = mkldnn_fusion_available()
+_MKLDNN_BF16 = _MKLDNN and mkldnn_bf16_available()
 
 # activation name -> (oneDNN unary attr, scalars, eager function)
 _ACTIVATIONS: dict[str, tuple[str, list, Callable[[torch.Tensor], torch.Tensor] | None]] = {
@@ -260,6 +271,8 @@ class FusedConv2d(nn.Module):
             return False
         if x.dtype not in (torch.float32, torch.bfloat16) or x.dtype != self.weight.dtype:
             return False
+        if x.dtype == torch.bfloat16 and not _MKLDNN_BF16:
+            return False  # torch's own bf16 convolution (slow, but it runs everywhere)
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return False
         if not x.is_contiguous(memory_format=torch.channels_last):
