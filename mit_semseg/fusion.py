@@ -3,12 +3,20 @@
 The original toolkit's procedure: every class-score map (one per resized
 copy of the photo, and per mirrored copy with ``flip``) is resized bilinearly
 (``align_corners=False``) to the photo's size, turned into probabilities by a
-softmax over classes, divided by the number of maps and summed; a pixel's
-label is the class of highest summed probability.
+softmax over classes (``dim=1`` of the ``[1, C, H, W]`` map), divided by the
+number of maps and summed; a pixel's label is the class of highest summed
+probability (``torch.max(scores, dim=1)``).
 
-Done literally, that holds a ``C x H x W`` float32 buffer for the whole photo
-(150 classes x 3 MP = 1.8 GB, plus temporaries of the same size). ``fuse``
-computes it in horizontal bands of output rows, with memory bounded by
+``fuse(..., exact=True)`` runs exactly that, operation for operation, so its
+probabilities are the original's bits on every machine. It needs a
+``C x H x W`` float32 buffer for the whole photo (150 classes x 3 MP =
+1.8 GB, plus temporaries of the same size), as the original did. The CPU
+softmax over ``dim=1`` of such a map rounds some pixels differently
+depending on where its threads' and vector loops' work ends, so pieces of
+the map cannot reproduce it.
+
+``fuse(..., exact=False)`` (the engine's default) computes the same
+procedure in horizontal bands of output rows, with memory bounded by
 ``band_bytes`` whatever the photo size:
 
 * the horizontal part of the resize is ``F.interpolate`` itself, on the
@@ -17,19 +25,22 @@ computes it in horizontal bands of output rows, with memory bounded by
   each output row: the same two source rows and weights in the kernel's
   float32 arithmetic and the same fused multiply-add. The weights are
   checked per size against ``F.interpolate`` on a probe (``_row_plan``);
-* softmax runs over the last axis of class-last tensors, whose kernels treat
-  every pixel alike;
+* softmax runs over the last axis of class-last bands, whose kernel treats
+  every pixel alike (one thread per pixel's classes), so the band height
+  does not change any bit; its probabilities equal the ``dim=1`` softmax's
+  to float32 rounding (about 1e-6), labels except where two classes tie to
+  that precision;
+* without ``return_probs``, no work that cannot change a label: a single
+  map's labels are the argmax of its resized scores, several maps'
+  probabilities are summed without dividing by their count;
 * band tensors live in reused per-thread buffers (no page faults on fresh
   memory, no allocator traffic).
 
-Where all of that holds, the labels and probabilities are bit-identical to
-the literal procedure; ``banding_exact(device, num_class)`` checks it once
-per device, class count and thread count on random scores. Where a probe
-fails (a platform whose kernels round differently) the bands use the
+``banding_exact(device, num_class)`` checks once per device, class count and
+thread count that bands give the same bits as one class-last piece. Where a
+probe fails (a platform whose kernels round differently) the bands use the
 exactly-computed weights anyway: memory stays bounded, probabilities agree
-to float32 rounding, labels may differ only where two classes tie to that
-precision. Outputs small enough for one band are computed in one piece with
-``F.interpolate``, as the literal procedure.
+to float32 rounding.
 """
 from __future__ import annotations
 
@@ -62,8 +73,8 @@ _SMALL_OUTPUT_SIDES = 128
 @dataclass
 class Prediction:
     """``labels``: H x W int64 numpy array of 0-based classes. ``probs``: the
-    averaged class probabilities as a [C, H, W] float32 CPU tensor (a view of
-    class-last storage), or None when not requested."""
+    averaged class probabilities as a [C, H, W] float32 CPU tensor (for
+    ``exact=False`` a view of class-last storage), or None when not requested."""
     labels: np.ndarray
     probs: torch.Tensor | None = None
 
@@ -250,10 +261,27 @@ def _as_nchw(logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-def _finish(labels: torch.Tensor, probs: torch.Tensor | None) -> Prediction:
+def _finish(labels: torch.Tensor, probs: torch.Tensor | None, class_last: bool = True
+            ) -> Prediction:
     lab = labels.cpu().numpy()
-    prob = probs.cpu().permute(2, 0, 1) if probs is not None else None
+    prob = None
+    if probs is not None:
+        prob = probs.cpu().permute(2, 0, 1) if class_last else probs.cpu()
     return Prediction(lab, prob)
+
+
+def _literal(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
+             return_probs: bool) -> Prediction:
+    """The original's procedure on full-size maps, operation for operation."""
+    n = len(logits)
+    scores = None
+    for x in logits:
+        p = F.softmax(F.interpolate(x, size=tuple(out_size), mode="bilinear",
+                                    align_corners=False), dim=1)
+        scores = p / n if scores is None else scores + p / n
+    assert scores is not None
+    labels = torch.max(scores, dim=1).indices[0]
+    return _finish(labels, scores[0] if return_probs else None, class_last=False)
 
 
 def _in_one_piece(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
@@ -293,21 +321,20 @@ def fuse(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
     """Resize every ``[1, C, h, w]`` score map in ``logits`` to ``out_size`` (H, W),
     softmax over classes, average, argmax (see the module docstring).
 
-    Memory: about three ``band_bytes`` buffers plus, per map, horizontally
-    resized source rows for two bands; plus the labels (and ``return_probs``'
-    full [C, H, W] map). ``band_bytes <= 0``: one piece, whatever the size.
-
-    ``exact=False`` without ``return_probs`` skips work that cannot change a
-    label except where two classes tie to float32 rounding: a single map's
-    labels are the argmax of its resized scores (softmax is monotonic), and
-    several maps' probabilities are summed without dividing by their count.
-    Probabilities, when asked for, are always the exact procedure's.
+    ``exact=True``: the original's operations on full-size maps (its bits and
+    its memory; ``band_bytes`` is not used). ``exact=False``: in bands, class-last;
+    memory about three ``band_bytes`` buffers plus, per map, horizontally resized
+    source rows for two bands, plus the labels (and ``return_probs``' full
+    [C, H, W] map); ``band_bytes <= 0``: one piece. Without ``return_probs`` it
+    skips the softmax of a single map and the division by the count.
     """
     logits = _as_nchw(logits)
     H, W = (int(s) for s in out_size)
+    if exact:
+        return _literal(logits, (H, W), return_probs)
     C, n = logits[0].shape[1], len(logits)
-    argmax_only = not exact and n == 1 and not return_probs
-    average = exact or return_probs
+    argmax_only = n == 1 and not return_probs
+    average = return_probs
     if _in_one_piece(logits, (H, W), band_bytes):
         return _fuse_one_piece(logits, (H, W), return_probs, argmax_only, average)
     device = logits[0].device
@@ -362,9 +389,10 @@ _exact_checked: dict[tuple[str, int, int], bool] = {}
 
 
 def banding_exact(device: torch.device | str, num_class: int) -> bool:
-    """Whether banded fusion is bit-identical to the one-piece form on ``device``
-    for ``num_class`` classes at this thread count (checked once on random
-    scores: upsampled and downsampled rows, a narrow and a wide output)."""
+    """Whether ``fuse(exact=False)`` in bands is bit-identical to one class-last
+    piece on ``device`` for ``num_class`` classes at this thread count (checked
+    once on random scores: upsampled and downsampled rows, a narrow and a wide
+    output)."""
     device = torch.device(device)
     key = (str(device), int(num_class), torch.get_num_threads())
     if key not in _exact_checked:
@@ -374,9 +402,9 @@ def banding_exact(device: torch.device | str, num_class: int) -> bool:
         ok = True
         with torch.inference_mode():
             for size in ((67, 75), (41, 131)):
-                ref = fuse(logits, size, return_probs=True, band_bytes=0)
+                ref = fuse(logits, size, return_probs=True, band_bytes=0, exact=False)
                 got = fuse(logits, size, return_probs=True,
-                           band_bytes=num_class * size[1] * 4 * 5)
+                           band_bytes=num_class * size[1] * 4 * 5, exact=False)
                 assert ref.probs is not None and got.probs is not None
                 ok = ok and bool(np.array_equal(ref.labels, got.labels)) \
                     and torch.equal(ref.probs, got.probs)

@@ -19,7 +19,8 @@ The engine has two steps, kept apart so each can be optimised on its own:
   equal the model's to float32 rounding; ``exact=True`` (``VAL.exact`` /
   ``TEST.exact``) runs the modules as given, the original's operations.
 * ``fuse(logits, out_size)``: resize, softmax, average and argmax at the
-  original resolution, in bands of bounded memory (``mit_semseg.fusion``).
+  original resolution, in bands of bounded memory by default; with ``exact``
+  the original's full-size operations and bits (``mit_semseg.fusion``).
 """
 from __future__ import annotations
 
@@ -91,8 +92,9 @@ class InferenceEngine:
     image. ``precision``: "fp32", or "bf16"/"fp16" for the network (fusion
     always in float32; bf16 casts the inference copy, class layers kept
     float32; fp16 and the exact path use autocast). ``band_bytes``: memory
-    bound of a fusion band (0: one piece). ``exact``: run ``encoder`` and
-    ``decoder`` as given (NCHW, unfused) instead of an inference copy.
+    bound of a fusion band (0: one piece; not used with ``exact``). ``exact``: run
+    ``encoder`` and ``decoder`` as given (NCHW, unfused) instead of an inference
+    copy, and fuse full-size with the original's operations (its bits).
     ``channels_last`` / ``fuse``: parts of the default path, which also fuses
     labels with ``fusion.fuse(exact=False)`` (no softmax for a single copy, no
     division by the number of copies; same labels up to float ties).

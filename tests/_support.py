@@ -29,18 +29,18 @@ def parity_names(folder: str = PARITY_DIR) -> list[str]:
 
 
 def reference_fuse(logits, out_size, return_probs=False):
-    """The original procedure written out with full-size buffers (the reference
-    for mit_semseg.fusion.fuse): resize each [1, C, h, w] score map to
-    ``out_size``, softmax over classes (class-last), sum probability / count,
-    argmax. Returns (labels [H, W] numpy, probs [C, H, W] tensor or None)."""
+    """The original's procedure written out, as its test.py and eval.py run it:
+    resize each [1, C, h, w] score map to ``out_size``, softmax over dim 1,
+    scores = scores + probability / count, max over dim 1. Returns
+    (labels [H, W] numpy, probs [C, H, W] tensor or None)."""
+    import torch
     import torch.nn.functional as F
-    scores = None
+    scores = torch.zeros(1, logits[0].shape[1], *out_size)
     for x in logits:
         full = F.interpolate(x.float(), size=tuple(out_size), mode="bilinear", align_corners=False)
-        p = F.softmax(full[0].permute(1, 2, 0).contiguous(), dim=-1) / len(logits)
-        scores = p if scores is None else scores + p
-    labels = torch.max(scores, dim=-1).indices.numpy()
-    return labels, (scores.permute(2, 0, 1) if return_probs else None)
+        scores = scores + F.softmax(full, dim=1) / len(logits)
+    labels = torch.max(scores, dim=1).indices[0].numpy()
+    return labels, (scores[0] if return_probs else None)
 
 
 def assert_same_labels_up_to_ties(labels, probs, margin=1e-5):

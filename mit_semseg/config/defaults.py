@@ -164,7 +164,8 @@ def _inference_keys() -> dict:
         # into the convolutions, fused conv+ReLU, channels-last, factorized PPM and
         # UPerNet heads; mit_semseg/models/inference_copy.py): faster, scores equal
         # to float32 rounding, labels differ only where two classes tie to that
-        # precision. True: the original's exact operations.
+        # precision; score fusion in bands of bounded memory. True: the original's
+        # exact operations, full-size fusion included (its bits and its memory).
         "exact": False,
         # new: "pytorch" runs encoder + decoder; "onnxruntime" runs the exported
         # graph named by the "onnx" key instead (python -m mit_semseg.export;
