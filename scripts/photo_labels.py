@@ -10,7 +10,8 @@ this package's default and ``TEST.exact True``. The table gives, per photo, the
 share of pixels whose label equals the original's (from the prediction half of
 the output PNGs). Photos: ``deployment_check.photos()`` (the sample photos shipped with
 matplotlib and the Rust documentation when present, cropped to odd sizes, and
-two synthetic scenes) and one more Rust-docs photo.
+two synthetic scenes), one more Rust-docs photo and, where scikit-image is
+installed, five of its bundled photos.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import argparse
 import os
 import re
 import sys
+import sysconfig
 
 from PIL import Image
 
@@ -30,8 +32,15 @@ from mit_semseg.benchmark.harness import Bench, Pair  # noqa: E402
 from mit_semseg.benchmark.testpy import (_command, _labels, _run, _write_checkpoint,  # noqa: E402
                                          _write_config)
 
+_PURELIB = sysconfig.get_paths()["purelib"]
 EXTRA_PHOTOS = [  # (glob, crop height, crop width), beside deployment_check's
     ("/root/.rustup/toolchains/*/share/doc/rust/html/embedded-book/assets/verify.jpeg", 477, 701),
+    # scikit-image's bundled photos, where it is installed (pip install scikit-image)
+    (os.path.join(_PURELIB, "skimage/data/astronaut.png"), 509, 497),
+    (os.path.join(_PURELIB, "skimage/data/chelsea.png"), 299, 451),
+    (os.path.join(_PURELIB, "skimage/data/coffee.png"), 397, 599),
+    (os.path.join(_PURELIB, "skimage/data/rocket.jpg"), 427, 637),
+    (os.path.join(_PURELIB, "skimage/data/motorcycle_left.png"), 497, 739),
 ]
 PAIRS = ["mobilenetv2dilated+c1_deepsup", "resnet50dilated+ppm_deepsup", "resnet50+upernet",
          "hrnetv2+c1"]
