@@ -210,8 +210,12 @@ def test_factorized_pyramid_equals_resize_and_concatenate(channels_last, size):
     (m0, a0, g0), (m1, a1, g1) = outs
     torch.testing.assert_close(m1, m0, rtol=1e-5, atol=1e-5)
     assert torch.equal(a1, a0)
+    # A 1x1 map through batch-2 BatchNorm (two values per channel, normalised to
+    # -1 and +1, whose gradients cancel) amplifies float32 rounding about tenfold
+    # (7.9e-4 relative with ATen's scalar kernels).
+    rtol, atol = (1e-3, 1e-4) if size == (1, 1) else (1e-4, 1e-5)
     for p, q in zip(g1, g0):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5 * q.abs().max().item())
+        torch.testing.assert_close(p, q, rtol=rtol, atol=atol * q.abs().max().item())
     # running statistics are updated identically
     for p, q in zip(factorized.buffers(), plain.buffers()):
         torch.testing.assert_close(p, q)

@@ -77,7 +77,9 @@ def test_fast_training_steps_match(enc_arch, dec_arch, fc_dim):
     plain_losses, plain_moves = step(False, torch.float32)
     fast_losses, fast_moves = step(True, torch.float32)
     for losses in (plain_losses, fast_losses):
-        assert abs(losses[0] - exact_losses[0]) <= 1e-6 * exact_losses[0]
+        # a float32 forward through ~20 layers: a few units of rounding (6e-8) per layer,
+        # more with ATen's scalar kernels (plain path 1.4e-6 there)
+        assert abs(losses[0] - exact_losses[0]) <= 1e-5 * exact_losses[0]
     # after one update: no further from float64 than 0.1% (3% per parameter
     # tensor) or, where float32 itself strays more (MobileNetV2's 8x8 BatchNorm
     # maps), than 3x the plain float32 step
