@@ -20,10 +20,12 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     python_requires=">=3.9",
-    packages=setuptools.find_packages(include=["mit_semseg", "mit_semseg.*"]) + ["mit_semseg.data"],
-    # The ADE20K colour and name tables live in ./data and ship inside the package.
-    package_dir={"mit_semseg.data": "data"},
-    package_data={"mit_semseg.data": ["color150.mat", "color150.csv", "object150_info.csv"],
+    packages=setuptools.find_packages(include=["mit_semseg", "mit_semseg.*"])
+    + ["mit_semseg.data.ade20k"],
+    # The ADE20K colour and name tables live in ./data and ship inside the package
+    # as mit_semseg/data/ade20k/.
+    package_dir={"mit_semseg.data.ade20k": "data"},
+    package_data={"mit_semseg.data.ade20k": ["color150.mat", "color150.csv", "object150_info.csv"],
                   "mit_semseg.web": ["static/*.html", "static/*.js", "static/*.css"]},
     install_requires=["torch>=2.1", "numpy", "scipy", "pillow", "yacs", "tqdm"],
     extras_require={

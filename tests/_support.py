@@ -9,8 +9,9 @@ import torch
 from mit_semseg.benchmark import rule_tensor  # noqa: F401  (re-exported)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARITY_DIR = os.path.join(HERE, "parity")
-PARITY_EXTRA_DIR = os.path.join(HERE, "parity_extra")
+ROOT = os.path.dirname(HERE)
+PARITY_DIR = os.path.join(HERE, "models", "parity")
+PARITY_EXTRA_DIR = os.path.join(HERE, "models", "parity_extra")
 
 
 def rule_state_dict(keys) -> dict[str, torch.Tensor]:
@@ -53,3 +54,47 @@ def assert_same_labels_up_to_ties(labels, probs, margin=1e-5):
     want = probs.argmax(0).numpy()
     bad = int((np.asarray(labels)[decided] != want[decided]).sum())
     assert bad == 0, f"{bad} decided pixels differ"
+
+
+# ---------------------------------------------------------------- tiny models and scripts
+
+CFG = os.path.join(ROOT, "config", "synthetic-demo.yaml")
+NUM_CLASS = 8
+
+
+def make_tiny_checkpoint(folder, num_class=NUM_CLASS, epoch=1, seed=0):
+    """Random resnet18dilated + c1 weights saved as DIR/{encoder,decoder}_epoch_<epoch>.pth."""
+    from mit_semseg.models import ModelBuilder
+    os.makedirs(folder, exist_ok=True)
+    torch.manual_seed(seed)
+    enc = ModelBuilder.build_encoder("resnet18dilated", 512, "", pretrained=False)
+    dec = ModelBuilder.build_decoder("c1", 512, num_class, "")
+    torch.save(enc.state_dict(), os.path.join(folder, f"encoder_epoch_{epoch}.pth"))
+    torch.save(dec.state_dict(), os.path.join(folder, f"decoder_epoch_{epoch}.pth"))
+    return str(folder)
+
+
+def tiny_opts(ckpt_dir, data_root=None):
+    """Overrides of CFG for the tiny checkpoint (and a synthetic dataset folder)."""
+    opts = ["DIR", str(ckpt_dir), "MODEL.arch_decoder", "c1", "MODEL.pretrained", "False",
+            "DATASET.imgSizes", "(40, 56)", "DATASET.imgMaxSize", "120",
+            "VAL.checkpoint", "epoch_1.pth", "TEST.checkpoint", "epoch_1.pth",
+            "VAL.workers", "0", "TEST.workers", "0"]
+    if data_root is not None:
+        opts += ["DATASET.root_dataset", str(data_root),
+                 "DATASET.list_val", os.path.join(str(data_root), "validation.odgt")]
+    else:  # no dataset folder, so no classes.csv: class_k names
+        opts += ["DATASET.class_table", ""]
+    return opts
+
+
+def run_script(script, *args, cwd=ROOT):
+    """Run a repository script (test.py, eval.py, ...) or ``-m mit_semseg ...`` in a
+    fresh interpreter with one thread; returns the CompletedProcess."""
+    import subprocess
+    import sys
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    command = ["-m", *script.split()[1:]] if script.startswith("-m ") else \
+        [os.path.join(ROOT, script)]
+    return subprocess.run([sys.executable, *command, *map(str, args)],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)

@@ -25,7 +25,7 @@ WIDE_OPTS = OPTS + ["DATASET.num_class", "400"]
 def write_rule_checkpoint(folder: str, opts=OPTS) -> None:
     """The checkpoint of CFG + ``opts`` in ``folder``, filled by the parity weight rule."""
     from mit_semseg.config import load_cfg
-    from mit_semseg.web.loadtest import write_rule_checkpoint as write
+    from mit_semseg.benchmark import write_rule_checkpoint as write
     write(load_cfg(CFG, opts), folder)
 
 

@@ -1,14 +1,15 @@
-"""Speed and memory, measured: ``python -m mit_semseg.benchmark`` (see cli.py).
+"""Speed and memory, measured: ``python -m mit_semseg benchmark`` (see cli.py).
 
 Modules: harness (timing, memory, the parity weight rule, the original's
-procedures, pairs, scenes), original_worker (the original implementation in
-a worker process), flops, inference, training, testpy, data, metrics,
-report, cli.
+procedures, pairs, scenes), flops, inference, training, testpy, data,
+metrics, report, cli. Measuring side by side with the original
+(``--compare-original``) uses the repository's ``tools/original_worker.py``
+and ``tools/cpu_shim.py``, which are not installed with the package.
 """
 from .cli import build_parser, main
 from .flops import count_gflops, matmul_peak
-from .harness import MemoryProbe, original_inference, rule_tensor
+from .harness import MemoryProbe, original_inference, rule_tensor, write_rule_checkpoint
 from .report import format_report
 
 __all__ = ["main", "build_parser", "rule_tensor", "count_gflops", "matmul_peak", "MemoryProbe",
-           "original_inference", "format_report"]
+           "original_inference", "format_report", "write_rule_checkpoint"]

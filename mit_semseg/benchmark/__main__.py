@@ -1,5 +1,5 @@
-"""``python -m mit_semseg.benchmark``."""
-from .cli import main
+"""``python -m mit_semseg.benchmark``: the same as ``python -m mit_semseg benchmark``."""
+from ..commands.benchmark import main
+from ..runtime.process import exit_now
 
-if __name__ == "__main__":
-    main()
+exit_now(main())

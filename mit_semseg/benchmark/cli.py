@@ -1,4 +1,4 @@
-"""The command line: ``python -m mit_semseg.benchmark [options]``.
+"""The command line: ``python -m mit_semseg benchmark [options]``.
 
 Sections (``--sections``): peak (matmul GFLOP/s), single and multi
 (inference, inference.py), train (training.py), data (data.py), metrics
@@ -10,6 +10,7 @@ header names the device and what this machine's kernels guarantee
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -20,15 +21,15 @@ from typing import Any, Sequence
 
 import torch
 
-from ..fusion import banding_exact
-from ..models.inference_copy import fused_conv_exact
-from ..utils import allocator_state, tune_allocator
+from ..accel import fused_conv_exact
+from ..inference.fusion import banding_exact
+from ..runtime.command import DEVICES_HELP
+from ..runtime.process import allocator_state, tune_allocator
 from .data import run_data
 from .flops import run_peak
 from .harness import REPO_ROOT, Bench, bench_device, bf16_supported, cpu_name, load_avg
 from .inference import check_methods, run_multi, run_single
 from .metrics import run_metrics
-from .original_worker import OriginalWorker
 from .report import format_report
 from .testpy import run_testpy
 from .training import run_train
@@ -58,7 +59,7 @@ def _csv(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m mit_semseg.benchmark",
+        prog="python -m mit_semseg benchmark",
         description="Measure inference, training, data-loading and metrics speed and memory.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=("default", "quick", "targets"), default="default",
@@ -115,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default="default",
                    help="OpenMP waiting; passive is far more robust on a machine shared with "
                         "other jobs (re-executes the command with OMP_WAIT_POLICY set)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--gpus", "--device", dest="device", default="auto", metavar="SPEC",
+                   help=f"one device; {DEVICES_HELP}")
     p.add_argument("--compare-original", metavar="PYTHON", default=None,
                    help="interpreter with the original implementation installed "
                         "(e.g. /tmp/orig_venv/bin/python); adds the 'original' method")
@@ -186,6 +188,20 @@ def _reexec_with_policy(policy: str, argv: Sequence[str]) -> None:
     raise SystemExit(code)
 
 
+def _original_worker_class() -> type:
+    """``OriginalWorker`` from the repository's ``tools/original_worker.py`` (a developer
+    tool that is not installed with the package)."""
+    path = os.path.join(REPO_ROOT, "tools", "original_worker.py")
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: --compare-original needs a checkout of the repository "
+                         f"({path} not found); run the benchmark from the checkout")
+    spec = importlib.util.spec_from_file_location("mit_semseg_tools_original_worker", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.OriginalWorker
+
+
 def _start(bench: Bench) -> None:
     """Threads, the machine's facts (device, kernels' bit-identities) and the original's worker."""
     a, dev = bench.args, bench.device
@@ -204,8 +220,8 @@ def _start(bench: Bench) -> None:
     }
     if a.compare_original:
         bench.log(f"starting the original implementation: {a.compare_original}")
-        bench.worker = OriginalWorker(a.compare_original, torch.get_num_threads(), dev,
-                                      REPO_ROOT)
+        bench.worker = _original_worker_class()(a.compare_original, torch.get_num_threads(),
+                                                 dev, REPO_ROOT)
         bench.results["original"] = bench.worker.info
 
 

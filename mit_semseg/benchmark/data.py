@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from ..dataset import TrainDataset, worker_init_fn
-from ..lib.nn import user_scattered_collate
-from ..optim import channels_last_
-from ..synthetic import MAX_CLASSES, make_synthetic_dataset
+from ..accel import channels_last_
+from ..data.datasets import TrainDataset, worker_init_fn
+from ..data.synthetic import MAX_CLASSES, make_synthetic_dataset
+from ..nn import user_scattered_collate
 from .harness import Bench, Pair, median, original_train_step, summary
 from .training import train_setup
 

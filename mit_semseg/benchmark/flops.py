@@ -49,7 +49,7 @@ def count_gflops(encoder: nn.Module, decoder: nn.Module,
     """GFLOPs (2 x multiply-adds of Conv2d and Linear layers) of the forward
     passes to class scores for every image in ``imgs``; ``factorized``: with
     the decoder's ``factorized_pyramid`` on (``models.decoders.pyramid_conv``)."""
-    from ..models.inference_copy import factorize_pyramids_
+    from ..accel import factorize_pyramids_
     from ..models import decoders
     macs = [0]
 

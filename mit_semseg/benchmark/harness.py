@@ -4,7 +4,7 @@ run recorders.
 
 Module-level imports are the standard library, numpy and torch only: the
 original implementation's interpreter loads this file (through
-``original_worker.py``) without this package on its path. Imports of this
+``tools/original_worker.py``) without this package on its path. Imports of this
 package happen inside the functions that our side alone calls.
 """
 from __future__ import annotations
@@ -154,23 +154,6 @@ def original_inference(encoder: nn.Module, decoder: nn.Module, imgs: Sequence[to
     return labels, out
 
 
-def group_weight(module: nn.Module) -> list[dict[str, Any]]:
-    """The original's SGD groups: conv/linear weights decayed; their biases and
-    BatchNorm parameters not."""
-    decay, no_decay = [], []
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
-            decay.append(m.weight)
-            if m.bias is not None:
-                no_decay.append(m.bias)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if m.weight is not None:
-                no_decay.append(m.weight)
-            if m.bias is not None:
-                no_decay.append(m.bias)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def original_train_step(module: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
                         batch: dict[str, torch.Tensor], device: torch.device,
                         autocast: Any = None, seed: int | None = None) -> tuple[float, float]:
@@ -224,9 +207,9 @@ def agreement(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
 
 
 def bench_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    """The device of ``--gpus`` (the package's device grammar)."""
+    from ..runtime.devices import resolve_device  # not at module level: see original_worker
+    return resolve_device(spec)
 
 
 def _cpu_flags() -> set[str]:
@@ -255,7 +238,7 @@ def bf16_supported(device: torch.device) -> bool:
     """bf16 is fast here: CUDA with bf16, or a CPU with AVX512-BF16 / AMX that oneDNN uses."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    from ..models.inference_copy import mkldnn_bf16_available
+    from ..accel import mkldnn_bf16_available
     return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"}) and mkldnn_bf16_available()
 
 
@@ -301,18 +284,30 @@ def scene(height: int, width: int, seed: int = 0):
     """A synthetic RGB photo (PIL) of the given size."""
     from PIL import Image
 
-    from ..synthetic import make_scene
+    from ..data.synthetic import make_scene
     image, _ = make_scene(np.random.default_rng(seed), height, width)
     return Image.fromarray(image)
 
 
-def resize_rules(scales: Sequence[int], max_size: int, padding: int):
-    """A TestDataset used only for its resize/normalise rules."""
-    from types import SimpleNamespace
+def write_rule_checkpoint(cfg: Any, folder: str) -> None:
+    """``folder/{encoder,decoder}_<TEST.checkpoint>`` for the model of ``cfg``, filled
+    by the parity weight rule (deterministic, no training or download)."""
+    from ..models import ModelBuilder
+    os.makedirs(folder, exist_ok=True)
+    fc_dim, arch = cfg.MODEL.fc_dim, cfg.MODEL
+    nets = {"encoder": ModelBuilder.build_encoder(arch.arch_encoder.lower(), fc_dim, "",
+                                                  pretrained=False),
+            "decoder": ModelBuilder.build_decoder(arch.arch_decoder.lower(), fc_dim,
+                                                  cfg.DATASET.num_class, "", use_softmax=True)}
+    for role, net in nets.items():
+        state = {k: rule_tensor(k, v.shape) for k, v in net.state_dict().items()}
+        torch.save(state, os.path.join(folder, f"{role}_{cfg.TEST.checkpoint}"))
 
-    from ..dataset import TestDataset
-    opt = SimpleNamespace(imgSizes=tuple(scales), imgMaxSize=max_size, padding_constant=padding)
-    return TestDataset([{"fpath_img": "<in-memory>"}], opt)
+
+def resize_rules(scales: Sequence[int], max_size: int, padding: int):
+    """The preprocessing rule (``data.transforms.Preprocess``) with these sizes."""
+    from ..data.transforms import Preprocess
+    return Preprocess(tuple(scales), max_size, padding)
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

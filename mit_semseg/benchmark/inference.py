@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.transforms import normalize
 from .flops import count_gflops
 from .harness import (Bench, MemoryProbe, Pair, Recorder, agreement, median,
                       original_inference, resize_rules, scene, summary, sync)
@@ -182,10 +183,9 @@ def run_single(bench: Bench) -> None:
     """Section ``single``: one ``--size`` square image, one scale, per single pair."""
     a = bench.args
     rows = []
-    rules = resize_rules((a.size,), a.size, 1)
     for spec in a.single_pairs:
         pair = Pair(spec, a.num_class, bench.workdir)
-        img = rules.img_transform(scene(a.size, a.size, seed=1)).unsqueeze(0).contiguous()
+        img = normalize(scene(a.size, a.size, seed=1)).unsqueeze(0).contiguous()
         bench.log(f"single-scale {pair.name} {a.size}x{a.size}")
         rows.append(infer_case(bench, "single", pair, [img], (a.size, a.size)))
     bench.results["single_scale"] = rows
@@ -196,7 +196,7 @@ def run_multi(bench: Bench) -> None:
     a = bench.args
     rows = []
     h, w = a.photo
-    imgs = resize_rules(a.scales, a.max_size, a.padding)._multi_scale(scene(h, w, seed=2))
+    imgs = resize_rules(a.scales, a.max_size, a.padding).scales(scene(h, w, seed=2))
     for spec in a.multi_pairs:
         pair = Pair(spec, a.num_class, bench.workdir)
         bench.log(f"multi-scale {pair.name} {w}x{h} photo, scales {list(a.scales)}")

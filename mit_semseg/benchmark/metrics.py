@@ -8,8 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..metrics import SegmentationMetrics
-from ..utils import intersectionAndUnion
+from ..evaluation.metrics import SegmentationMetrics, intersectionAndUnion
 from .harness import Bench, median, summary
 
 

@@ -11,7 +11,7 @@ as a subprocess, timed wall-clock, variants alternated, multi-scale (the
 ``--scales``) and single-scale (the middle scale; only this with one scale).
 Variants: ``default``, ``exact`` (``TEST.exact True``) and, with
 ``--compare-original PYTHON --original-repo DIR``, ``original`` (DIR/test.py
-run by PYTHON in DIR; on a CPU through ``cpu_shim.py``, which makes its CUDA
+run by PYTHON in DIR; on a CPU through ``tools/cpu_shim.py``, which makes its CUDA
 calls no-ops; if it fails anyway the report says so).
 Labels are compared through the prediction half of the output PNGs.
 """
@@ -111,7 +111,7 @@ def _command(bench: Bench, method: str, cfg: str, ckpt: str, imgs: str, out: str
         gpu = str(dev.index or 0)
         script = os.path.join(a.original_repo, "test.py")
         # on a CPU its CUDA calls become no-ops (cpu_shim.py)
-        shim = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_shim.py")] \
+        shim = [os.path.join(REPO_ROOT, "tools", "cpu_shim.py")] \
             if dev.type == "cpu" else []
         return ([a.compare_original, "-P", *shim, script, "--imgs", imgs,
                  "--cfg", cfg, "--gpu", gpu, *opts], a.original_repo, env)

@@ -17,8 +17,9 @@ import torch
 import torch.nn as nn
 
 from ..models import ModelBuilder, SegmentationModule
-from ..optim import channels_last_, fast_training_, make_sgd
-from .harness import (Bench, MemoryProbe, Pair, Recorder, group_weight, median,
+from ..accel import channels_last_, fast_training_
+from ..training.optim import group_weight, make_sgd
+from .harness import (Bench, MemoryProbe, Pair, Recorder, median,
                       original_train_step, summary)
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.02, 0.9, 1e-4

@@ -13,12 +13,13 @@ from typing import Any, Sequence
 import yaml
 from yacs.config import CfgNode
 
+from ..errors import MitSemsegError
 from .defaults import _C as cfg
 
 __all__ = ["cfg", "load_cfg", "ConfigError"]
 
 
-class ConfigError(ValueError):
+class ConfigError(MitSemsegError, ValueError):
     """A config file or override names a key that does not exist or is malformed."""
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from mit_semseg.lib.nn import SynchronizedBatchNorm2d
+from mit_semseg.nn import SynchronizedBatchNorm2d
 
 
 def conv3x3_bn_relu(in_planes: int, out_planes: int, stride: int = 1) -> nn.Sequential:

@@ -20,9 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mit_semseg.lib.nn import SynchronizedBatchNorm2d
+from mit_semseg.nn import SynchronizedBatchNorm2d
 
 from ._layers import conv3x3_bn_relu
+from .fusable import Fusable, register_fusable
 
 PPM_CHANNELS = 512  # width of every pyramid-pooling branch
 
@@ -301,3 +302,7 @@ class UPerNet(_Decoder):
         size = levels[0].shape[2:]
         fused = [levels[0]] + [_resize(level, size) for level in levels[1:]]
         return self.conv_last(torch.cat(fused, dim=1))
+
+
+register_fusable(PPM, Fusable(pyramid=True))
+register_fusable(UPerNet, Fusable(pyramid=True))

@@ -18,10 +18,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mit_semseg.lib.nn import SynchronizedBatchNorm2d
+from mit_semseg.nn import SynchronizedBatchNorm2d
 from mit_semseg.models.resnet import conv3x3  # noqa: F401 (the original's name here)
 from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
 from mit_semseg.models.weights import load_url  # noqa: F401
+from mit_semseg.models.fusable import Fusable, Residual, register_fusable
 
 __all__ = ["BasicBlock", "Bottleneck", "HighResolutionModule", "HRNetV2", "hrnetv2"]
 
@@ -255,6 +256,19 @@ class HRNetV2(nn.Module):
         upsampled = [ys[0]] + [
             F.interpolate(y, size=size, mode="bilinear", align_corners=False) for y in ys[1:]]
         return [torch.cat(upsampled, dim=1)]
+
+
+# --------------------------------------------------------------------------- fusable blocks
+
+register_fusable(BasicBlock, Fusable(
+    pairs=(("conv1", "bn1"), ("conv2", "bn2")),
+    residual=Residual(convs=("conv1", "conv2"), norms=("bn1", "bn2"), shortcut="downsample")))
+register_fusable(Bottleneck, Fusable(
+    pairs=(("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+    residual=Residual(convs=("conv1", "conv2", "conv3"), norms=("bn1", "bn2", "bn3"),
+                      shortcut="downsample")))
+register_fusable(HRNetV2, Fusable(pairs=(("conv1", "bn1"), ("conv2", "bn2")),
+                                  stem=(("conv1", "bn1", "relu"), ("conv2", "bn2", "relu"))))
 
 
 # --------------------------------------------------------------------------- builder

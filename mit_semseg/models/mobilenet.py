@@ -13,10 +13,11 @@ import math
 import torch
 import torch.nn as nn
 
-from mit_semseg.lib.nn import SynchronizedBatchNorm2d
+from mit_semseg.nn import SynchronizedBatchNorm2d
 from mit_semseg.models._layers import dilate_conv_
 from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
 from mit_semseg.models.weights import load_url  # noqa: F401 (the original's name here)
+from mit_semseg.models.fusable import Fusable, Residual, register_fusable
 
 BatchNorm2d = SynchronizedBatchNorm2d  # the original's name
 
@@ -170,6 +171,12 @@ class MobileNetV2Dilated(nn.Module):
                 maps.append(x)
         maps.append(x)
         return maps
+
+
+# --------------------------------------------------------------------------- fusable blocks
+
+register_fusable(InvertedResidual, Fusable(
+    residual=Residual(sequence="conv", activation="none", enabled_by="use_res_connect")))
 
 
 # --------------------------------------------------------------------------- builder

@@ -13,10 +13,11 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from mit_semseg.lib.nn import SynchronizedBatchNorm2d
+from mit_semseg.nn import SynchronizedBatchNorm2d
 from mit_semseg.models._layers import dilate_conv_
 from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
 from mit_semseg.models.weights import load_url  # noqa: F401 (the original's name here)
+from mit_semseg.models.fusable import Fusable, Residual, register_fusable
 
 BatchNorm2d = SynchronizedBatchNorm2d  # the original's name
 
@@ -209,6 +210,19 @@ class ResnetDilated(Resnet):
             getattr(orig_resnet, name).apply(functools.partial(dilate_conv_, dilation=dilation))
         super().__init__(orig_resnet)
 
+
+# --------------------------------------------------------------------------- fusable blocks
+
+_STEM_LAYERS = tuple((f"conv{i}", f"bn{i}", f"relu{i}") for i in range(1, len(_STEM) + 1))
+register_fusable(BasicBlock, Fusable(
+    pairs=(("conv1", "bn1"), ("conv2", "bn2")),
+    residual=Residual(convs=("conv1", "conv2"), norms=("bn1", "bn2"), shortcut="downsample")))
+register_fusable(Bottleneck, Fusable(
+    pairs=(("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+    residual=Residual(convs=("conv1", "conv2", "conv3"), norms=("bn1", "bn2", "bn3"),
+                      shortcut="downsample")))
+for _net in (ResNet, Resnet):
+    register_fusable(_net, Fusable(pairs=tuple(s[:2] for s in _STEM_LAYERS), stem=_STEM_LAYERS))
 
 # --------------------------------------------------------------------------- builders
 

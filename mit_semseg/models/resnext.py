@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from mit_semseg.lib.nn import SynchronizedBatchNorm2d  # noqa: F401 (the original's name here)
+from mit_semseg.nn import SynchronizedBatchNorm2d  # noqa: F401 (the original's name here)
 from mit_semseg.models.resnet import BatchNorm2d, Bottleneck, ResNet, Resnet, conv3x3  # noqa: F401
 from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
 from mit_semseg.models.weights import load_url  # noqa: F401

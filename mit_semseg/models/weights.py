@@ -14,12 +14,13 @@ from typing import Callable, Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from mit_semseg.checkpoint import CheckpointError, load_file
+from ..checkpoints.files import CheckpointError, load_file
+from ..errors import MitSemsegError
 
 DEFAULT_PRETRAINED_DIR = "./pretrained"
 
 
-class WeightsError(RuntimeError):
+class WeightsError(MitSemsegError, RuntimeError):
     """A weights file does not fit the model it is loaded into."""
 
 

@@ -1,4 +1,4 @@
-"""Web demo: upload a photo, see it parsed (``python -m mit_semseg.web --cfg CFG``).
+"""Web demo: upload a photo, see it parsed (``python -m mit_semseg web --cfg CFG``).
 
 Needs the optional ``web`` extra (FastAPI, uvicorn, python-multipart):
 ``pip install -e '.[web]'``. ``create_app`` builds the ASGI app (page + JSON
@@ -9,12 +9,14 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
+from ..errors import MitSemsegError
+
 __all__ = ["WebExtraMissing", "require_web", "create_app"]
 
 _NEEDED = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multipart"}
 
 
-class WebExtraMissing(ImportError):
+class WebExtraMissing(MitSemsegError, ImportError):
     """A package of the ``web`` extra is not installed."""
 
 

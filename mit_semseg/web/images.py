@@ -12,8 +12,8 @@ import io
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..io import DatasetError, to_rgb
-from ..utils import colorEncode
+from ..data.classes import colorEncode
+from ..data.io import DatasetError, to_rgb
 
 __all__ = ["UploadError", "decode_upload", "label_png", "label_png_rgb", "read_label_png",
            "result_png"]

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..config import ConfigError, load_cfg
 from ..inference import Segmenter
 
 __all__ = ["WebModel", "Runner", "Busy", "parse_scales"]
@@ -35,7 +36,7 @@ class WebModel:
     def __post_init__(self) -> None:
         self.img_sizes = tuple(int(s) for s in self.img_sizes)
         if not self.img_sizes:
-            raise ValueError(f"model {self.name!r}: DATASET.imgSizes is empty")
+            raise ConfigError(f"model {self.name!r}: DATASET.imgSizes is empty")
 
     @classmethod
     def from_config(cls, config: str, *, checkpoint_dir: str | None = None,
@@ -43,7 +44,6 @@ class WebModel:
                     name: str | None = None) -> "WebModel":
         """Load ``config`` (YAML path) with weights ``<checkpoint_dir or DIR>/
         {encoder,decoder}_<TEST.checkpoint>``, as test.py does."""
-        from ..config import load_cfg
         cfg = load_cfg(config, opts)
         seg = Segmenter.from_config(cfg, checkpoint_dir=checkpoint_dir, device=device)
         return cls(name or os.path.splitext(os.path.basename(config))[0], seg,

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from mit_semseg.models import ModelBuilder
-from mit_semseg.synthetic import make_synthetic_dataset
+from mit_semseg.data.synthetic import make_synthetic_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_CLASS = 8

@@ -1,0 +1,32 @@
+"""``python -m mit_semseg curves DIR``: draw a training run's curves to a PNG."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from ..runtime.command import command_parser, parse_command, run_command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = command_parser(
+        "python -m mit_semseg curves",
+        "Draw loss, accuracy, learning rates and validation mean IoU of a training run "
+        "(DIR/metrics.jsonl) to a PNG (needs matplotlib: the [plot] extra).",
+        "Exit status: 0 written, 1 error (one line on stderr), 2 usage error.",
+        overrides=False)
+    parser.add_argument("run", metavar="DIR", help="the run folder (cfg.DIR) or its metrics.jsonl")
+    parser.add_argument("-o", "--output", help="PNG to write (default: DIR/curves.png)")
+    parser.add_argument("--title", default=None, help="figure title (default: the folder name)")
+    args = parse_command(parser, argv)
+
+    def body() -> None:
+        from ..training.curves import plot_curves
+        from ..training.monitor import read_metrics
+        folder = args.run if os.path.isdir(args.run) else os.path.dirname(args.run)
+        out = args.output or os.path.join(folder, "curves.png")
+        records = read_metrics(args.run)
+        title = args.title if args.title is not None else os.path.basename(os.path.abspath(folder))
+        plot_curves(records, out, title)
+        print(f"curves written to {out}")
+    return run_command(body)

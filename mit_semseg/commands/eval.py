@@ -1,0 +1,35 @@
+"""``python eval.py`` / ``python -m mit_semseg eval``: evaluate a checkpoint on
+DATASET.list_val on one device."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..runtime.command import command_parser, parse_command, run_command
+
+EPILOG = """\
+examples:
+  python eval.py --gpus 0 --cfg config/ade20k-resnet50dilated-ppm_deepsup.yaml
+  python eval.py --gpus cpu --cfg config/synthetic-demo.yaml VAL.visualize True
+
+Exit status: 0 done, 1 error (one line on stderr), 2 usage error, 130 interrupted.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = command_parser(
+        "python eval.py",
+        "Evaluate DIR/encoder_<VAL.checkpoint> + DIR/decoder_<VAL.checkpoint> on "
+        "DATASET.list_val with multi-scale inference (DATASET.imgSizes): per-class IoU, mean "
+        "IoU and pixel accuracy, also written to DIR/eval_<checkpoint>.json.",
+        EPILOG, config="optional", config_default="config/ade20k-resnet50dilated-ppm_deepsup.yaml",
+        devices="one", device_aliases=("--gpu",))
+    args = parse_command(parser, argv)
+
+    def body() -> None:
+        from ..evaluation import evaluate
+        from ..runtime.devices import resolve_device
+        from ._shared import load_logged_config
+        cfg = load_logged_config(args.cfg, args.opts)
+        evaluate(cfg, resolve_device(args.gpus))
+        print("Evaluation Done!")
+    return run_command(body)

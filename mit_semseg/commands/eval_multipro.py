@@ -1,0 +1,41 @@
+"""``python eval_multipro.py`` / ``python -m mit_semseg eval_multipro``: eval.py with the
+validation list split over several processes; the merged numbers equal eval.py's."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..runtime.command import command_parser, parse_command, run_command
+
+EPILOG = """\
+examples:
+  python eval_multipro.py --gpus 0-3 --cfg CFG
+  python eval_multipro.py --gpus cpu --workers 2 --cfg CFG
+
+Exit status: 0 done, 1 error (one line on stderr), 2 usage error, 130 interrupted.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = command_parser(
+        "python eval_multipro.py",
+        "eval.py with the validation list split over several processes (one per GPU, or "
+        "--workers CPU processes); the merged numbers equal eval.py's.",
+        EPILOG, config="optional", config_default="config/ade20k-resnet50dilated-ppm_deepsup.yaml",
+        devices="many", device_default="auto")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="number of CPU processes with --gpus cpu (default: %(default)s)")
+    args = parse_command(parser, argv)
+
+    def body() -> None:
+        from ..evaluation import evaluate_multiprocess
+        from ..runtime.devices import resolve_devices
+        from ._shared import load_logged_config
+        cfg = load_logged_config(args.cfg, args.opts)
+        found = resolve_devices(args.gpus)
+        if found[0].type == "cpu":
+            devices = ["cpu"] * max(1, int(args.workers))
+        else:
+            devices = [str(d) for d in found]
+        evaluate_multiprocess(cfg, devices)
+        print("Evaluation Done!")
+    return run_command(body)

@@ -1,0 +1,36 @@
+"""``python test.py`` / ``python -m mit_semseg test``: segment photos (a file, a folder
+searched recursively, or an odgt list) and write image | prediction PNGs."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..runtime.command import command_parser, parse_command, run_command
+
+EPILOG = """\
+example:
+  python test.py --imgs photos/ --cfg config/synthetic-demo.yaml --gpus cpu TEST.result out/
+
+Unreadable images are reported and skipped (the exit status stays 0).
+Exit status: 0 done, 1 error (one line on stderr), 2 usage error, 130 interrupted.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = command_parser(
+        "python test.py",
+        "Segment photos with DIR/encoder_<TEST.checkpoint> + DIR/decoder_<TEST.checkpoint>: "
+        "writes an image | prediction PNG per input into TEST.result and prints the classes "
+        "found.", EPILOG, config="optional",
+        config_default="config/ade20k-resnet50dilated-ppm_deepsup.yaml",
+        devices="one", device_aliases=("--gpu",))
+    parser.add_argument("--imgs", required=True,
+                        help="an image, a folder of images (recursive), or an .odgt list")
+    args = parse_command(parser, argv)
+
+    def body() -> None:
+        from ..prediction import run_test
+        from ..runtime.devices import resolve_device
+        from ._shared import load_logged_config
+        cfg = load_logged_config(args.cfg, args.opts)
+        run_test(cfg, args.imgs, resolve_device(args.gpus))
+    return run_command(body)

@@ -1,0 +1,191 @@
+"""Evaluation of a checkpoint on ``DATASET.list_val``.
+
+* ``evaluate(cfg, device)``: one process.
+* ``evaluate_multiprocess(cfg, devices)``: the list split into contiguous
+  parts, one process per device (GPUs, or CPU processes); their confusion
+  matrices are summed, so the numbers equal ``evaluate``'s exactly.
+* ``validate(cfg, encoder, decoder, device)``: in-memory networks, during
+  training; nothing written.
+
+The engine (:mod:`mit_semseg.inference`) predicts each sample in the mode
+``VAL.mode`` says; ``report`` prints and writes the results.
+``VAL.visualize`` writes image | ground truth | prediction PNGs to
+``DIR/result/``.
+"""
+from __future__ import annotations
+
+import os
+import queue as queue_module
+import sys
+import time
+import traceback
+from typing import Any, Sequence, TextIO
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from yacs.config import CfgNode
+
+from ..checkpoints.files import checkpoint_paths
+from ..data.classes import class_colors, class_names, colorEncode
+from ..data.datasets import ValDataset, inference_loader
+from ..data.io import write_png
+from ..data.transforms import Preprocess
+from ..errors import MitSemsegError
+from ..inference.engine import InferenceEngine, engine_from_config
+from ..runtime.devices import resolve_device
+from ..runtime.process import cpu_count, loader_workers, tune_allocator
+from ..prediction import result_names
+from .metrics import SegmentationMetrics
+from .report import write_report
+
+__all__ = ["evaluate", "validate", "evaluate_multiprocess"]
+
+
+def _val_engine(cfg: CfgNode, device: Any) -> InferenceEngine:
+    return engine_from_config(cfg, "VAL", device)
+
+
+def _val_dataset(cfg: CfgNode, start: int = -1, end: int = -1) -> ValDataset:
+    return ValDataset(cfg.DATASET.root_dataset, cfg.DATASET.list_val, cfg.DATASET,
+                      start_idx=start, end_idx=end)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _evaluate_part(cfg: CfgNode, engine: InferenceEngine, dataset: ValDataset,
+                   names: Sequence[str], on_image=None) -> tuple[SegmentationMetrics, float]:
+    """Metrics over ``dataset`` (and visualisations named ``names``); total inference seconds."""
+    metrics = SegmentationMetrics(cfg.DATASET.num_class)
+    colors = class_colors(cfg)
+    seconds = 0.0
+    for i, batch in enumerate(inference_loader(dataset, cfg.VAL.workers)):
+        sample = batch[0]
+        label = sample["seg_label"][0].numpy()
+        _sync(engine.device)
+        tic = time.perf_counter()
+        pred = engine.predict_sample(sample).labels
+        _sync(engine.device)
+        seconds += time.perf_counter() - tic
+        metrics.update(pred, label)
+        if cfg.VAL.visualize:
+            row = np.concatenate([sample["img_ori"], colorEncode(label, colors),
+                                  colorEncode(pred, colors)], axis=1).astype(np.uint8)
+            write_png(row, os.path.join(cfg.DIR, "result", names[i]))
+        if on_image is not None:
+            on_image()
+    return metrics, seconds
+
+
+def evaluate(cfg: CfgNode, device: Any = "auto", *, progress: bool = True,
+             stream: TextIO | None = None) -> dict[str, Any]:
+    """Evaluate ``DIR/{encoder,decoder}_<VAL.checkpoint>`` on ``DATASET.list_val`` on
+    one device; print the report, write the JSON; return the results dict."""
+    stream = stream or sys.stdout
+    engine = _val_engine(cfg, device)
+    dataset = _val_dataset(cfg)
+    names = result_names([s["fpath_img"] for s in dataset.list_sample])
+    with tqdm(total=len(dataset), disable=not progress, file=sys.stderr) as bar:
+        metrics, seconds = _evaluate_part(cfg, engine, dataset, names, on_image=lambda: bar.update(1))
+    return write_report(metrics, cfg, seconds, stream)
+
+
+def validate(cfg: CfgNode, encoder: torch.nn.Module, decoder: torch.nn.Module,
+             device: Any, img_sizes: Sequence[int] | None = None) -> dict[str, Any]:
+    """Evaluate in-memory ``encoder``/``decoder`` (e.g. during training) on
+    ``DATASET.list_val`` at ``img_sizes`` (default: DATASET.imgSizes); nothing is
+    written. Leaves both nets in eval mode. Returns the metrics summary with the
+    class names and ``time`` (seconds, loading included)."""
+    tic = time.perf_counter()
+    vcfg = cfg.clone()
+    vcfg.defrost()
+    vcfg.VAL.visualize = False
+    if img_sizes:
+        vcfg.DATASET.imgSizes = tuple(int(s) for s in img_sizes)
+    engine = InferenceEngine(encoder, decoder, device=device,
+                             preprocess=Preprocess.from_config(vcfg.DATASET))
+    metrics, _ = _evaluate_part(vcfg, engine, _val_dataset(vcfg), [])
+    return {**metrics.summary(class_names(cfg)), "time": time.perf_counter() - tic}
+
+
+def _worker(cfg_yaml: str, device: str, start: int, end: int, threads: int,
+            names: list[str], results: Any, rank: int) -> None:
+    try:
+        tune_allocator()  # a spawned process: the parent's setting is not inherited
+        if threads > 0:
+            torch.set_num_threads(threads)
+        cfg = CfgNode.load_cfg(cfg_yaml)
+        engine = _val_engine(cfg, device)
+        dataset = _val_dataset(cfg, start, end)
+        metrics, seconds = _evaluate_part(cfg, engine, dataset, names,
+                                          on_image=lambda: results.put(("image", rank)))
+        results.put(("done", rank, metrics.confusion, metrics.num_images, seconds))
+    except MitSemsegError as exc:  # bad input: its one-line message
+        results.put(("input_error", rank, exc))
+    except BaseException:  # report everything, including KeyboardInterrupt, to the parent
+        results.put(("error", rank, traceback.format_exc()))
+
+
+def evaluate_multiprocess(cfg: CfgNode, devices: Sequence[str], *, progress: bool = True,
+                          stream: TextIO | None = None) -> dict[str, Any]:
+    """``evaluate`` with the list split over one process per entry of ``devices``
+    (``"cuda:N"`` or ``"cpu"``; CPU processes share the cores evenly)."""
+    stream = stream or sys.stdout
+    if str(cfg.VAL.backend).lower() != "onnxruntime":
+        checkpoint_paths(cfg.DIR, cfg.VAL.checkpoint)  # fail before starting processes
+    samples = _val_dataset(cfg).list_sample
+    names = result_names([s["fpath_img"] for s in samples])
+    total = len(samples)
+    per = -(-total // len(devices))
+    cpu_procs = sum(1 for d in devices if resolve_device(d).type == "cpu")
+    threads = max(1, cpu_count() // cpu_procs) if cpu_procs else 0
+    ctx = torch.multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = {}
+    for rank, device in enumerate(devices):
+        start, end = rank * per, min(total, (rank + 1) * per)
+        if start >= end:
+            continue
+        print(f"{device}: start_idx {start}, end_idx {end}", file=stream)
+        dev_threads = threads if resolve_device(device).type == "cpu" else 0
+        proc = ctx.Process(target=_worker, args=(cfg.dump(), str(device), start, end, dev_threads,
+                                                 names[start:end], results, rank))
+        # not daemonic: each process may start DataLoader workers (VAL.workers)
+        proc.start()
+        procs[rank] = proc
+    merged = SegmentationMetrics(cfg.DATASET.num_class)
+    pending = set(procs)
+    try:
+        with tqdm(total=total, disable=not progress, file=sys.stderr) as bar:
+            while pending:
+                try:
+                    msg = results.get(timeout=1.0)
+                except queue_module.Empty:
+                    dead = [r for r in pending if procs[r].exitcode not in (None, 0)]
+                    if dead:
+                        r = dead[0]
+                        raise RuntimeError(f"evaluation process {r} ({devices[r]}) died with "
+                                           f"exit code {procs[r].exitcode}")
+                    continue
+                if msg[0] == "image":
+                    bar.update(1)
+                elif msg[0] == "input_error":
+                    raise msg[2]
+                elif msg[0] == "error":
+                    raise RuntimeError(f"evaluation process {msg[1]} ({devices[msg[1]]}) "
+                                       f"failed:\n{msg[2]}")
+                else:
+                    _, rank, confusion, count, _seconds = msg
+                    part = SegmentationMetrics(cfg.DATASET.num_class)
+                    part.confusion, part.num_images = np.asarray(confusion), int(count)
+                    merged.merge(part)
+                    pending.discard(rank)
+    finally:
+        for proc in procs.values():
+            if proc.is_alive() and pending:
+                proc.terminate()
+            proc.join()
+    return write_report(merged, cfg, None, stream)

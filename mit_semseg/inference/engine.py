@@ -1,0 +1,212 @@
+"""Multi-scale inference: the one engine behind eval.py, eval_multipro.py,
+test.py, the web demo, export's self-check, the benchmark and the Python API
+(``Segmenter``). It owns the whole path from a photo to its labels: the
+preprocessing rule (``data.transforms.Preprocess``), the scale/flip loop, the
+mode (whole image, or sliding window: ``slide``) and the backend (PyTorch or
+onnxruntime: ``backends``); callers hand it a photo or a dataset sample.
+
+Procedure (the original toolkit's): every resized copy of the image (one per
+``DATASET.imgSizes`` entry) goes through encoder and decoder; the class scores
+are resized bilinearly (``align_corners=False``) to the original image size,
+turned into probabilities by a softmax over classes, divided by the number of
+copies and summed; the label of a pixel is the class of highest summed
+probability. With ``flip`` every copy is also run mirrored left-right (its
+scores mirrored back before resizing) and counts as one more copy.
+
+The engine has two steps, kept apart so each can be optimised on its own:
+
+* ``InferenceEngine.scale_logits(img_data)``: the network (``scores``), once
+  per copy; returns small class-score maps (``[1, C, h, w]`` float32, feature
+  resolution). This is where the compute goes. By default it runs an
+  inference copy of the model (``mit_semseg.accel``: BatchNorm folded, fused
+  convolutions, channels-last, factorized pyramid heads), whose scores equal
+  the model's to float32 rounding; ``exact=True`` (``VAL.exact`` /
+  ``TEST.exact``) runs the modules as given, the original's operations.
+* ``fuse(logits, out_size)``: resize, softmax, average and argmax at the
+  original resolution, in bands of bounded memory by default; with ``exact``
+  the original's full-size operations and bits (``fusion``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from ..checkpoints.files import CheckpointNotFoundError, checkpoint_paths
+from ..data.transforms import Preprocess
+from ..runtime.devices import resolve_device
+from .backends import TorchBackend, make_backend
+from .fusion import DEFAULT_BAND_BYTES, Prediction, fuse
+from .slide import SlideWindow, predict_slide, slide_options
+
+__all__ = ["InferenceEngine", "Prediction", "build_engine", "engine_from_config",
+           "DEFAULT_BAND_BYTES"]
+
+
+class InferenceEngine:
+    """Multi-scale inference with an encoder/decoder pair (or another backend).
+
+    ``device``: a device spec (see ``runtime.devices``). ``flip``: also average the
+    mirrored image. ``precision``, ``exact``, ``channels_last``, ``fuse``: how the
+    PyTorch network runs (see ``backends.TorchBackend``; ``exact`` also fuses
+    full-size with the original's operations, its bits). ``band_bytes``: memory
+    bound of a fusion band (0: one piece; not used with ``exact``). ``backend``: a
+    callable with a ``num_class`` attribute run in place of encoder + decoder
+    (``backends.OnnxBackend``; encoder and decoder None). ``preprocess``: the resize
+    rule of whole-image copies (default: ``Preprocess()``, the ADE20K presets').
+    ``window``: a ``slide.SlideWindow`` for sliding-window mode, None for whole
+    images.
+    """
+
+    def __init__(self, encoder: nn.Module | None, decoder: nn.Module | None, *,
+                 device: Any = "auto", flip: bool = False, precision: str = "fp32",
+                 band_bytes: int = DEFAULT_BAND_BYTES, exact: bool = False,
+                 channels_last: bool = True, fuse: bool = True, backend: Any = None,
+                 preprocess: Preprocess | None = None,
+                 window: SlideWindow | None = None) -> None:
+        self.device = resolve_device(device)
+        if backend is not None:
+            if (precision or "fp32").lower() not in ("fp32", "float32"):
+                raise ValueError(f"precision {precision!r} needs the pytorch backend; "
+                                 "the onnxruntime backend runs the exported float32 graph")
+        else:
+            backend = TorchBackend(encoder, decoder, self.device, precision=precision,
+                                   exact=exact, channels_last=channels_last, fuse=fuse)
+        self.backend = backend
+        self.flip = bool(flip)
+        self.precision = precision
+        self.band_bytes = int(band_bytes)
+        self.exact = bool(exact)
+        self.preprocess = preprocess or Preprocess()
+        self.window = window
+
+    @property
+    def num_class(self) -> int:
+        return int(self.backend.num_class)
+
+    @property
+    def mode(self) -> str:
+        """``"slide"`` or ``"whole"``."""
+        return "slide" if self.window is not None else "whole"
+
+    # ---------------------------------------------------------------- network
+    @torch.inference_mode()
+    def scores(self, img: torch.Tensor) -> torch.Tensor:
+        """One network run: normalised ``[1, 3, h, w]`` -> class scores ``[1, C, h', w']``
+        (float32, before the softmax, feature resolution, on the engine's device)."""
+        return self.backend(img.to(self.device, non_blocking=True)).to(self.device).float()
+
+    @torch.inference_mode()
+    def scale_logits(self, img_data: Sequence[torch.Tensor],
+                     flip: bool | None = None) -> list[torch.Tensor]:
+        """Class scores ``[1, C, h, w]`` for every resized copy in ``img_data`` (each
+        ``[1, 3, h, w]``, normalised); with ``flip`` (default: the engine's) each copy
+        is followed by its mirrored run, mirrored back."""
+        flip = self.flip if flip is None else bool(flip)
+        out = []
+        for img in img_data:
+            img = img.to(self.device, non_blocking=True)
+            out.append(self.scores(img))
+            if flip:
+                out.append(self.scores(img.flip(-1)).flip(-1))
+        return out
+
+    @torch.inference_mode()
+    def fuse(self, logits: Sequence[torch.Tensor], out_size: tuple[int, int],
+             return_probs: bool = False) -> Prediction:
+        """Resize, softmax, average and argmax ``logits`` at ``out_size`` (H, W)."""
+        return fuse(logits, out_size, return_probs, self.band_bytes, exact=self.exact)
+
+    # ---------------------------------------------------------------- whole image
+    def predict(self, img_data: Sequence[torch.Tensor], out_size: tuple[int, int],
+                return_probs: bool = False, flip: bool | None = None) -> Prediction:
+        """Whole-image prediction from prepared copies: ``fuse(scale_logits(img_data,
+        flip), out_size)``."""
+        logits = self.scale_logits(img_data, flip)
+        return self.fuse(logits, out_size, return_probs)
+
+    # ---------------------------------------------------------------- entry points
+    def predict_image(self, image: Image.Image | np.ndarray, return_probs: bool = False, *,
+                      sizes: Sequence[int] | None = None,
+                      flip: bool | None = None) -> Prediction:
+        """Labels (and probabilities) of an RGB photo (PIL image or ``H x W x 3`` uint8
+        array) at its own size, in the engine's mode: whole-image copies at ``sizes``
+        (short sides; default: the preprocessing's ``imgSizes``), or sliding windows."""
+        if self.window is not None:
+            if sizes is not None:
+                raise ValueError("imgSizes does not apply in sliding-window mode (the tiles "
+                                 "are cut at slide_scale resolution); leave it None")
+            return predict_slide(self, np.asarray(image), self.window, return_probs, flip)
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+        copies = self.preprocess.scales(pil, sizes)
+        return self.predict(copies, (pil.size[1], pil.size[0]), return_probs, flip)
+
+    def predict_sample(self, sample: Mapping[str, Any], return_probs: bool = False) -> Prediction:
+        """Predict a ValDataset/TestDataset item at its ``img_ori`` size, in the engine's
+        mode (whole: its prepared ``img_data`` copies; slide: tiles of ``img_ori``)."""
+        if self.window is not None:
+            return predict_slide(self, sample["img_ori"], self.window, return_probs)
+        h, w = sample["img_ori"].shape[:2]
+        return self.predict(sample["img_data"], (h, w), return_probs)
+
+
+# ============================================================================ building
+
+def build_engine(cfg: Any, encoder_weights: str, decoder_weights: str, *,
+                 device: Any = "auto", flip: bool = False, precision: str = "fp32",
+                 band_bytes: int = DEFAULT_BAND_BYTES, exact: bool = False,
+                 backend: str = "pytorch", onnx_path: str = "",
+                 window: SlideWindow | None = None) -> InferenceEngine:
+    """Build the model described by ``cfg.MODEL`` / ``cfg.DATASET.num_class`` with
+    the given weight files and wrap it in an InferenceEngine that preprocesses as
+    ``cfg.DATASET`` says (``exact``: the original's operations instead of the
+    inference copy). ``backend="onnxruntime"``: run the exported graph
+    ``onnx_path`` instead (weights unused)."""
+    preprocess = Preprocess.from_config(cfg.DATASET)
+    runner = make_backend(backend, onnx_path, cfg.DATASET.num_class)
+    if runner is not None:
+        return InferenceEngine(None, None, device=device, flip=flip, precision=precision,
+                               band_bytes=band_bytes, backend=runner, preprocess=preprocess,
+                               window=window)
+    from ..models import ModelBuilder
+    encoder = ModelBuilder.build_encoder(
+        arch=cfg.MODEL.arch_encoder.lower(), fc_dim=cfg.MODEL.fc_dim, weights=encoder_weights,
+        pretrained=False)
+    decoder = ModelBuilder.build_decoder(
+        arch=cfg.MODEL.arch_decoder.lower(), fc_dim=cfg.MODEL.fc_dim,
+        num_class=cfg.DATASET.num_class, weights=decoder_weights, use_softmax=True)
+    return InferenceEngine(encoder, decoder, device=device, flip=flip, precision=precision,
+                           band_bytes=band_bytes, exact=exact, preprocess=preprocess,
+                           window=window)
+
+
+def engine_from_config(cfg: Any, section: str = "TEST", device: Any = "auto", *,
+                       checkpoint_dir: str | None = None, checkpoint: str | None = None,
+                       weights: tuple[str, str] | None = None,
+                       **overrides: Any) -> InferenceEngine:
+    """The engine a config section (``"TEST"`` or ``"VAL"``) describes: the PyTorch
+    model with ``weights`` (encoder file, decoder file) if given, else
+    ``<checkpoint_dir or DIR>/{encoder,decoder}_<checkpoint or <section>.checkpoint>``;
+    or the onnxruntime graph ``<section>.onnx`` (no weights read). Flip, precision,
+    exact, backend and mode come from the section; ``overrides`` (keyword arguments
+    of ``build_engine``) replace them."""
+    node = cfg[section]
+    options: dict[str, Any] = dict(flip=node.flip, precision=node.precision, exact=node.exact,
+                                   backend=node.backend, onnx_path=node.onnx,
+                                   window=slide_options(node, section))
+    options.update(overrides)
+    enc = dec = ""
+    if str(options["backend"]).lower() == "onnxruntime":
+        pass
+    elif weights is not None:
+        enc, dec = weights
+        for path in weights:
+            if not os.path.isfile(path):
+                raise CheckpointNotFoundError(f"checkpoint not found: {path}")
+    else:
+        enc, dec = checkpoint_paths(checkpoint_dir or cfg.DIR, checkpoint or node.checkpoint)
+    return build_engine(cfg, enc, dec, device=device, **options)

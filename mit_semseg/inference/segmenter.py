@@ -1,0 +1,150 @@
+"""The Python API: ``Segmenter`` segments photos with a trained model, and names
+and colours what it finds.
+
+>>> seg = Segmenter.from_config("config/ade20k-resnet50dilated-ppm_deepsup.yaml",
+...                             checkpoint_dir="ckpt/ade20k-resnet50dilated-ppm_deepsup")
+>>> labels = seg("photo.jpg")
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..config import load_cfg
+from ..data.classes import class_colors, class_names, colorEncode
+from ..data.io import read_image
+from .engine import DEFAULT_BAND_BYTES, InferenceEngine, engine_from_config
+from .slide import SlideWindow
+
+__all__ = ["Segmenter", "ClassShare", "describe_labels"]
+
+
+class ClassShare(NamedTuple):
+    """One line of ``Segmenter.describe``: class index, name and share of pixels (%)."""
+    index: int
+    name: str
+    percent: float
+
+
+ImageInput = Any  # path (str / os.PathLike), PIL.Image.Image, or H x W x 3 uint8 numpy array
+
+
+class Segmenter:
+    """Segment photos with a trained model.
+
+    >>> seg = Segmenter.from_config("config/ade20k-resnet50dilated-ppm_deepsup.yaml",
+    ...                             checkpoint_dir="ckpt/ade20k-resnet50dilated-ppm_deepsup")
+    >>> labels = seg("photo.jpg")                  # H x W int64, 0-based classes
+    >>> for share in seg.describe(labels): print(share.name, share.percent)
+
+    Paths are read as test.py reads them (EXIF orientation applied, any mode
+    converted to RGB). PIL images and arrays are used as given (no EXIF
+    rotation), so the labels line up with their pixels.
+    """
+
+    def __init__(self, engine: InferenceEngine, dataset_opt: Any,
+                 names: Mapping[int, str] | None = None,
+                 colors: np.ndarray | None = None) -> None:
+        self.engine = engine
+        # DATASET.class_table (via dataset_opt) when it describes this model's classes
+        table = dataset_opt if getattr(dataset_opt, "num_class", None) == engine.num_class \
+            else engine.num_class
+        self.names = dict(names) if names is not None else class_names(table)
+        self.colors = np.asarray(colors) if colors is not None else class_colors(table)
+
+    @classmethod
+    def from_config(cls, config: Any, *, checkpoint_dir: str | None = None,
+                    checkpoint: str | None = None, encoder_weights: str | None = None,
+                    decoder_weights: str | None = None, device: str | int | None = "auto",
+                    opts: Sequence[str] = (), flip: bool | None = None,
+                    precision: str | None = None, band_bytes: int = DEFAULT_BAND_BYTES,
+                    exact: bool | None = None, backend: str | None = None,
+                    onnx_path: str | None = None, slide: Any = None) -> "Segmenter":
+        """Build from a YAML path (or a loaded cfg). Weights: ``encoder_weights`` and
+        ``decoder_weights`` if given, else ``<checkpoint_dir or cfg.DIR>/{encoder,decoder}_
+        <checkpoint or cfg.TEST.checkpoint>``. ``flip``/``precision``/``exact`` default
+        to cfg.TEST.flip / cfg.TEST.precision / cfg.TEST.exact. ``backend`` ("pytorch" |
+        "onnxruntime") and ``onnx_path`` default to cfg.TEST.backend / cfg.TEST.onnx (with
+        onnxruntime no weights are read). ``slide``: a ``slide.SlideWindow``, False for
+        whole-image inference, or None for cfg.TEST.mode / crop_size / stride / slide_scale."""
+        cfg = load_cfg(config, opts) if isinstance(config, (str, os.PathLike)) else config
+        if (encoder_weights is None) != (decoder_weights is None):
+            raise ValueError("give both encoder_weights and decoder_weights, or neither")
+        options: dict[str, Any] = {"band_bytes": band_bytes}
+        for key, value in (("flip", flip), ("precision", precision), ("exact", exact),
+                           ("backend", backend), ("onnx_path", onnx_path)):
+            if value is not None:
+                options[key] = value
+        if slide is not None:
+            options["window"] = slide or None
+        weights = None if encoder_weights is None else (encoder_weights, decoder_weights)
+        engine = engine_from_config(cfg, "TEST", device, checkpoint_dir=checkpoint_dir,
+                                    checkpoint=checkpoint, weights=weights, **options)
+        return cls(engine, cfg.DATASET)
+
+    # ---------------------------------------------------------------- inputs
+    @property
+    def slide(self) -> SlideWindow | None:
+        """The sliding window of the engine (None: whole-image mode)."""
+        return self.engine.window
+
+    def _to_pil(self, image: ImageInput) -> Image.Image:
+        if isinstance(image, (str, os.PathLike)):
+            return read_image(os.fspath(image), exif_transpose=True)
+        if isinstance(image, Image.Image):
+            if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+                arr = np.asarray(image, dtype=np.float64)
+                image = Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8))
+            return image.convert("RGB") if image.mode != "RGB" else image
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8:
+                raise TypeError(f"numpy images must be uint8, got {image.dtype}")
+            if image.ndim == 2:
+                image = np.stack([image] * 3, axis=-1)
+            if image.ndim != 3 or image.shape[2] not in (3, 4):
+                raise ValueError(f"numpy images must be H x W x 3 (RGB), got shape {image.shape}")
+            return Image.fromarray(np.ascontiguousarray(image[:, :, :3]), mode="RGB")
+        raise TypeError(f"expected a path, PIL image or numpy array, got {type(image).__name__}")
+
+    # ---------------------------------------------------------------- predict
+    def predict(self, image: ImageInput, return_probs: bool = False, *,
+                imgSizes: Sequence[int] | None = None, flip: bool | None = None):
+        """Labels (H x W int64 numpy); with ``return_probs`` also the averaged class
+        probabilities ([C, H, W] float32 tensor; full-size, so large for big photos).
+        ``imgSizes`` (short sides, e.g. ``[450]`` for single scale) and ``flip``
+        override the configured ones for this call."""
+        pred = self.engine.predict_image(self._to_pil(image), return_probs, sizes=imgSizes,
+                                         flip=flip)
+        return (pred.labels, pred.probs) if return_probs else pred.labels
+
+    def __call__(self, image: ImageInput) -> np.ndarray:
+        return self.predict(image)
+
+    def colorize(self, labels: np.ndarray) -> np.ndarray:
+        """H x W x 3 uint8 colour image of ``labels`` (the class table's colours;
+        ADE20K's for 150 classes without one)."""
+        return colorEncode(labels, self.colors).astype(np.uint8)
+
+    def describe(self, labels: np.ndarray, min_percent: float = 0.0) -> list[ClassShare]:
+        """Classes present in ``labels`` with their share of pixels, largest first;
+        shares at or below ``min_percent`` are left out."""
+        return describe_labels(labels, self.names, min_percent)
+
+
+def describe_labels(labels: np.ndarray, names: Mapping[int, str],
+                    min_percent: float = 0.0) -> list[ClassShare]:
+    """Class shares of ``labels`` (largest first, ties by class index), above ``min_percent``."""
+    labels = np.asarray(labels)
+    values, counts = np.unique(labels, return_counts=True)
+    order = np.lexsort((values, -counts))
+    out = []
+    for i in order:
+        pct = counts[i] / max(labels.size, 1) * 100
+        if pct > min_percent:
+            k = int(values[i])
+            out.append(ClassShare(k, names.get(k, f"class_{k}"), float(pct)))
+    return out
+

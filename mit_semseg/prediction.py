@@ -1,0 +1,151 @@
+"""Prediction: segment a file, a folder (recursively) or an odgt list and write
+image | prediction PNGs (test.py).
+
+Images are listed and named here (``list_test_images``, ``result_names``),
+predicted by the engine (:mod:`mit_semseg.inference`) in the mode ``TEST.mode``
+says, coloured with the class table and written as PNGs; unreadable images are
+reported and skipped.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from typing import Any, Sequence, TextIO
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from yacs.config import CfgNode
+
+from .data.classes import class_colors, class_names, colorEncode
+from .data.datasets import TestDataset, inference_loader
+from .data.io import IMAGE_EXTENSIONS, DatasetError, find_recursive, write_png
+from .errors import InputNotFoundError
+from .inference.engine import engine_from_config
+from .inference.segmenter import describe_labels
+
+__all__ = ["run_test", "result_names", "list_test_images"]
+
+
+def result_names(paths: Sequence[str], base: str | None = None) -> list[str]:
+    """One output name per input path: its path relative to ``base`` (default: the
+    inputs' common folder) with the extension replaced by ``.png``. Names that
+    would clash keep their extension (``a.jpg.png``, ``a.png.png``); remaining
+    clashes get ``_2``, ``_3``... Comparison ignores case."""
+    if not paths:
+        return []
+    absolute = [os.path.abspath(p) for p in paths]
+    if base is None:
+        base = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    rel = [os.path.relpath(p, os.path.abspath(base)) for p in absolute]
+    rel = [r if not r.startswith("..") else os.path.basename(r) for r in rel]
+    names = [os.path.splitext(r)[0] + ".png" for r in rel]
+    clash = Counter(n.lower() for n in names)
+    names = [r + ".png" if clash[n.lower()] > 1 else n for n, r in zip(names, rel)]
+    out: list[str] = []
+    used: set[str] = set()
+    for name in names:
+        candidate, k = name, 2
+        while candidate.lower() in used:
+            candidate, k = f"{name[:-4]}_{k}.png", k + 1
+        used.add(candidate.lower())
+        out.append(candidate)
+    return out
+
+
+def list_test_images(spec: str, root_dataset: str = "") -> tuple[list[str], list[str]]:
+    """Images named by ``spec`` and their output names (see ``result_names``).
+
+    ``spec``: an image file; a folder (searched recursively for .jpg .jpeg .png
+    .bmp .webp .tif .tiff, any case; names relative to the folder); or an
+    ``.odgt`` list whose relative ``fpath_img`` are looked up under
+    ``root_dataset``, then next to the list (names follow the listed paths).
+    """
+    if os.path.isdir(spec):
+        paths = find_recursive(spec, IMAGE_EXTENSIONS)
+        if not paths:
+            raise InputNotFoundError(f"--imgs {spec}: no images (.jpg .jpeg .png .bmp .webp .tif) "
+                                    f"found in this folder or below")
+        return paths, result_names(paths, spec)
+    if not os.path.exists(spec):
+        raise InputNotFoundError(f"--imgs {spec}: no such file or folder")
+    if spec.lower().endswith(".odgt"):
+        listed = [rec["fpath_img"] for rec in TestDataset(spec, _NO_RESIZE).list_sample]
+        paths = [_resolve_listed(p, root_dataset, os.path.dirname(spec)) for p in listed]
+        return paths, result_names(listed)
+    return [spec], result_names([spec])
+
+
+# TestDataset options for reading an odgt list without loading images
+_NO_RESIZE = CfgNode({"imgSizes": (1,), "imgMaxSize": 1, "padding_constant": 1})
+
+
+def _resolve_listed(path: str, *folders: str) -> str:
+    if os.path.isabs(path):
+        return path
+    for folder in folders:
+        if os.path.exists(os.path.join(folder, path)):
+            return os.path.join(folder, path)
+    return os.path.join(folders[0], path)
+
+
+class _Readable(torch.utils.data.Dataset):
+    """TestDataset items, with unreadable images turned into {'error', 'info'} items."""
+
+    def __init__(self, dataset: TestDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.dataset.list_sample[index]["fpath_img"]
+        try:
+            return self.dataset[index]
+        except DatasetError as exc:
+            msg = str(exc)
+            return {"error": msg[msg.find(path):] if path in msg else msg, "info": path}
+
+
+def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = True,
+             stream: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Segment the images named by ``imgs`` (see ``list_test_images``) with
+    ``DIR/{encoder,decoder}_<TEST.checkpoint>``; write image | prediction PNGs to
+    ``TEST.result`` (input folder structure kept) and print the classes found.
+    Returns the number of images skipped as unreadable."""
+    stream, err = stream or sys.stdout, err or sys.stderr
+    engine = engine_from_config(cfg, "TEST", device)
+    paths, names = list_test_images(imgs, cfg.DATASET.root_dataset)
+    out_dir = cfg.TEST.result
+    inputs = {os.path.abspath(p) for p in paths}
+    outputs = []
+    for name in names:
+        out = os.path.join(out_dir, name)
+        if os.path.abspath(out) in inputs:  # never overwrite an input image
+            out = os.path.splitext(out)[0] + "_seg.png"
+        outputs.append(out)
+    colors = class_colors(cfg)
+    class_name = class_names(cfg)
+    dataset = _Readable(TestDataset([{"fpath_img": p} for p in paths], cfg.DATASET))
+    skipped = 0
+    with tqdm(total=len(paths), disable=not progress, file=err) as bar:
+        for i, batch in enumerate(inference_loader(dataset, cfg.TEST.workers)):
+            sample = batch[0]
+            if "error" in sample:
+                skipped += 1
+                bar.write(f"Skipping unreadable image {sample['error']}", file=err)
+                bar.update(1)
+                continue
+            labels = engine.predict_sample(sample).labels
+            print(f"Predictions in [{sample['info']}]:", file=stream)
+            for share in describe_labels(labels, class_name, min_percent=0.1):
+                print(f"  {share.name}: {share.percent:.2f}%", file=stream)
+            row = np.concatenate([sample["img_ori"], colorEncode(labels, colors)],
+                                 axis=1).astype(np.uint8)
+            write_png(row, outputs[i])
+            bar.update(1)
+    done = len(paths) - skipped
+    print(f"Inference done! {done} image(s) written to {out_dir}"
+          + (f", {skipped} unreadable skipped" if skipped else ""), file=stream)
+    return skipped

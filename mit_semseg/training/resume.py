@@ -1,0 +1,161 @@
+"""Checkpoints of a run and where a run continues.
+
+``write_checkpoint(run, epoch, iteration)`` writes the epoch-N files (or a
+``state_iter_G.pth`` inside an epoch) with everything an exact continuation
+needs; ``resume_point(cfg, resume)`` finds where to continue (``--resume`` or
+``TRAIN.start_epoch``, the original's weights-only checkpoints included) and
+``restore(run, point)`` puts optimizers, scaler and history back. File names and
+formats: :mod:`mit_semseg.training.state`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from yacs.config import CfgNode
+
+from ..checkpoints.files import CheckpointError, atomic_save, load_file
+from ..runtime.process import loader_workers
+from . import distributed as D
+from .optim import load_optimizer_state
+from .state import (STATE_VERSION, capture_rng_state, epoch_paths, iter_state_path,
+                    latest_state, list_states, load_training_state)
+
+__all__ = ["ResumePoint", "resume_point", "write_checkpoint", "restore"]
+
+logger = logging.getLogger("Logger")
+
+
+def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in net.state_dict().items()}
+
+
+def write_checkpoint(run: Any, epoch: int, iteration: int) -> str:
+    """Write the checkpoint of ``run`` (a ``loop.Run``) after ``iteration`` iterations
+    of ``epoch`` (all of them: the epoch-N files; fewer: ``state_iter_G.pth``);
+    return the state file's path. Rank 0 writes; every rank must call it.
+    """
+    cfg = run.cfg
+    # taken now: draws made before (precise BN's dropout) are part of the stream
+    # a resumed run continues
+    rng_states = D.all_gather_objects(capture_rng_state())
+    end_of_epoch = iteration >= cfg.TRAIN.epoch_iters
+    paths = epoch_paths(cfg.DIR, epoch)
+    path = paths["state"] if end_of_epoch else iter_state_path(cfg.DIR, run.global_iter)
+    if run.env.is_main:
+        logger.info("Saving checkpoints... (%s)", path)
+        encoder, decoder = _cpu_state(run.module.encoder), _cpu_state(run.module.decoder)
+        state = {
+            "version": STATE_VERSION, "kind": "epoch" if end_of_epoch else "iter",
+            "epoch": epoch, "iteration": iteration, "global_iter": run.global_iter,
+            "epoch_iters": cfg.TRAIN.epoch_iters, "num_epoch": cfg.TRAIN.num_epoch,
+            "checkpoint_every": cfg.TRAIN.checkpoint_every, "seed": cfg.TRAIN.seed,
+            "workers": loader_workers(cfg.TRAIN.workers), "world_size": run.env.world_size,
+            "num_devices": run.per_iter,
+            "optimizers": {"encoder": run.optimizers[0].state_dict(),
+                           "decoder": run.optimizers[1].state_dict()},
+            "grad_scaler": run.scaler.state_dict() if run.scaler is not None else None,
+            "history": run.history, "rng": rng_states,
+        }
+        if end_of_epoch:
+            atomic_save(run.history, paths["history"])
+            atomic_save(encoder, paths["encoder"])
+            atomic_save(decoder, paths["decoder"])
+        else:
+            state["encoder"], state["decoder"] = encoder, decoder
+        atomic_save(state, path)  # last: a state file means the whole checkpoint is on disk
+        for _, older in list_states(cfg.DIR, cfg.TRAIN.epoch_iters):
+            if os.path.basename(older).startswith("state_iter_") and older != path:
+                os.unlink(older)
+    D.barrier()
+    run.last_checkpoint = path
+    return path
+
+
+@dataclass
+class ResumePoint:
+    epoch: int  # epoch to continue (1-based)
+    start_iter: int  # iterations of that epoch already done
+    encoder: str | dict  # weights: a file, or a state dict
+    decoder: str | dict
+    state: dict | None  # training state (None: weights only, as the original)
+    source: str
+
+
+def resume_point(cfg: CfgNode, resume: str | None) -> ResumePoint | None:
+    epoch_iters = cfg.TRAIN.epoch_iters
+    if resume:
+        path = latest_state(cfg.DIR, epoch_iters) if resume == "auto" else resume
+        if path is not None:
+            return _point_from_state(path, load_training_state(path), epoch_iters)
+        if cfg.TRAIN.start_epoch <= 0:
+            logger.info("--resume auto: no state file in %s, starting from scratch", cfg.DIR)
+            return None
+    n = int(cfg.TRAIN.start_epoch)
+    if n <= 0:
+        return None
+    paths = epoch_paths(cfg.DIR, n)
+    for kind in ("encoder", "decoder"):
+        if not os.path.isfile(paths[kind]):
+            raise CheckpointError(f"TRAIN.start_epoch {n}: checkpoint not found: {paths[kind]} "
+                                  f"(DIR is {cfg.DIR}); train that epoch first or set "
+                                  f"TRAIN.start_epoch to an epoch that was saved")
+    if os.path.isfile(paths["state"]):
+        return _point_from_state(paths["state"], load_training_state(paths["state"]), epoch_iters)
+    history = load_file(paths["history"], "history") if os.path.isfile(paths["history"]) else None
+    logger.warning("%s not found (a checkpoint of the original toolkit?): resuming from the "
+                   "epoch-%d weights with fresh optimizers; the learning-rate schedule continues "
+                   "at iteration %d", paths["state"], n, n * epoch_iters)
+    state = {"history": history} if isinstance(history, dict) and "train" in history else None
+    return ResumePoint(n + 1, 0, paths["encoder"], paths["decoder"], state, paths["encoder"])
+
+
+def _point_from_state(path: str, state: dict, epoch_iters: int) -> ResumePoint:
+    if state.get("epoch_iters", epoch_iters) != epoch_iters:
+        logger.warning("%s was written with TRAIN.epoch_iters %s, this run uses %d: epochs and "
+                       "the learning-rate schedule are counted with %d", path,
+                       state["epoch_iters"], epoch_iters, epoch_iters)
+    epoch, iteration = int(state["epoch"]), int(state["iteration"])
+    if state.get("kind") == "epoch":
+        weights = epoch_paths(os.path.dirname(path) or ".", epoch)
+        encoder, decoder = weights["encoder"], weights["decoder"]
+        for p in (encoder, decoder):
+            if not os.path.isfile(p):
+                raise CheckpointError(f"{path} needs its weights file {p}, which is missing")
+    else:
+        encoder, decoder = state["encoder"], state["decoder"]
+    if iteration >= epoch_iters:
+        epoch, iteration = epoch + 1, 0
+    return ResumePoint(epoch, iteration, encoder, decoder, state, path)
+
+
+def restore(run: Any, point: ResumePoint) -> None:
+    """Optimizer, scaler and history from the resume point (weights are loaded already)."""
+    state, cfg = point.state, run.cfg
+    run.last_checkpoint = point.source
+    logger.info("Resuming from %s at epoch %d, iteration %d (global iteration %d)",
+                point.source, point.epoch, point.start_iter, run.global_iter)
+    if state is None:
+        return
+    if isinstance(state.get("history"), dict):
+        run.history = state["history"]
+    if "optimizers" not in state:
+        return
+    for opt, key in zip(run.optimizers, ("encoder", "decoder")):
+        load_optimizer_state(opt, state["optimizers"][key])
+    if run.scaler is not None and state.get("grad_scaler"):
+        run.scaler.load_state_dict(state["grad_scaler"])
+    changed = [f"{name} {state.get(key)} -> {now}" for key, name, now in (
+        ("seed", "TRAIN.seed", cfg.TRAIN.seed), ("workers", "loader workers (TRAIN.workers capped at the CPU count)",
+         loader_workers(cfg.TRAIN.workers)),
+        ("checkpoint_every", "TRAIN.checkpoint_every", cfg.TRAIN.checkpoint_every),
+        ("num_epoch", "TRAIN.num_epoch", cfg.TRAIN.num_epoch),
+        ("world_size", "world size", run.env.world_size),
+        ("num_devices", "devices per process", run.per_iter)) if state.get(key, now) != now]
+    if changed:
+        logger.warning("Settings differ from the run that wrote %s (%s): training continues, "
+                       "but not exactly as that run would have", point.source, "; ".join(changed))

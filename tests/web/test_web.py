@@ -1,0 +1,289 @@
+"""Web demo API (FastAPI TestClient, no network): the happy path gives test.py's
+labels and PNG; every bad upload gets a clear 4xx JSON answer and the server
+keeps serving; a full queue answers 503; the CLI's errors."""
+import asyncio
+import base64
+import io
+import threading
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # newer Starlette prefers httpx2 and says so
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+from _web_support import (CFG, NAME, OPTS, WIDE_OPTS, encode, photo,  # noqa: E402
+                          write_rule_checkpoint)
+
+from mit_semseg.config import load_cfg  # noqa: E402
+from mit_semseg.web import WebExtraMissing, require_web  # noqa: E402
+from mit_semseg.web.app import create_app  # noqa: E402
+from mit_semseg.web.images import read_label_png  # noqa: E402
+from mit_semseg.web.models import WebModel  # noqa: E402
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    write_rule_checkpoint(str(folder))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def model(ckpt):
+    return WebModel.from_config(CFG, checkpoint_dir=ckpt, opts=OPTS, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(model):
+    with TestClient(create_app([model], max_upload_mb=0.05, queue=2)) as c:
+        yield c
+
+
+def post(client, data, name="photo.png", ctype="image/png", **params):
+    return client.post("/api/segment", params=params, files={"file": (name, data, ctype)})
+
+
+def labels_of(answer):
+    return read_label_png(base64.b64decode(answer["labels_png"]))
+
+
+def assert_error(res, status, *words):
+    assert res.status_code == status, res.text
+    assert res.headers["content-type"].startswith("application/json")
+    detail = res.json()["detail"]
+    assert isinstance(detail, str)
+    for word in words:
+        assert word in detail, detail
+
+
+# ---------------------------------------------------------------- happy path
+
+def test_page_models_health_and_docs(client):
+    page = client.get("/")
+    assert page.status_code == 200 and 'src="static/app.js"' in page.text
+    for asset in ("app.js", "style.css"):
+        assert client.get(f"/static/{asset}").status_code == 200
+    models = client.get("/api/models").json()
+    assert models["default"] == NAME
+    (m,) = models["models"]
+    assert m["num_class"] == 150 and m["img_sizes"] == [40, 56] and m["single_size"] == 56
+    assert m["classes"][0] == {"id": 0, "name": "wall", "color": "#787878"}
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and health["peak_rss_mb"] > 0
+    assert health["models"][NAME] == {"pending": 0, "capacity": 3}
+    spec = client.get("/openapi.json").json()
+    assert {"/api/segment", "/api/models", "/api/health"} <= set(spec["paths"])
+    assert "multipart/form-data" in spec["paths"]["/api/segment"]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize("scales,flip", [("single", False), ("multi", True), ("40", False)])
+def test_segment_equals_segmenter(client, model, scales, flip):
+    arr = photo()
+    res = post(client, encode(arr), scales=scales, flip=str(flip).lower())
+    assert res.status_code == 200, res.text
+    out = res.json()
+    sizes = {"single": [56], "multi": [40, 56], "40": [40]}[scales]
+    assert (out["width"], out["height"], out["scales"], out["flip"]) == (80, 64, sizes, flip)
+    labels = labels_of(out)
+    expected = model.segmenter.predict(arr, imgSizes=sizes, flip=flip)
+    assert np.array_equal(labels, expected)
+    ids, counts = np.unique(expected, return_counts=True)
+    assert len(ids) >= 2  # the photo gives more than one class, so order matters
+    assert [c["id"] for c in out["classes"]] == list(ids[np.lexsort((ids, -counts))])
+    for c in out["classes"]:
+        assert c["pixels"] == int((expected == c["id"]).sum())
+        assert c["share"] == pytest.approx(c["pixels"] / expected.size)
+        assert c["name"] == model.segmenter.names[c["id"]]
+        assert c["color"] == "#%02x%02x%02x" % tuple(model.segmenter.colors[c["id"]])
+    assert sum(c["share"] for c in out["classes"]) == pytest.approx(1.0)
+    assert out["time_ms"] >= out["inference_ms"] > 0
+
+
+def test_downloads_equal_what_test_py_writes(client, ckpt, tmp_path):
+    from mit_semseg.prediction import run_test
+    arr = photo(58, 90)
+    src = tmp_path / "in" / "scene.png"
+    src.parent.mkdir()
+    Image.fromarray(arr).save(src)
+    out = post(client, src.read_bytes(), name="scene.png", scales="multi").json()
+    cfg = load_cfg(CFG, OPTS + ["DIR", ckpt, "TEST.result", str(tmp_path / "out")])
+    assert run_test(cfg, str(src), device="cpu", progress=False, stream=io.StringIO()) == 0
+    written = np.asarray(Image.open(tmp_path / "out" / "scene.png"))
+    pair = client.get(out["result_url"])
+    assert pair.status_code == 200 and pair.headers["content-type"] == "image/png"
+    assert 'filename="scene_result.png"' in pair.headers["content-disposition"]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(pair.content))), written)
+    raw = client.get(out["labels_url"])
+    assert raw.status_code == 200
+    with Image.open(io.BytesIO(raw.content)) as img:
+        assert img.mode == "L"  # value = class id + 1, the dataset convention
+        assert np.array_equal(np.asarray(img).astype(np.int64) - 1, labels_of(out))
+    assert_error(client.get("/api/results/nope/result.png"), 404, "not found")
+
+
+def test_more_than_255_classes(tmp_path):
+    write_rule_checkpoint(str(tmp_path), WIDE_OPTS)
+    wide = WebModel.from_config(CFG, checkpoint_dir=str(tmp_path), opts=WIDE_OPTS, device="cpu")
+    arr = photo(120, 160)
+    expected = wide.segmenter.predict(arr, imgSizes=[56])
+    assert expected.max() > 255
+    with TestClient(create_app([wide])) as c:
+        out = post(c, encode(arr)).json()
+        assert np.array_equal(labels_of(out), expected)
+        raw = c.get(out["labels_url"])
+        with Image.open(io.BytesIO(raw.content)) as img:
+            assert img.mode.startswith("I;16")
+        packed = c.get(out["labels_url"], params={"encoding": "rgb"})
+        rgb = np.asarray(Image.open(io.BytesIO(packed.content))).astype(np.int64)
+        assert np.array_equal(rgb[..., 0] + 256 * rgb[..., 1] - 1, expected)
+        assert_error(c.get(out["labels_url"], params={"encoding": "jpeg"}), 400, "encoding")
+
+
+def test_raw_body_jpeg_and_exif_orientation(client, model):
+    arr = photo(40, 64)
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # displayed rotated by 90 degrees, as test.py reads it
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif, quality=95)
+    res = client.post("/api/segment", content=buf.getvalue(),
+                      headers={"content-type": "image/jpeg"})
+    assert res.status_code == 200, res.text
+    assert (res.json()["width"], res.json()["height"]) == (40, 64)
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_bad_uploads_get_clear_4xx_and_the_server_keeps_serving(client, monkeypatch):
+    good = encode(photo())
+    png = encode(photo(), compress_level=0)
+    assert_error(post(client, b"this is not an image", name="notes.txt", ctype="text/plain"),
+                 415, "notes.txt", "not an image")
+    assert_error(post(client, png[: len(png) // 2], name="cut.png"), 400, "cut.png", "truncated")
+    jpeg = encode(photo(), "JPEG")
+    assert_error(post(client, jpeg[: len(jpeg) // 2], name="cut.jpg"), 400, "truncated")
+    assert_error(post(client, b"", name="empty.png"), 400, "empty upload")
+    floats = encode(np.zeros((8, 8), np.float32), "TIFF")
+    assert_error(post(client, floats, name="depth.tif", ctype="image/tiff"), 415,
+                 "depth.tif", "unsupported image mode 'F'")
+    big = np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8)
+    assert_error(post(client, encode(big)), 413, "too large", "0.05 MB", "--max-upload-mb")
+    assert_error(client.post("/api/segment"), 400, "empty upload")
+    assert_error(client.post("/api/segment", files={"other": (None, "x")}), 400,
+                 "field 'file'")
+    assert_error(client.post("/api/segment", content=b"{}",
+                             headers={"content-type": "application/json"}), 415, "multipart")
+    # decompression bombs: above PIL's limit (its warning counts as an error) and 2x above
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)
+    assert_error(post(client, encode(photo(64, 80)), name="bomb.png"), 413,
+                 "bomb.png", "80x64 = 5120 pixels", "limit of 4000")
+    assert_error(post(client, encode(photo(100, 100)), name="bomb2.png"), 413, "bomb")
+    monkeypatch.undo()
+    # bad parameters
+    assert_error(post(client, good, model="nope"), 404, "unknown model 'nope'", NAME)
+    assert_error(post(client, good, scales="huge"), 400, "scales must be")
+    assert_error(post(client, good, scales="8"), 400, "between 16 and 4096")
+    assert_error(post(client, good, flip="maybe"), 400, "flip")
+    # still serving
+    assert post(client, good).status_code == 200
+    assert client.get("/api/health").json()["models"][NAME]["pending"] == 0
+
+
+def test_oversized_upload_is_refused_while_reading(client, model):
+    # Driven at the ASGI level: the test client would read the whole body first.
+    app = create_app([model], max_upload_mb=0.05)
+    received, messages = [], []
+
+    async def receive():
+        received.append(4096)
+        return {"type": "http.request", "body": b"\x00" * 4096, "more_body": len(received) < 400}
+
+    async def send(message):
+        messages.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/api/segment", "raw_path": b"/api/segment",
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000),
+             "server": ("127.0.0.1", 8000), "headers": [(b"content-type", b"image/png")]}
+    asyncio.run(app(scope, receive, send))
+    assert messages[0]["status"] == 413
+    # 1.6 MB offered without a length; reading stopped past 0.05 MB (+ 64 KiB form slack)
+    assert sum(received) <= 0.05 * 2 ** 20 + 64 * 1024 + 4096
+    assert b"too large" in b"".join(m.get("body", b"") for m in messages[1:])
+    too_long = {"content-type": "image/png", "content-length": str(10 * 2 ** 20)}
+    assert_error(client.post("/api/segment", content=b"x", headers=too_long), 413, "too large")
+
+
+def test_full_queue_answers_503_busy_retry(model, monkeypatch):
+    started, release = threading.Event(), threading.Event()
+    real = model.segmenter.predict
+
+    def blocking(*args, **kwargs):
+        started.set()
+        assert release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model.segmenter, "predict", blocking)
+    good = encode(photo())
+    with TestClient(create_app([model], queue=0)) as c:
+        first = {}
+        worker = threading.Thread(target=lambda: first.update(res=post(c, good)))
+        worker.start()
+        try:
+            assert started.wait(60)
+            # the event loop keeps serving while the model's worker is busy
+            assert c.get("/api/health").json()["models"][NAME]["pending"] == 1
+            busy = post(c, good)
+            assert busy.status_code == 503 and busy.json() == {"detail": "busy, retry"}
+            assert busy.headers["retry-after"] == "1"
+        finally:
+            release.set()
+            worker.join(60)
+        assert first["res"].status_code == 200
+        assert post(c, good).status_code == 200  # the slot was freed
+
+
+def test_model_choice(ckpt, model):
+    second = WebModel.from_config(CFG, checkpoint_dir=ckpt, opts=OPTS + ["DATASET.imgSizes", "(32,)"],
+                                  device="cpu", name="small")
+    with TestClient(create_app([model, second])) as c:
+        names = [m["name"] for m in c.get("/api/models").json()["models"]]
+        assert names == [NAME, "small"]
+        out = post(c, encode(photo()), model="small").json()
+        assert out["model"] == "small" and out["scales"] == [32]
+    with pytest.raises(ValueError, match="names must differ"):
+        create_app([model, model])
+
+
+# ---------------------------------------------------------------- CLI
+
+def test_missing_web_extra_names_the_install_command(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    with pytest.raises(WebExtraMissing, match=r"uvicorn.*pip install -e '\.\[web\]'"):
+        require_web()
+
+
+def test_cli_errors(tmp_path, capsys):
+    from mit_semseg.commands.web import main
+    assert main(["--cfg", CFG, "--cfg", CFG, "--checkpoint-dir", str(tmp_path)]) == 2
+    assert "once per --cfg" in capsys.readouterr().err
+    assert main(["--cfg", CFG, "--checkpoint-dir", str(tmp_path), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "checkpoint not found" in err and str(tmp_path) in err
+    assert main(["--cfg", str(tmp_path / "missing.yaml")]) == 1
+    assert "config file not found" in capsys.readouterr().err
