@@ -7,7 +7,7 @@ CFG=config/synthetic-demo.yaml
 OUT=ckpt/synthetic-demo
 
 echo "== 1/4 synthetic dataset (data/synthetic)"
-python -m mit_semseg.synthetic --root data/synthetic
+python -m mit_semseg synthetic --root data/synthetic
 
 echo "== 2/4 training ($CFG, CPU)"
 python train.py --gpus cpu --cfg "$CFG"
@@ -26,4 +26,4 @@ echo "Done. Results:"
 echo "  checkpoints, config.yaml, log.txt:  $OUT/"
 echo "  evaluation (per-class IoU, JSON):   $OUT/eval_*.json"
 echo "  segmented photos (image | labels):  $OUT/test_results/"
-echo "  training curves:                    python -m mit_semseg.curves $OUT"
+echo "  training curves:                    python -m mit_semseg curves $OUT"

@@ -10,9 +10,9 @@ MODEL_PATH=ckpt/$MODEL_NAME
 RESULT_PATH=./
 IMG_URL=http://sceneparsing.csail.mit.edu/data/ADEChallengeData2016/images/validation/$TEST_IMG
 
-python3 -m mit_semseg.pretrained $MODEL_NAME --dest ckpt
+python3 -m mit_semseg pretrained $MODEL_NAME --dest ckpt
 if [ ! -e "$TEST_IMG" ]; then
-  python3 -m mit_semseg.pretrained --url "$IMG_URL" --out "$RESULT_PATH/$TEST_IMG"
+  python3 -m mit_semseg pretrained --url "$IMG_URL" --out "$RESULT_PATH/$TEST_IMG"
 fi
 
 if [ -z "$DOWNLOAD_ONLY" ]; then

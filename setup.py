@@ -29,13 +29,13 @@ setuptools.setup(
                   "mit_semseg.web": ["static/*.html", "static/*.js", "static/*.css"]},
     install_requires=["torch>=2.1", "numpy", "scipy", "pillow", "yacs", "tqdm"],
     extras_require={
-        # python -m mit_semseg.web: the browser demo and its JSON API
+        # python -m mit_semseg web: the browser demo and its JSON API
         "web": WEB,
-        # curves: python -m mit_semseg.curves DIR
+        # curves: python -m mit_semseg curves DIR
         "plot": ["matplotlib>=3.5"],
         # TRAIN.tensorboard True
         "tensorboard": ["tensorboard>=2.10"],
-        # ONNX export (python -m mit_semseg.export) and the onnxruntime backend;
+        # ONNX export (python -m mit_semseg export) and the onnxruntime backend;
         # lowest versions tested: onnx 1.17.0, onnxruntime 1.19.0 (numpy 2).
         "onnx": ONNX,
         # the web tests drive FastAPI's TestClient (httpx) and headless Chromium (selenium)

@@ -7,7 +7,7 @@
 Models use the parity weight rule (``mit_semseg.benchmark.rule_tensor``) with
 the presets' fc_dim and 150 classes (no download). Photos: the sample photos
 shipped with matplotlib / the Rust docs when present (cropped to odd sizes),
-and synthetic scenes (``mit_semseg.synthetic.make_scene``).
+and synthetic scenes (``mit_semseg.data.synthetic.make_scene``).
 """
 from __future__ import annotations
 

@@ -185,5 +185,5 @@ class OriginalWorker:
 if __name__ == "__main__":  # pragma: no cover - exercised through --compare-original
     if sys.argv[1:] != ["--worker"]:
         raise SystemExit(f"usage: PYTHON -P {__file__} --worker  "
-                         "(started by python -m mit_semseg.benchmark --compare-original PYTHON)")
+                         "(started by python -m mit_semseg benchmark --compare-original PYTHON)")
     _worker_main()

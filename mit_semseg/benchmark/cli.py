@@ -184,7 +184,7 @@ def _reexec_with_policy(policy: str, argv: Sequence[str]) -> None:
     if os.environ.get("OMP_WAIT_POLICY", "").upper() == wanted:
         return
     env = dict(os.environ, OMP_WAIT_POLICY=wanted)
-    code = subprocess.call([sys.executable, "-m", "mit_semseg.benchmark", *argv], env=env)
+    code = subprocess.call([sys.executable, "-m", "mit_semseg", "benchmark", *argv], env=env)
     raise SystemExit(code)
 
 

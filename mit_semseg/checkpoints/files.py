@@ -126,10 +126,10 @@ def checkpoint_paths(directory: str, checkpoint: str) -> tuple[str, str]:
     missing = [p for p in (enc, dec) if not os.path.isfile(p)]
     if missing:
         name = os.path.basename(os.path.normpath(directory))
-        hint = (f"fetch the released model: python3 -m mit_semseg.pretrained {name}"
+        hint = (f"fetch the released model: python3 -m mit_semseg pretrained {name}"
                 if name in RELEASED_MODELS else
                 "train one first (python3 train.py --cfg <config>), or fetch a released model "
-                "(python3 -m mit_semseg.pretrained --list)")
+                "(python3 -m mit_semseg pretrained --list)")
         raise CheckpointNotFoundError(
             f"checkpoint not found: {' and '.join(missing)}. Set DIR and the checkpoint name "
             f"(VAL.checkpoint / TEST.checkpoint) to an existing checkpoint, or {hint}")

@@ -1,6 +1,6 @@
 """The models MIT released for ADE20K, and a downloader for them.
 
-``python3 -m mit_semseg.pretrained ade20k-resnet50dilated-ppm_deepsup`` puts
+``python3 -m mit_semseg pretrained ade20k-resnet50dilated-ppm_deepsup`` puts
 ``encoder_epoch_20.pth`` and ``decoder_epoch_20.pth`` into
 ``ckpt/ade20k-resnet50dilated-ppm_deepsup/``, the folder (``DIR``) and
 checkpoint name (``TEST.checkpoint``) its preset config expects. Files that

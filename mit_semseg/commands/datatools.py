@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
                     "ignore_label, class_table) and report every problem with file and odgt "
                     "line, per-class pixel shares and image counts, and image sizes. Exit "
                     "status 1 on errors.",
-        epilog="example: python -m mit_semseg.datatools check --cfg config/custom.yaml "
+        epilog="example: python -m mit_semseg datatools check --cfg config/custom.yaml "
                "DATASET.num_class 21")
     check.add_argument("--cfg", required=True, metavar="FILE", help="config file")
     check.add_argument("--odgt", nargs="+", metavar="LIST",

@@ -168,7 +168,7 @@ def _inference_keys() -> dict:
         # exact operations, full-size fusion included (its bits and its memory).
         "exact": False,
         # new: "pytorch" runs encoder + decoder; "onnxruntime" runs the exported
-        # graph named by the "onnx" key instead (python -m mit_semseg.export;
+        # graph named by the "onnx" key instead (python -m mit_semseg export;
         # pip install ".[onnx]").
         # Multi-scale, flip, fusion and the sliding window work alike with both.
         "backend": "pytorch",

@@ -16,7 +16,7 @@ relative to ``root``)::
     classes.csv                                           (class table: Idx,Name,R,G,B)
 
 Output is a pure function of the arguments: image i of a split depends only
-on (seed, split, i). CLI: ``python -m mit_semseg.synthetic --root data/synthetic``.
+on (seed, split, i). CLI: ``python -m mit_semseg synthetic --root data/synthetic``.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Export a trained encoder + decoder as one ONNX graph.
 
-    python -m mit_semseg.export --cfg config/ade20k-resnet50dilated-ppm_deepsup.yaml \
+    python -m mit_semseg export --cfg config/ade20k-resnet50dilated-ppm_deepsup.yaml \
         --checkpoint-dir ckpt/ade20k-resnet50dilated-ppm_deepsup --onnx model.onnx
 
 The graph (see docs/deployment.md):

@@ -108,7 +108,7 @@ class OnnxBackend:
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
             raise InputNotFoundError(f"ONNX model not found: {self.path} (write one with "
-                                    "python -m mit_semseg.export --cfg CFG --onnx FILE)")
+                                    "python -m mit_semseg export --cfg CFG --onnx FILE)")
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1

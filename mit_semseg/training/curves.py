@@ -1,6 +1,6 @@
 """Draw a run's training curves from ``DIR/metrics.jsonl`` (see mit_semseg.monitor)::
 
-    python -m mit_semseg.curves ckpt/my-run -o curves.png
+    python -m mit_semseg curves ckpt/my-run -o curves.png
 
 Four panels over the global iteration: training loss (per iteration and
 epoch means), accuracy (training, and validation pixel accuracy), learning

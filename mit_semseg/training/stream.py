@@ -35,7 +35,7 @@ class DataNotFoundError(InputNotFoundError):
 
 _DATA_HINT = ("To get ADE20K (about 1 GB), run `bash download_ADE20K.sh` in the repository root: "
               "it unpacks ADEChallengeData2016/ into ./data/, where the ade20k-*.yaml presets look. "
-              "For a small demo without a download: `python -m mit_semseg.synthetic --root "
+              "For a small demo without a download: `python -m mit_semseg synthetic --root "
               "data/synthetic`, then `python train.py --gpus cpu --cfg config/synthetic-demo.yaml`.")
 
 

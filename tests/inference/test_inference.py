@@ -213,7 +213,7 @@ def test_segmenter_missing_checkpoint_names_the_path(tmp_path):
     with pytest.raises(CheckpointNotFoundError, match=r"encoder_epoch_4\.pth.*train"):
         Segmenter.from_config(CFG, checkpoint_dir=str(tmp_path), device="cpu", opts=OPTS)
     with pytest.raises(CheckpointNotFoundError,
-                       match=r"python3 -m mit_semseg.pretrained ade20k-resnet50dilated-ppm_deepsup"):
+                       match=r"python3 -m mit_semseg pretrained ade20k-resnet50dilated-ppm_deepsup"):
         Segmenter.from_config(os.path.join(ROOT, "config", "ade20k-resnet50dilated-ppm_deepsup.yaml"),
                               checkpoint_dir=str(tmp_path / "ade20k-resnet50dilated-ppm_deepsup"),
                               device="cpu")

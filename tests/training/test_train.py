@@ -311,7 +311,7 @@ def test_missing_dataset_says_where_and_how(data_root, tmp_path, capsys):
         T.check_dataset(ade)
     msg = str(err.value)
     assert "ADEChallengeData2016/images/training/ADE_train_00000001.jpg" in msg
-    assert "download_ADE20K.sh" in msg and "python -m mit_semseg.synthetic" in msg
+    assert "download_ADE20K.sh" in msg and "python -m mit_semseg synthetic" in msg
 
     status = _cli().run(["--gpus", "cpu", "--cfg", os.path.join(ROOT, "config", "synthetic-demo.yaml"),
                          *_opts(data_root, tmp_path, "DATASET.list_train", tmp_path / "nope.odgt")])

@@ -24,11 +24,11 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-import mit_semseg.train as T  # noqa: E402
+import mit_semseg.training as T  # noqa: E402
 from mit_semseg.config import load_cfg  # noqa: E402
-from mit_semseg.curves import plot_curves  # noqa: E402
-from mit_semseg.monitor import read_metrics  # noqa: E402
-from mit_semseg.synthetic import make_synthetic_dataset  # noqa: E402
+from mit_semseg.training.curves import plot_curves  # noqa: E402
+from mit_semseg.training.monitor import read_metrics  # noqa: E402
+from mit_semseg.data.synthetic import make_synthetic_dataset  # noqa: E402
 
 VARIANTS = {"momentum 0.001 (original)": (),
             "momentum 0.001 + precise_bn_iters 20": ("TRAIN.precise_bn_iters", 20),
