@@ -14,6 +14,7 @@ machine.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import torch
@@ -88,7 +89,7 @@ class FusedConv2d(nn.Module):
     On CPU, for float32/bfloat16 channels-last input with no autograd, one
     oneDNN convolution with the add and the activation as post-ops (the same
     numbers as the separate ops up to float summation order), or for wide 3x3
-    float32 convolutions Winograd F(2x2, 3x3) (``models.winograd``; float32
+    float32 convolutions Winograd F(2x2, 3x3) (``accel.winograd``; float32
     accuracy); otherwise ``F.conv2d``, ``+ other``, activation.
     ``activation``: "none", "relu" or "relu6".
     """
@@ -103,7 +104,7 @@ class FusedConv2d(nn.Module):
     nchw_min_pixels = 5000
     # 3x3 "same" convolutions (stride 1, one group) whose input and output channel
     # counts have a harmonic mean of at least this run as Winograd F(2x2, 3x3)
-    # (models/winograd.py) on CPU in float32. The batched product grows with
+    # (accel/winograd.py) on CPU in float32. The batched product grows with
     # Cin * Cout, the transforms with Cin + Cout; measured against oneDNN's direct
     # kernel (2-core Xeon): PPM head 2048->512 at 64x64 430 -> 210 ms, HRNet's C1
     # 720->180 at 128x128 200 -> 159 ms, 512->128 even, 128->128 at 128x128 23 vs

@@ -22,7 +22,7 @@ from typing import NamedTuple, Sequence
 
 from ..errors import MitSemsegError
 
-__all__ = ["ReleasedModel", "RELEASED_MODELS", "MODEL_URL", "DownloadError", "download",
+__all__ = ["ReleasedModel", "RELEASED_MODELS", "MODEL_URL", "DownloadError", "UnknownModelError", "download",
            "fetch_model", "canonical_name"]
 
 MODEL_URL = "http://sceneparsing.csail.mit.edu/model/pytorch"
@@ -53,6 +53,13 @@ RELEASED_MODELS: dict[str, ReleasedModel] = {
 }
 # Accepted spellings: the preset file names where they differ from the folder.
 _ALIASES = {"ade20k-hrnetv2": "ade20k-hrnetv2-c1"}
+
+
+class UnknownModelError(MitSemsegError, KeyError):
+    """A name that is not one of RELEASED_MODELS (the message lists them)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class DownloadError(MitSemsegError, OSError):
@@ -105,7 +112,7 @@ def canonical_name(name: str) -> str:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in RELEASED_MODELS:
-        raise KeyError(f"unknown released model '{name}'; known: {', '.join(RELEASED_MODELS)}")
+        raise UnknownModelError(f"unknown released model '{name}'; known: {', '.join(RELEASED_MODELS)}")
     return key
 
 

@@ -76,11 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    known, _ = parser.parse_known_args(argv[:1]) if argv[:1] in (["odgt"], ["check"]) \
-        else (parser.parse_args(argv), None)
-    sub = parser._subparsers._group_actions[0].choices[known.command]
-    args = parse_command(sub, argv[1:])
-    args.command = known.command
+    subparsers = parser._subparsers._group_actions[0].choices
+    if not argv or argv[0] not in subparsers:
+        parser.parse_args(argv)  # help, or the usage error naming the choices
+    args = parse_command(subparsers[argv[0]], argv[1:])
+    args.command = argv[0]
     if args.command == "odgt":
         return run_command(lambda: odgt_main(args))
 

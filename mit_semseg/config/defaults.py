@@ -43,7 +43,7 @@ _C.DATASET = CN({
     # new: the unlabeled value of "zero_based" annotations (255 in VOC and
     # Cityscapes); a negative value means there is none.
     "ignore_label": 255,
-    # new: class table CSV (Idx,Name,R,G,B; see mit_semseg/classes.py) giving the
+    # new: class table CSV (Idx,Name,R,G,B; see mit_semseg/data/classes.py) giving the
     # names and colours shown by eval, test.py and Segmenter, and the mask colours
     # of "rgb" annotations. A relative path is looked up in the current folder,
     # then in DATASET.root_dataset (not found: an error where masks are read, a
@@ -130,7 +130,7 @@ _C.TRAIN = CN({
     # step up to float rounding: channels-last memory, the PPM/UPerNet heads'
     # convolution of their resized branches done at the branches' size
     # (models/decoders.py pyramid_conv) and fused (else multi-tensor) SGD
-    # (mit_semseg/optim.py). True: the original's operations (NCHW,
+    # (mit_semseg/accel/training.py). True: the original's operations (NCHW,
     # resize+concat heads, PyTorch's default SGD). Checkpoints are the same.
     "exact": False,
     # new: intra-op CPU threads for training on the CPU (torch.set_num_threads);
@@ -162,7 +162,7 @@ def _inference_keys() -> dict:
         "precision": "fp32",
         # new: False (default) runs an inference copy of the model (BatchNorm folded
         # into the convolutions, fused conv+ReLU, channels-last, factorized PPM and
-        # UPerNet heads; mit_semseg/models/inference_copy.py): faster, scores equal
+        # UPerNet heads; mit_semseg/accel/): faster, scores equal
         # to float32 rounding, labels differ only where two classes tie to that
         # precision; score fusion in bands of bounded memory. True: the original's
         # exact operations, full-size fusion included (its bits and its memory).
@@ -177,7 +177,7 @@ def _inference_keys() -> dict:
         # new: "whole" resizes the photo to each DATASET.imgSizes copy (the
         # original's way); "slide" tiles the photo at full (or slide_scale)
         # resolution and averages the scores of overlapping tiles
-        # (mmsegmentation's slide mode; memory bounded; see mit_semseg/slide.py).
+        # (mmsegmentation's slide mode; memory bounded; see mit_semseg/inference/slide.py).
         "mode": "whole",
         # new: slide mode tile size [height, width] in pixels of the resized photo.
         "crop_size": [512, 512],

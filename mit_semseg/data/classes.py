@@ -21,7 +21,7 @@ names and colours; any other count gets ``class_k`` names and a generated
 palette whose first 150 colours are ADE20K's.
 
 ``label_format(opt)`` turns the ``DATASET`` config node into the
-:class:`~mit_semseg.io.LabelFormat` that :func:`~mit_semseg.io.read_annotation`
+:class:`~mit_semseg.data.io.LabelFormat` that :func:`~mit_semseg.data.io.read_annotation`
 uses.
 """
 from __future__ import annotations
@@ -135,7 +135,7 @@ def class_colors(num_class: Any) -> np.ndarray:
 def class_names(num_class: Any) -> dict[int, str]:
     """0-based class index -> name. ``num_class``: a count (ADE20K names for 150
     classes, ``class_k`` otherwise), or a config whose ``DATASET.class_table``
-    names the classes (see :mod:`mit_semseg.classes`)."""
+    names the classes (see :mod:`mit_semseg.data.classes`)."""
     if isinstance(num_class, (int, np.integer)):
         if int(num_class) == 150:
             return ade20k_names()

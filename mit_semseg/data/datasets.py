@@ -14,7 +14,7 @@ width, height), with the original toolkit's resizing and output dicts.
 Labels: annotation value 0 (unlabeled) becomes -1, value k becomes k-1
 (int64). Files in other conventions (``DATASET.label_format``: 0-based with
 ``DATASET.ignore_label``, colour-coded with ``DATASET.class_table``) are
-converted on reading to the same tensors (see ``mit_semseg.io``). Bad inputs
+converted on reading to the same tensors (see ``mit_semseg.data.io``). Bad inputs
 raise ``DatasetError`` naming the file and odgt line.
 
 Randomness (train only): every DataLoader worker draws from its own

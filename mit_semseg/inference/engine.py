@@ -89,6 +89,17 @@ class InferenceEngine:
         return int(self.backend.num_class)
 
     @property
+    def encoder(self) -> nn.Module | None:
+        """The network's encoder as it runs (the inference copy by default; None for
+        a backend without one, such as onnxruntime)."""
+        return getattr(self.backend, "encoder", None)
+
+    @property
+    def decoder(self) -> nn.Module | None:
+        """The decoder as it runs (see ``encoder``)."""
+        return getattr(self.backend, "decoder", None)
+
+    @property
     def mode(self) -> str:
         """``"slide"`` or ``"whole"``."""
         return "slide" if self.window is not None else "whole"

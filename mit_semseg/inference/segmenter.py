@@ -46,9 +46,13 @@ class Segmenter:
     """
 
     def __init__(self, engine: InferenceEngine, dataset_opt: Any,
-                 names: Mapping[int, str] | None = None,
-                 colors: np.ndarray | None = None) -> None:
+                 names: Mapping[int, str] | None = None, colors: np.ndarray | None = None,
+                 slide: SlideWindow | None = None) -> None:
+        """``slide``: run ``engine`` in sliding-window mode with this window (it sets
+        ``engine.window``); None keeps the engine's mode."""
         self.engine = engine
+        if slide is not None:
+            engine.window = slide
         # DATASET.class_table (via dataset_opt) when it describes this model's classes
         table = dataset_opt if getattr(dataset_opt, "num_class", None) == engine.num_class \
             else engine.num_class
@@ -88,8 +92,12 @@ class Segmenter:
     # ---------------------------------------------------------------- inputs
     @property
     def slide(self) -> SlideWindow | None:
-        """The sliding window of the engine (None: whole-image mode)."""
+        """The sliding window of the engine (None: whole-image mode); settable."""
         return self.engine.window
+
+    @slide.setter
+    def slide(self, window: SlideWindow | None) -> None:
+        self.engine.window = window
 
     def _to_pil(self, image: ImageInput) -> Image.Image:
         if isinstance(image, (str, os.PathLike)):

@@ -123,7 +123,7 @@ def pyramid_conv(conv: nn.Module, top: torch.Tensor,
     channels are resized branches of 1x1 to 6x6, so this removes that share of
     its operations; in UPerNet's fusion three of the four FPN levels come from
     2-8x smaller maps (about 60% fewer operations). ``conv``: a stride-1, zero-padded ``nn.Conv2d``, or a module
-    with ``split_forward(top, term)`` (``models.inference_copy.FusedConv2d``) that adds
+    with ``split_forward(top, term)`` (``accel.FusedConv2d``) that adds
     the term before its fused activation.
     """
     channels_last = (top.is_contiguous(memory_format=torch.channels_last)

@@ -83,8 +83,8 @@ def parse_devices(input_devices: Any) -> list[str]:
         raise NotSupportedCliException(f"device 'auto' cannot be combined with others: "
                                        f"{','.join(out)}")
     if "cpu" in out and len(out) > 1:
-        raise NotSupportedCliException(f"devices mix 'cpu' with GPUs ({','.join(out)}); "
-                                       f"choose one")
+        raise NotSupportedCliException(f"the device list mixes 'cpu' with GPUs "
+                                       f"({','.join(out)}); choose one")
     return out
 
 

@@ -1,4 +1,4 @@
-"""Draw a run's training curves from ``DIR/metrics.jsonl`` (see mit_semseg.monitor)::
+"""Draw a run's training curves from ``DIR/metrics.jsonl`` (see mit_semseg.training.monitor)::
 
     python -m mit_semseg curves ckpt/my-run -o curves.png
 

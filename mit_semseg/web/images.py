@@ -1,7 +1,7 @@
 """Uploaded bytes -> RGB photo, and the PNGs the demo serves (no web framework here).
 
 ``decode_upload`` reads a photo the way ``test.py`` reads a file (EXIF
-orientation applied, any mode converted to RGB by ``mit_semseg.io.to_rgb``),
+orientation applied, any mode converted to RGB by ``mit_semseg.data.io.to_rgb``),
 so the labels equal test.py's for the same settings. Every problem raises
 ``UploadError`` with the HTTP status the server answers with.
 """

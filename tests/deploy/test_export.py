@@ -120,15 +120,20 @@ def test_cli_writes_metadata_and_reports_the_difference(exported, capsys):
                       "--onnx", path + ".2", "--tolerance", "-1", *opts])
     out = capsys.readouterr()
     assert rc == 1
-    assert "largest score difference" in out.out and "differ from PyTorch" in out.err
+    # the relative difference first, with what the tolerance is relative to
+    line = next(x for x in out.out.splitlines() if x.startswith("self-check"))
+    assert line.index("of the largest |score|") < line.index("absolute difference")
+    assert "tolerance -1, relative to that score" in line and "differ from PyTorch" in out.err
 
 
 def test_cli_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     rc = export_main(["--cfg", CFG, "--checkpoint-dir", str(tmp_path), "--onnx",
                       str(tmp_path / "m.onnx")])
-    assert rc == 2
+    assert rc == 1  # an error of the input (exit status 2 is for usage errors)
     err = capsys.readouterr().err
     assert "checkpoint not found" in err and str(tmp_path) in err
+    assert "--checkpoint-dir" in err and "--encoder-weights" in err  # export's own flags
+    assert "VAL.checkpoint" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m.onnx").exists()
 
 
