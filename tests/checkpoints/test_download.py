@@ -1,6 +1,7 @@
 """Checkpoint downloads: resuming, restarting, falling back to mirrors and local
 copies, refusing wrong bytes. A real HTTP server runs on 127.0.0.1 in a thread."""
 import hashlib
+import json
 import os
 import random
 import re
@@ -321,3 +322,15 @@ def test_every_failure_is_listed(site, closed_url, tmp_path):
 def test_offline_is_said_plainly(closed_url, tmp_path):
     with pytest.raises(DownloadError, match=r"(?s)1\. .*offline.*" + MIRRORS_ENV):
         fetch_file(REL, str(tmp_path / NAME), [closed_url], progress=False, manifest={})
+
+
+def test_shipped_manifest_is_well_formed():
+    """A comment and ``{"<model>/<file>": sha256}`` (empty while no hash is known)."""
+    from mit_semseg.checkpoints import download as module
+    with open(os.path.join(os.path.dirname(module.__file__), "released_sha256.json")) as fh:
+        data = json.load(fh)
+    assert set(data) == {"_comment", "sha256"}
+    for relpath, digest in data["sha256"].items():
+        assert re.fullmatch(r"ade20k-[\w.-]+/(encoder|decoder)_epoch_\d+\.pth", relpath)
+        assert re.fullmatch(r"[0-9a-f]{64}", digest)
+    assert module.released_sha256(REL) == data["sha256"].get(REL)
