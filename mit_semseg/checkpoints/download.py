@@ -250,9 +250,8 @@ def download(url: str, dest: str, *, expected_sha256: str | None = None, timeout
             raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             error = DownloadError(f"{url}: {_reason(exc)}")
-            error.unreachable = isinstance(exc, urllib.error.URLError) and isinstance(
-                exc.reason, (ConnectionError, socket.gaierror, TimeoutError, socket.timeout)) \
-                or isinstance(exc, (ConnectionRefusedError, TimeoutError, socket.timeout))
+            cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            error.unreachable = isinstance(cause, (ConnectionError, socket.gaierror, TimeoutError))
             raise error from None
         if expected is not None:
             actual = sha256_file(part)
