@@ -251,7 +251,8 @@ def download(url: str, dest: str, *, expected_sha256: str | None = None, timeout
         except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             error = DownloadError(f"{url}: {_reason(exc)}")
             cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            error.unreachable = isinstance(cause, (ConnectionError, socket.gaierror, TimeoutError))
+            error.unreachable = isinstance(cause, (ConnectionError, socket.gaierror, TimeoutError,
+                                                  socket.timeout))  # distinct before 3.10
             raise error from None
         if expected is not None:
             actual = sha256_file(part)
