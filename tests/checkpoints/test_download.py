@@ -1,0 +1,336 @@
+"""Checkpoint downloads: resuming, restarting, falling back to mirrors and local
+copies, refusing wrong bytes. A real HTTP server runs on 127.0.0.1 in a thread."""
+import hashlib
+import json
+import os
+import random
+import re
+import socket
+import tarfile
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from mit_semseg.checkpoints.download import (MIRRORS_ENV, MIT_HOST, SUMS_NAME, DownloadError,
+                                             HashMismatchError, download, fetch_file, read_sums,
+                                             resolve_sources, verify_file, verify_folder)
+from mit_semseg.checkpoints.formats import read_weights, write_weights
+
+MODEL = "ade20k-resnet18dilated-ppm_deepsup"
+NAME = "encoder_epoch_20.pth"
+REL = f"{MODEL}/{NAME}"
+BODY = random.Random(0).randbytes(600_000)  # more than two read chunks
+SHA = hashlib.sha256(BODY).hexdigest()
+OTHER = random.Random(1).randbytes(len(BODY))
+OTHER_SHA = hashlib.sha256(OTHER).hexdigest()
+
+
+class _Site:
+    """What the test server serves and how; ``requests`` logs (path, Range header)."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.ranges = True          # False: ignore Range, always answer 200 with everything
+        self.cut_once: set[str] = set()  # first GET of these paths sends half, then closes
+        self.requests: list[tuple[str, str | None]] = []
+        self.url = ""
+
+
+def _handler(site: _Site):
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            wanted = self.headers.get("Range")
+            site.requests.append((self.path, wanted))
+            body = site.files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            start = 0
+            if wanted and site.ranges:
+                start = int(re.fullmatch(r"bytes=(\d+)-", wanted).group(1))
+                if start >= len(body):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(body)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            else:
+                self.send_response(200)
+            payload = body[start:]
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if self.path in site.cut_once:
+                site.cut_once.discard(self.path)
+                self.wfile.write(payload[:len(payload) // 2])
+                self.close_connection = True
+                return
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def site():
+    site = _Site()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(site))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01},
+                              daemon=True)
+    thread.start()
+    site.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield site
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def closed_url():
+    """A URL on a port nobody listens on: connection refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/models"
+
+
+def _mirror_folder(root, data=BODY):
+    path = root / MODEL / NAME
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    return root
+
+
+# ----------------------------------------------------------------------------- download()
+
+def test_cut_download_resumes_with_range(site, tmp_path):
+    site.files["/m/" + NAME] = BODY
+    site.cut_once.add("/m/" + NAME)
+    dest = tmp_path / NAME
+    assert download(f"{site.url}/m/{NAME}", str(dest), expected_sha256=SHA, progress=False) \
+        == str(dest)
+    assert dest.read_bytes() == BODY
+    assert site.requests == [("/m/" + NAME, None), ("/m/" + NAME, f"bytes={len(BODY) // 2}-")]
+    assert not (tmp_path / (NAME + ".part")).exists()
+
+
+def test_cut_download_is_kept_and_resumed_by_the_next_call(site, tmp_path):
+    site.files["/" + NAME] = BODY
+    site.cut_once.add("/" + NAME)
+    dest, part = tmp_path / NAME, tmp_path / (NAME + ".part")
+    with pytest.raises(DownloadError, match="resumes") as info:
+        download(f"{site.url}/{NAME}", str(dest), expected_sha256=SHA, progress=False, attempts=1)
+    assert "\n" not in str(info.value)
+    assert not dest.exists() and part.read_bytes() == BODY[:len(BODY) // 2]
+    download(f"{site.url}/{NAME}", str(dest), expected_sha256=SHA, progress=False)
+    assert dest.read_bytes() == BODY
+    assert site.requests[-1] == ("/" + NAME, f"bytes={len(BODY) // 2}-")
+    assert not part.exists()
+
+
+def test_server_ignoring_range_restarts_from_zero(site, tmp_path):
+    site.files["/" + NAME] = BODY
+    site.ranges = False
+    dest = tmp_path / NAME
+    (tmp_path / (NAME + ".part")).write_bytes(b"stale bytes of an older attempt" * 100)
+    download(f"{site.url}/{NAME}", str(dest), expected_sha256=SHA, progress=False)
+    assert dest.read_bytes() == BODY
+    assert site.requests == [("/" + NAME, "bytes=3100-")]  # asked to resume, got 200
+
+
+def test_cut_then_range_ignored_restarts_from_zero(site, tmp_path):
+    site.files["/" + NAME] = BODY
+    site.cut_once.add("/" + NAME)
+    site.ranges = False
+    dest = tmp_path / NAME
+    download(f"{site.url}/{NAME}", str(dest), expected_sha256=SHA, progress=False)
+    assert dest.read_bytes() == BODY
+    assert site.requests == [("/" + NAME, None), ("/" + NAME, f"bytes={len(BODY) // 2}-")]
+
+
+def test_range_not_satisfiable(site, tmp_path):
+    site.files["/" + NAME] = BODY
+    dest, part = tmp_path / NAME, tmp_path / (NAME + ".part")
+    part.write_bytes(BODY)  # complete already: the 416 says so, nothing is sent again
+    download(f"{site.url}/{NAME}", str(dest), expected_sha256=SHA, progress=False)
+    assert dest.read_bytes() == BODY and site.requests == [("/" + NAME, f"bytes={len(BODY)}-")]
+    dest.unlink()
+    part.write_bytes(BODY + b"junk")  # longer than the file: start over
+    download(f"{site.url}/{NAME}", str(dest), expected_sha256=SHA, progress=False)
+    assert dest.read_bytes() == BODY
+    assert site.requests[1:] == [("/" + NAME, f"bytes={len(BODY) + 4}-"), ("/" + NAME, None)]
+
+
+def test_resumed_part_of_another_file_gets_one_clean_retry(site, tmp_path):
+    site.files["/" + NAME] = BODY
+    dest = tmp_path / NAME
+    (tmp_path / (NAME + ".part")).write_bytes(OTHER[:1000])
+    download(f"{site.url}/{NAME}", str(dest), expected_sha256=SHA, progress=False)
+    assert dest.read_bytes() == BODY
+    assert site.requests == [("/" + NAME, "bytes=1000-"), ("/" + NAME, None)]
+
+
+def test_wrong_hash_is_refused_and_deleted(site, tmp_path):
+    site.files["/" + NAME] = OTHER
+    dest = tmp_path / NAME
+    with pytest.raises(HashMismatchError) as info:
+        download(f"{site.url}/{NAME}", str(dest), expected_sha256=SHA, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and NAME in message and SHA in message and OTHER_SHA in message
+    assert "deleted" in message
+    assert os.listdir(tmp_path) == []
+
+
+def test_http_error_names_the_url(site, tmp_path):
+    with pytest.raises(DownloadError, match=r"/missing.pth: HTTP 404"):
+        download(f"{site.url}/missing.pth", str(tmp_path / "x.pth"), progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_progress_bar_and_file_urls(tmp_path, capsys):
+    src = tmp_path / "src.bin"
+    src.write_bytes(BODY)
+    dest = tmp_path / "out" / "copy.bin"
+    download(src.as_uri(), str(dest), expected_sha256=SHA, progress=True)
+    assert dest.read_bytes() == BODY
+    assert "copy.bin" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- sources
+
+def test_resolve_sources_order_and_splitting():
+    env = {MIRRORS_ENV: f"http://127.0.0.1:8080/models{os.pathsep}/mnt/share,~/m.zip"}
+    sources = resolve_sources(mirrors=["https://flag.example/m"], env=env,
+                              config="/srv/models, https://flag.example/m/")
+    assert sources == [MIT_HOST, "https://flag.example/m", "http://127.0.0.1:8080/models",
+                       "/mnt/share", "~/m.zip", "/srv/models"]
+    assert resolve_sources(env={}) == [MIT_HOST]
+
+
+def test_falls_back_past_404_and_refused_to_a_local_folder(site, closed_url, tmp_path):
+    folder = _mirror_folder(tmp_path / "mirror")
+    dest = tmp_path / "ckpt" / MODEL / NAME
+    sources = [site.url + "/empty", closed_url, str(folder)]
+    assert fetch_file(REL, str(dest), sources, progress=False, manifest={}) == str(dest)
+    assert dest.read_bytes() == BODY
+    assert site.requests == [(f"/empty/{REL}", None)]
+    assert read_sums(str(dest.parent)) == {NAME: SHA}  # recorded at the first download
+
+
+def test_falls_back_from_refused_to_http(site, closed_url, tmp_path):
+    site.files[f"/pub/{REL}"] = BODY
+    dest = tmp_path / MODEL / NAME
+    fetch_file(REL, str(dest), [closed_url, site.url + "/pub/"], expected_sha256=SHA,
+               progress=False, manifest={})
+    assert dest.read_bytes() == BODY
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_archive_sources(tmp_path, kind):
+    archive = tmp_path / f"models.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr(f"semseg/{REL}", BODY)  # under one folder
+    else:
+        folder = _mirror_folder(tmp_path / "tree")
+        with tarfile.open(archive, "w:gz") as tf:
+            tf.add(folder / MODEL, arcname=MODEL)  # at the top
+    dest = tmp_path / "ckpt" / MODEL / NAME
+    fetch_file(REL, str(dest), [str(tmp_path / "absent.zip"), str(archive)], progress=False,
+               manifest={})
+    assert dest.read_bytes() == BODY
+
+
+def test_wrong_bytes_against_the_manifest_are_refused(site, tmp_path):
+    site.files[f"/{REL}"] = OTHER
+    dest = tmp_path / MODEL / NAME
+    with pytest.raises(DownloadError) as info:
+        fetch_file(REL, str(dest), [site.url], progress=False, manifest={REL: SHA})
+    message = str(info.value)
+    assert f"1. {site.url}: SHA-256 mismatch" in message and SHA in message and OTHER_SHA in message
+    assert isinstance(info.value.failures[0][1], HashMismatchError)
+    assert not dest.parent.exists() or os.listdir(dest.parent) == []
+    # with a second source that has the right bytes, that one is used
+    good = _mirror_folder(tmp_path / "good")
+    fetch_file(REL, str(dest), [site.url, str(good)], progress=False, manifest={REL: SHA})
+    assert dest.read_bytes() == BODY and read_sums(str(dest.parent)) == {NAME: SHA}
+
+
+def test_sums_beside_a_local_source_are_checked(tmp_path):
+    folder = _mirror_folder(tmp_path / "mirror", OTHER)
+    (folder / MODEL / SUMS_NAME).write_text(f"{SHA}  {NAME}\n")
+    with pytest.raises(DownloadError, match="SHA-256 mismatch"):
+        fetch_file(REL, str(tmp_path / "ckpt" / NAME), [str(folder)], progress=False, manifest={})
+    assert not (tmp_path / "ckpt" / NAME).exists()
+
+
+def test_recorded_hash_guards_later_loads(tmp_path):
+    """A file whose bytes change after the first download is refused by
+    verify_folder / verify_file / read_weights and fetched again by fetch_file."""
+    state = {"weight": torch.arange(6.0).reshape(2, 3), "num_batches_tracked": torch.tensor(7)}
+    source = tmp_path / "mirror" / MODEL / NAME
+    write_weights(state, str(source))
+    folder = tmp_path / "ckpt" / MODEL
+    dest = folder / NAME
+    fetch_file(REL, str(dest), [str(tmp_path / "mirror")], progress=False, manifest={})
+    good_sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert (folder / SUMS_NAME).read_text() == f"{good_sha}  {NAME}\n"
+    assert verify_folder(str(folder)) == {NAME: good_sha}
+    assert torch.equal(read_weights(str(dest))["weight"], state["weight"])
+
+    data = bytearray(dest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    for check in (lambda: verify_folder(str(folder)), lambda: verify_file(str(dest)),
+                  lambda: read_weights(str(dest))):
+        dest.write_bytes(bytes(data))
+        with pytest.raises(HashMismatchError) as info:
+            check()
+        message = str(info.value)
+        assert "\n" not in message and str(dest) in message and good_sha in message
+        assert hashlib.sha256(data).hexdigest() in message and f"{dest}.corrupt" in message
+        assert not dest.exists() and (folder / (NAME + ".corrupt")).read_bytes() == data
+
+    dest.write_bytes(bytes(data))
+    fetch_file(REL, str(dest), [str(tmp_path / "mirror")], progress=False, manifest={})
+    assert dest.read_bytes() == source.read_bytes()
+
+
+def test_every_failure_is_listed(site, closed_url, tmp_path):
+    dest = tmp_path / MODEL / NAME
+    sources = [closed_url, str(tmp_path / "no-such-folder"), site.url + "/nothing"]
+    with pytest.raises(DownloadError) as info:
+        fetch_file(REL, str(dest), sources, progress=False, manifest={})
+    message = str(info.value)
+    lines = message.splitlines()
+    assert lines[0] == f"could not fetch {REL} to {dest}; tried 3 source(s):"
+    assert lines[1].startswith(f"  1. {closed_url}: ") and "refused" in lines[1].lower()
+    assert lines[2] == f"  2. {tmp_path / 'no-such-folder'}: folder not found: " \
+                       f"{tmp_path / 'no-such-folder'}"
+    assert lines[3].startswith(f"  3. {site.url}/nothing: ") and "HTTP 404" in lines[3]
+    assert "offline" not in message  # one server answered
+    assert MIRRORS_ENV in lines[-1] and str(dest) in lines[-1]
+    assert [source for source, _ in info.value.failures] == sources
+    assert not dest.parent.exists() or os.listdir(dest.parent) == []
+
+
+def test_offline_is_said_plainly(closed_url, tmp_path):
+    with pytest.raises(DownloadError, match=r"(?s)1\. .*offline.*" + MIRRORS_ENV):
+        fetch_file(REL, str(tmp_path / NAME), [closed_url], progress=False, manifest={})
+
+
+def test_shipped_manifest_is_well_formed():
+    """A comment and ``{"<model>/<file>": sha256}`` (empty while no hash is known)."""
+    from mit_semseg.checkpoints import download as module
+    with open(os.path.join(os.path.dirname(module.__file__), "released_sha256.json")) as fh:
+        data = json.load(fh)
+    assert set(data) == {"_comment", "sha256"}
+    for relpath, digest in data["sha256"].items():
+        assert re.fullmatch(r"ade20k-[\w.-]+/(encoder|decoder)_epoch_\d+\.pth", relpath)
+        assert re.fullmatch(r"[0-9a-f]{64}", digest)
+    assert module.released_sha256(REL) == data["sha256"].get(REL)
