@@ -122,7 +122,7 @@ def screenshot(html_path: str, png_path: str, width: int = 1400, height: int = 0
         driver.quit()
     # screenshots are mostly flat colours: a palette keeps the file small
     with Image.open(png_path) as im:
-        im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(png_path,
+        im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE).save(png_path,
                                                                                optimize=True)
 
 

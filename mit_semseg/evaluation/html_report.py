@@ -76,10 +76,9 @@ def _colorize(labels: np.ndarray, colors: np.ndarray) -> np.ndarray:
     return table[idx]
 
 
-def _resize(arr: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
-    resample = Image.NEAREST if nearest else Image.BILINEAR
-    if not nearest:
-        resample = Image.BOX if size[0] < arr.shape[1] else Image.BILINEAR
+def _shrink(arr: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
+    # label colours stay exact (nearest); photos and error maps are area-averaged
+    resample = Image.NEAREST if nearest else Image.BOX
     return np.asarray(Image.fromarray(arr).resize(size, resample=resample))
 
 
@@ -99,11 +98,12 @@ def panel_tiles(image: np.ndarray, label: np.ndarray, pred: np.ndarray, colors: 
     if scale >= 1:
         return tiles
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return [_resize(t, size, nearest=i in (1, 2)) for i, t in enumerate(tiles)]
+    return [_shrink(t, size, nearest=i in (1, 2)) for i, t in enumerate(tiles)]
 
 
-def _png(picture: Any) -> tuple[bytes, int, int]:
-    """PNG bytes and (width, height) of a uint8 array or of PNG bytes."""
+def _png(picture: Any, palette: bool = False) -> tuple[bytes, int, int]:
+    """PNG bytes and (width, height) of a uint8 array or of PNG bytes; ``palette``:
+    an RGB array is stored with 256 colours (about a third of the bytes for photos)."""
     if isinstance(picture, (bytes, bytearray, memoryview)):
         data = bytes(picture)
         if not data.startswith(_PNG_MAGIC):
@@ -115,7 +115,10 @@ def _png(picture: Any) -> tuple[bytes, int, int]:
         raise ValueError(f"panel pictures must be uint8 HxW, HxWx3 or HxWx4 arrays or PNG "
                          f"bytes, got {arr.dtype} {arr.shape}")
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", optimize=True)
+    im = Image.fromarray(arr)
+    if palette and arr.ndim == 3 and arr.shape[2] == 3:
+        im = im.quantize(256, method=Image.Quantize.FASTOCTREE)
+    im.save(buf, format="PNG", optimize=True)
     return buf.getvalue(), arr.shape[1], arr.shape[0]
 
 
@@ -124,7 +127,8 @@ class WorstPanels:
 
     ``offer(score, name, image, label, pred)`` builds the tiles only when the
     image is among the worst so far (NaN scores are skipped); ``panels()``
-    returns them worst first, ready for ``write_html_report``.
+    returns them worst first, ready for ``write_html_report``. Tiles are
+    ``panel_tiles`` as PNG, the photo and error tiles with a 256-colour palette.
     """
 
     def __init__(self, n: int, colors: np.ndarray, *, max_side: int = 160) -> None:
@@ -140,8 +144,8 @@ class WorstPanels:
         self._seen += 1
         if len(self._heap) >= self.n and -self._heap[0][0] <= score:
             return False
-        tiles = [_png(t)[0] for t in panel_tiles(image, label, pred, self.colors,
-                                                 max_side=self.max_side)]
+        tiles = [_png(t, palette=i in (0, 3))[0] for i, t in enumerate(
+            panel_tiles(image, label, pred, self.colors, max_side=self.max_side))]
         item = (-float(score), self._seen, str(name), tiles)
         if len(self._heap) < self.n:
             heapq.heappush(self._heap, item)
@@ -222,8 +226,8 @@ def top_confusions(confusion: Any, names: Sequence[str], n: int = 15,
 _SUMMARY = (
     ("mean_iou", "Mean IoU", "over all {k} classes"),
     ("pixel_accuracy", "Pixel accuracy", "correct / labeled pixels"),
-    ("mean_class_accuracy", "Mean class accuracy", "over classes in the labels"),
-    ("frequency_weighted_iou", "Frequency-weighted IoU", "IoU weighted by pixel share"),
+    ("mean_class_accuracy", "Mean class acc.", "mean recall over classes in the labels"),
+    ("frequency_weighted_iou", "Freq.-weighted IoU", "IoU weighted by pixel share"),
     ("mean_dice", "Mean Dice / F1", "over classes labeled or predicted"),
     ("overall_score", "Overall score", "(mIoU + pixel accuracy) / 2"),
     ("mean_boundary_iou", "Mean boundary IoU", "band {ratio} \u00d7 diagonal"),
@@ -247,7 +251,8 @@ def _summary_html(record: Mapping[str, Any], k: int) -> str:
             continue
         hint = hint.format(k=k, ratio=record.get("boundary_dilation_ratio", ""))
         exact = "" if _num(value) is None else f' title="{_num(value)!r}"'
-        cards.append(f'<div class="card" data-key="{key}"><div class="card-t">{title}</div>'
+        cards.append(f'<div class="card" data-key="{key}"><div class="card-t" title="{title}">'
+                     f'{title}</div>'
                      f'<div class="card-v"{exact}>{_pct(value)}</div>'
                      f'<div class="card-h">{_esc(hint)}</div></div>')
     return '<div class="cards">' + "".join(cards) + "</div>"
@@ -358,7 +363,7 @@ def _histogram_svg(values: Iterable[float]) -> str:
     if not vals.size:
         return '<p class="muted">Per-image results were not recorded.</p>'
     counts, _ = np.histogram(np.clip(vals, 0, 1), bins=_HIST_BINS, range=(0, 1))
-    W, H, L, R, T, B = 560, 240, 44, 12, 14, 40
+    W, H, L, R, T, B = 560, 240, 44, 22, 14, 40
     pw, ph = W - L - R, H - T - B
     step = _nice_step(counts.max())
     ymax = max(step, int(math.ceil(counts.max() / step)) * step)
@@ -381,8 +386,7 @@ def _histogram_svg(values: Iterable[float]) -> str:
                      f'{q * 100:.0f}%</text>')
     parts.append(f'<text x="{L + pw / 2:.1f}" y="{H - 4}" text-anchor="middle" class="axis">'
                  f'per-image mIoU (classes present in the image)</text>')
-    for value, label, cls in ((float(np.median(vals)), "median", "med"),
-                              (float(vals.mean()), "mean", "mean")):
+    for value, cls in ((float(np.median(vals)), "med"), (float(vals.mean()), "mean")):
         px = L + pw * min(1.0, max(0.0, value))
         parts.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{T}" y2="{T + ph}" class="{cls}"/>')
     parts.append("</svg>")
@@ -566,7 +570,8 @@ p{margin:0 0 8px}
 .run div{display:flex;gap:6px}.run dt{font-weight:600}.run dd{margin:0;color:var(--fg)}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(160px,1fr));gap:10px}
 .card{border:1px solid var(--line);border-radius:6px;padding:10px 12px;background:#fafbfc}
-.card-t{font-size:12px;color:var(--muted);text-transform:uppercase;letter-spacing:.03em}
+.card-t{font-size:12px;color:var(--muted);text-transform:uppercase;letter-spacing:.03em;
+white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 .card-v{font-size:26px;font-weight:650;font-variant-numeric:tabular-nums}
 .card-h{font-size:12px;color:var(--muted)}
 .two{display:grid;grid-template-columns:minmax(0,1.7fr) minmax(0,1fr);gap:16px;
