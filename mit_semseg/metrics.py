@@ -192,7 +192,7 @@ def _boundary_counts(pred: Any, label: Any, num_class: int,
     q = _class_bands(p, width) & labeled
     both = g & q & (t == p)
     inter = np.bincount(t[both], minlength=k)[:k].astype(np.int64)
-    union = (np.bincount(t[g], minlength=k)[:k] + np.bincount(p[q], minlength=k + 1)[:k]
+    union = (np.bincount(t[g], minlength=k)[:k] + np.bincount(p[q], minlength=k)[:k]
              - inter).astype(np.int64)
     return inter, union
 
