@@ -111,7 +111,8 @@ def _png(picture: Any, palette: bool = False) -> tuple[bytes, int, int]:
         with Image.open(io.BytesIO(data)) as im:
             return data, im.width, im.height
     arr = np.asarray(picture)
-    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3
+                                                           and arr.shape[2] not in (3, 4)):
         raise ValueError(f"panel pictures must be uint8 HxW, HxWx3 or HxWx4 arrays or PNG "
                          f"bytes, got {arr.dtype} {arr.shape}")
     buf = io.BytesIO()
@@ -484,8 +485,9 @@ def render_html_report(record: Mapping[str, Any], *, panels: Sequence[Any] | Non
     heat = _heatmap_data(record, names)
     title = title or ("Evaluation report: " + str(record["checkpoint"])
                       if record.get("checkpoint") else "Evaluation report")
-    if heat is None:
-        heat_html = '<p class="muted">The record holds no confusion counts.</p>'
+    if heat is None or not heat["names"]:
+        heat_html = ('<p class="muted">The record holds no confusion counts.</p>' if heat is None
+                     else '<p class="muted">No labeled pixels.</p>')
         conf_html = heat_html
     else:
         absent = (f" {heat['absent']} class(es) absent from labels and predictions are left out."
@@ -497,7 +499,8 @@ def render_html_report(record: Mapping[str, Any], *, panels: Sequence[Any] | Non
             f'pixels (most first). Colour: share of the row\'s pixels.{_esc(absent)} '
             f'Hover a cell for its count.</p>'
             + _legend_html() +
-            '<div id="heat-wrap"><canvas id="heat"></canvas><canvas id="heat-over"></canvas>'
+            '<div id="heat-wrap"><canvas id="heat" role="img" aria-label="confusion matrix">'
+            '</canvas><canvas id="heat-over"></canvas>'
             '<div id="heat-tip" hidden></div></div>')
         conf_html = _confusions_html(record["confusion"], names)
     data_json = _script_json(heat or {"names": [], "index": [], "confusion": []})
@@ -693,7 +696,9 @@ _JS = r"""
       font = Math.min(12, cell + 1);
       ctx.font = font + "px system-ui, sans-serif";
       var longest = 0;
-      if (labels) names.forEach(function (s) { longest = Math.max(longest, ctx.measureText(s).width); });
+      if (labels) {
+        names.forEach(function (s) { longest = Math.max(longest, ctx.measureText(s).width); });
+      }
       margin = labels ? Math.min(170, Math.ceil(longest) + 10) : 28;
     }
     var size = margin + cell * n + 2;
@@ -727,9 +732,13 @@ _JS = r"""
     ctx.font = font + "px system-ui, sans-serif";
     if (labels) {
       ctx.textBaseline = "middle"; ctx.textAlign = "right";
-      names.forEach(function (s, i) { ctx.fillText(s, margin - 4, margin + (i + 0.5) * cell, margin - 8); });
+      names.forEach(function (s, i) {
+        ctx.fillText(s, margin - 4, margin + (i + 0.5) * cell, margin - 8);
+      });
       ctx.save(); ctx.rotate(-Math.PI / 2); ctx.textAlign = "left";
-      names.forEach(function (s, j) { ctx.fillText(s, -(margin - 4), margin + (j + 0.5) * cell, margin - 8); });
+      names.forEach(function (s, j) {
+        ctx.fillText(s, -(margin - 4), margin + (j + 0.5) * cell, margin - 8);
+      });
       ctx.restore();
     } else {
       ctx.textBaseline = "middle"; ctx.textAlign = "center";
@@ -763,9 +772,10 @@ _JS = r"""
     var j = Math.floor((x - geo.margin) / geo.cell), i = Math.floor((y - geo.margin) / geo.cell);
     if (i < 0 || j < 0 || i >= n || j >= n) { tip.hidden = true; highlight(-1, -1); return; }
     var v = conf[i][j], total = rowSum[i];
-    var pct = total ? (100 * v / total).toFixed(v && v / total < 0.001 ? 3 : 1) + "% of " + names[i] + " pixels"
-                    : "no " + names[i] + " pixels labeled";
-    tip.textContent = names[i] + " \u2192 " + names[j] + ": " + v.toLocaleString("en-US") + " px, " + pct;
+    var pct = !total ? "no " + names[i] + " pixels labeled"
+      : (100 * v / total).toFixed(v && v / total < 0.001 ? 3 : 1) + "% of " + names[i] + " pixels";
+    tip.textContent = names[i] + " \u2192 " + names[j] + ": " + v.toLocaleString("en-US") +
+      " px, " + pct;
     tip.hidden = false;
     var left = x + 14, top = y + 14;
     if (left + tip.offsetWidth > wrap.clientWidth) left = x - tip.offsetWidth - 10;

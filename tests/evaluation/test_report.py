@@ -226,7 +226,7 @@ def test_all_reduce_single_process_keeps_everything(tmp_path):
 
 # ============================================================================ page
 
-def _record(names=None, seed=0, panels_names=()):
+def _record(names=None, seed=0):
     pairs = list(_pairs(count=5, seed=seed))
     m = _metrics(pairs, boundary=True)
     record = {"checkpoint": "epoch_20.pth", "list_val": "val.odgt", **m.summary(names)}
@@ -238,7 +238,7 @@ SUMMARY_KEYS = ("mean_iou", "pixel_accuracy", "mean_class_accuracy", "frequency_
 
 
 def test_page_shows_every_summary_number_and_is_self_contained(tmp_path):
-    record, m = _record()
+    record, _ = _record()
     path = write_html_report(record, str(tmp_path / "report.html"))
     page = open(path, encoding="utf-8").read()
     for key in SUMMARY_KEYS:
@@ -273,6 +273,19 @@ def test_names_are_escaped():
     assert "a&amp;b &quot;quoted&quot; &lt;b&gt;" in page
     assert page.count("<script") == 2  # the data block and the page's own script
     assert "\\u003cscript\\u003e" in page  # inside the JSON block
+
+
+def test_records_without_the_new_keys_render():
+    """Today's JSON (no confusion, precision...) and an empty run still give a page."""
+    record, _ = _record()
+    old_keys = ("index", "name", "iou", "accuracy", "intersection", "union", "labeled_pixels")
+    old = {k: record[k] for k in ("num_images", "num_class", "mean_iou", "pixel_accuracy",
+                                  "mean_class_accuracy", "frequency_weighted_iou")}
+    old["per_class"] = [{k: r[k] for k in old_keys} for r in record["per_class"]]
+    page = render_html_report(old)
+    assert "no confusion counts" in page and f"{old['mean_iou'] * 100:.2f}%" in page
+    assert "No labeled pixels" in render_html_report(SegmentationMetrics(3).summary())
+    assert "<table" not in render_html_report({})
 
 
 def test_top_confusions_and_panels():
@@ -329,7 +342,7 @@ def test_page_in_headless_chromium(tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    record, m = _record(seed=1)
+    record, _ = _record(seed=1)
     tiles = panel_tiles(np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16), int),
                         np.ones((16, 16), int), np.eye(3, dtype=np.uint8) * 255)
     path = write_html_report(record, str(tmp_path / "r.html"), panels=[("img0", tiles)])
