@@ -9,6 +9,7 @@ with open(os.path.join(HERE, "README.md"), encoding="utf-8") as fh:
 
 WEB = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"]
 ONNX = ["onnx>=1.17", "onnxruntime>=1.19"]
+HUB = ["safetensors>=0.4", "huggingface_hub>=0.20"]
 
 setuptools.setup(
     name="mit_semseg",
@@ -26,7 +27,8 @@ setuptools.setup(
     # as mit_semseg/data/ade20k/.
     package_dir={"mit_semseg.data.ade20k": "data"},
     package_data={"mit_semseg.data.ade20k": ["color150.mat", "color150.csv", "object150_info.csv"],
-                  "mit_semseg.web": ["static/*.html", "static/*.js", "static/*.css"]},
+                  "mit_semseg.web": ["static/*.html", "static/*.js", "static/*.css"],
+                  "mit_semseg.checkpoints": ["released_sha256.json"]},
     install_requires=["torch>=2.1", "numpy", "scipy", "pillow", "yacs", "tqdm"],
     extras_require={
         # python -m mit_semseg web: the browser demo and its JSON API
@@ -38,9 +40,11 @@ setuptools.setup(
         # ONNX export (python -m mit_semseg export) and the onnxruntime backend;
         # lowest versions tested: onnx 1.17.0, onnxruntime 1.19.0 (numpy 2).
         "onnx": ONNX,
+        # .safetensors weights and Hugging Face Hub folders / repo ids
+        "hub": HUB,
         # the web tests drive FastAPI's TestClient (httpx) and headless Chromium (selenium)
         "test": ["pytest", *WEB, "httpx>=0.27", "selenium>=4.11", "matplotlib>=3.5",
-                 "tensorboard>=2.10", *ONNX],
+                 "tensorboard>=2.10", *ONNX, *HUB],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
