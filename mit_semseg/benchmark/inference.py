@@ -182,10 +182,10 @@ def infer_case(bench: Bench, kind: str, pair: Pair, imgs: list[torch.Tensor],
 def run_single(bench: Bench) -> None:
     """Section ``single``: one ``--size`` square image, one scale, per single pair."""
     a = bench.args
+    img = normalize(scene(a.size, a.size, seed=1)).unsqueeze(0).contiguous()
     rows = []
     for spec in a.single_pairs:
         pair = Pair(spec, a.num_class, bench.workdir)
-        img = normalize(scene(a.size, a.size, seed=1)).unsqueeze(0).contiguous()
         bench.log(f"single-scale {pair.name} {a.size}x{a.size}")
         rows.append(infer_case(bench, "single", pair, [img], (a.size, a.size)))
     bench.results["single_scale"] = rows

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-__all__ = ["Residual", "Fusable", "register_fusable", "fusable_spec", "FUSABLE"]
+__all__ = ["Residual", "Fusable", "register_fusable", "fusable_spec", "residual_block", "FUSABLE"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,15 @@ def register_fusable(cls: type[nn.Module], spec: Fusable) -> type[nn.Module]:
     """Declare ``spec`` for instances of ``cls``; returns ``cls``."""
     FUSABLE[cls] = spec
     return cls
+
+
+def residual_block(depth: int, shortcut: str = "downsample") -> Fusable:
+    """The declaration of a ResNet-style block: ``conv1``..``conv<depth>`` each followed
+    by ``bn1``..``bn<depth>`` and a ReLU (the last one after the add of ``shortcut``)."""
+    convs = tuple(f"conv{i}" for i in range(1, depth + 1))
+    norms = tuple(f"bn{i}" for i in range(1, depth + 1))
+    return Fusable(pairs=tuple(zip(convs, norms)),
+                   residual=Residual(convs=convs, norms=norms, shortcut=shortcut))
 
 
 def fusable_spec(module: nn.Module) -> Fusable | None:

@@ -22,7 +22,7 @@ from mit_semseg.nn import SynchronizedBatchNorm2d
 from mit_semseg.models.resnet import conv3x3  # noqa: F401 (the original's name here)
 from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
 from mit_semseg.models.weights import load_url  # noqa: F401
-from mit_semseg.models.fusable import Fusable, Residual, register_fusable
+from mit_semseg.models.fusable import Fusable, register_fusable, residual_block
 
 __all__ = ["BasicBlock", "Bottleneck", "HighResolutionModule", "HRNetV2", "hrnetv2"]
 
@@ -260,13 +260,8 @@ class HRNetV2(nn.Module):
 
 # --------------------------------------------------------------------------- fusable blocks
 
-register_fusable(BasicBlock, Fusable(
-    pairs=(("conv1", "bn1"), ("conv2", "bn2")),
-    residual=Residual(convs=("conv1", "conv2"), norms=("bn1", "bn2"), shortcut="downsample")))
-register_fusable(Bottleneck, Fusable(
-    pairs=(("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
-    residual=Residual(convs=("conv1", "conv2", "conv3"), norms=("bn1", "bn2", "bn3"),
-                      shortcut="downsample")))
+register_fusable(BasicBlock, residual_block(2))
+register_fusable(Bottleneck, residual_block(3))
 register_fusable(HRNetV2, Fusable(pairs=(("conv1", "bn1"), ("conv2", "bn2")),
                                   stem=(("conv1", "bn1", "relu"), ("conv2", "bn2", "relu"))))
 

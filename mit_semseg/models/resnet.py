@@ -17,7 +17,7 @@ from mit_semseg.nn import SynchronizedBatchNorm2d
 from mit_semseg.models._layers import dilate_conv_
 from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
 from mit_semseg.models.weights import load_url  # noqa: F401 (the original's name here)
-from mit_semseg.models.fusable import Fusable, Residual, register_fusable
+from mit_semseg.models.fusable import Fusable, register_fusable, residual_block
 
 BatchNorm2d = SynchronizedBatchNorm2d  # the original's name
 
@@ -214,13 +214,8 @@ class ResnetDilated(Resnet):
 # --------------------------------------------------------------------------- fusable blocks
 
 _STEM_LAYERS = tuple((f"conv{i}", f"bn{i}", f"relu{i}") for i in range(1, len(_STEM) + 1))
-register_fusable(BasicBlock, Fusable(
-    pairs=(("conv1", "bn1"), ("conv2", "bn2")),
-    residual=Residual(convs=("conv1", "conv2"), norms=("bn1", "bn2"), shortcut="downsample")))
-register_fusable(Bottleneck, Fusable(
-    pairs=(("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
-    residual=Residual(convs=("conv1", "conv2", "conv3"), norms=("bn1", "bn2", "bn3"),
-                      shortcut="downsample")))
+register_fusable(BasicBlock, residual_block(2))
+register_fusable(Bottleneck, residual_block(3))
 for _net in (ResNet, Resnet):
     register_fusable(_net, Fusable(pairs=tuple(s[:2] for s in _STEM_LAYERS), stem=_STEM_LAYERS))
 
