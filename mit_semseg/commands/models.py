@@ -1,7 +1,7 @@
 """``python -m mit_semseg models ACTION``: weight files and model folders.
 
 * ``convert SRC DST``: rewrite weights between ``.pth`` and ``.safetensors``.
-* ``save FOLDER``: write a model folder (safetensors weights, config, class
+* ``save --out FOLDER``: write a model folder (safetensors weights, config, class
   table, preprocessing, evaluation, model card) from a trained run or from a
   released model's ``.pth`` files.
 * ``fetch MODEL``: a model folder or Hub repo id, checked; prints its folder.
@@ -73,16 +73,17 @@ def _save(argv: list[str]) -> int:
     parser = _parser("save", """\
 examples:
   # a trained run: DIR/{encoder,decoder}_<TEST.checkpoint> of the config
-  python -m mit_semseg models save out/my-model --cfg config/my.yaml \\
+  python -m mit_semseg models save --out out/my-model --cfg config/my.yaml \\
       TEST.checkpoint epoch_20.pth --eval ckpt/my/eval_epoch_20.json
   # a released model from its .pth files (default: ckpt/<name>/)
-  python -m mit_semseg models save out/ade20k-resnet50dilated-ppm_deepsup \\
-      --released ade20k-resnet50dilated-ppm_deepsup
+  python -m mit_semseg models save --released ade20k-resnet50dilated-ppm_deepsup \\
+      --out models/ade20k-resnet50dilated-ppm_deepsup
 
 The weights are loaded strictly into the model the config describes before
 anything is written. Run the folder with test.py --cfg FOLDER/config.yaml DIR
 FOLDER, or Segmenter.from_pretrained(FOLDER).""", config="optional")
-    parser.add_argument("folder", help="model folder to write (new, empty or a model folder)")
+    parser.add_argument("--out", required=True, metavar="FOLDER",
+                        help="model folder to write (new, empty or a model folder)")
     parser.add_argument("--released", metavar="NAME",
                         help="a released model: its preset config, weights from "
                              "--checkpoint-dir (default ckpt/NAME)")
@@ -110,7 +111,7 @@ FOLDER, or Segmenter.from_pretrained(FOLDER).""", config="optional")
             config = preset_config(key)
             checkpoint_dir = checkpoint_dir or os.path.join("ckpt", key)
             checkpoint = checkpoint or RELEASED_MODELS[key].checkpoint
-        folder = save_pretrained(args.folder, config, encoder_weights=args.encoder_weights,
+        folder = save_pretrained(args.out, config, encoder_weights=args.encoder_weights,
                                  decoder_weights=args.decoder_weights,
                                  checkpoint_dir=checkpoint_dir, checkpoint=checkpoint,
                                  opts=args.opts, evaluation=args.eval,

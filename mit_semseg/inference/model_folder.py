@@ -4,7 +4,8 @@ A model folder (also a Hugging Face Hub repo) holds::
 
     encoder.safetensors   encoder weights (a flat state dict)
     decoder.safetensors   decoder weights
-    config.yaml           the whole config (DIR ".", class_table "classes.csv")
+    config.yaml           the whole config (DIR "."; class_table "classes.csv" if
+                          the model has its own class table)
     classes.csv           the class table: Idx,Name,R,G,B
     preprocessing.json    the resize and normalisation rule, for other runtimes
     evaluation.json       the evaluation results (eval.py's JSON), when given
@@ -92,8 +93,9 @@ def save_pretrained(folder: str, config: Any, *, encoder_weights: str | None = N
         write_weights(state, path)
         record_sha256(folder, MODEL_WEIGHTS[part], sha256_file(path))
     table = class_table(cfg)
+    own_table = table.source not in ("", "ADE20K")  # else the defaults: ADE20K's or class_k
     write_class_table(os.path.join(folder, CLASSES_FILE), table.names, table.colors)
-    atomic_write_text(_folder_config(cfg).dump(), os.path.join(folder, MODEL_CONFIG))
+    atomic_write_text(_folder_config(cfg, own_table).dump(), os.path.join(folder, MODEL_CONFIG))
     preprocessing = {"num_class": int(cfg.DATASET.num_class),
                      **Preprocess.from_config(cfg.DATASET).metadata()}
     atomic_write_text(json.dumps(preprocessing, indent=2) + "\n",
@@ -104,18 +106,19 @@ def save_pretrained(folder: str, config: Any, *, encoder_weights: str | None = N
     elif os.path.isfile(eval_path):  # left by an earlier save of another model
         os.remove(eval_path)
     title = name or os.path.basename(os.path.normpath(os.path.abspath(folder)))
-    atomic_write_text(model_card(cfg, title, record, table.names),
+    atomic_write_text(model_card(cfg, title, record, table.names, own_table),
                       os.path.join(folder, CARD_FILE))
     return folder
 
 
-def _folder_config(cfg: CfgNode) -> CfgNode:
+def _folder_config(cfg: CfgNode, own_table: bool) -> CfgNode:
     """The config as stored in a folder: paths that only meant something where it was
-    trained point into the folder instead."""
+    trained point into the folder instead (a class table relative to it, or none for
+    the default tables)."""
     out = cfg.clone()
     out.defrost()
     out.DIR = "."
-    out.DATASET.class_table = CLASSES_FILE
+    out.DATASET.class_table = CLASSES_FILE if own_table else ""
     out.MODEL.weights_encoder = ""
     out.MODEL.weights_decoder = ""
     out.MODEL.pretrained = False
@@ -159,9 +162,10 @@ _METRICS = (("mean_iou", "Mean IoU", True), ("pixel_accuracy", "Pixel accuracy",
 
 
 def model_card(cfg: CfgNode, title: str, evaluation: Mapping[str, Any] | None,
-               names: Sequence[str]) -> str:
+               names: Sequence[str], own_table: bool = False) -> str:
     """The README.md of a model folder: Hub metadata, what the model is, its
-    metrics (from ``evaluation``) and how to run it."""
+    metrics (from ``evaluation``) and how to run it (``own_table``: the command lines
+    name the folder's classes.csv)."""
     num_class = int(cfg.DATASET.num_class)
     tags = ["semantic-segmentation", "mit_semseg", cfg.MODEL.arch_encoder.lower(),
             cfg.MODEL.arch_decoder.lower()]
@@ -188,6 +192,7 @@ def model_card(cfg: CfgNode, title: str, evaluation: Mapping[str, Any] | None,
                      f"--cfg config.yaml DIR .` on your validation list and save it again "
                      f"with `--eval DIR/eval_<checkpoint>.json`.")
     shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+    table = f" DATASET.class_table MODEL/{CLASSES_FILE}" if own_table else ""
     sizes = ", ".join(str(s) for s in Preprocess.from_config(cfg.DATASET).img_sizes)
     lines += [
         "", "## How to run it", "", "```python",
@@ -196,9 +201,10 @@ def model_card(cfg: CfgNode, title: str, evaluation: Mapping[str, Any] | None,
         'labels = seg("photo.jpg")          # H x W array of 0-based classes',
         "for share in seg.describe(labels):",
         '    print(share.name, f"{share.percent:.1f}%")', "```", "",
-        "From the command line, with this folder as `DIR`:", "", "```bash",
-        "python test.py --imgs photo.jpg --cfg MODEL/config.yaml DIR MODEL TEST.result out/",
-        "python eval.py --cfg MODEL/config.yaml DIR MODEL DATASET.list_val my_val.odgt",
+        "From the command line, with this folder (MODEL) as `DIR`:", "", "```bash",
+        f"python test.py --imgs photo.jpg --cfg MODEL/config.yaml DIR MODEL{table} "
+        f"TEST.result out/",
+        f"python eval.py --cfg MODEL/config.yaml DIR MODEL{table} DATASET.list_val val.odgt",
         "```", "",
         f"A Hub repo id works too (`pip install -e \".[hub]\"`; `HF_HUB_OFFLINE=1` uses the "
         f"local cache only). See docs/models.md of mit_semseg.", "",
