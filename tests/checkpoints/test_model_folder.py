@@ -318,3 +318,21 @@ def test_push_to_hub_checks_then_uploads(released, tmp_path, monkeypatch, capsys
     calls.clear()
     assert main(["models", "push", str(bad), REPO]) == 1
     assert "SHA-256 mismatch" in capsys.readouterr().err and calls == []
+
+
+def test_a_model_folder_as_dir_for_from_config_and_export(tmp_path, photo, capsys):
+    """What the web demo (Segmenter.from_config with checkpoint_dir) and the ONNX
+    export do with --cfg FOLDER/config.yaml --checkpoint-dir FOLDER."""
+    ckpt = make_tiny_checkpoint(tmp_path / "ckpt")
+    folder = str(tmp_path / "tiny")
+    save_pretrained(folder, CFG, opts=tiny_opts(ckpt))
+    config = os.path.join(folder, "config.yaml")
+    want = Segmenter.from_config(CFG, opts=tiny_opts(ckpt), device="cpu")(photo)
+    got = Segmenter.from_config(config, checkpoint_dir=folder, device="cpu")(photo)
+    assert np.array_equal(got, want)
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    onnx_path = tmp_path / "tiny.onnx"
+    assert main(["export", "--cfg", config, "--checkpoint-dir", folder, "--onnx",
+                 str(onnx_path)]) == 0, capsys.readouterr().err[-2000:]
+    assert "self-check ok" in capsys.readouterr().out
