@@ -123,14 +123,15 @@ def test_released_model_folder_layout(released, capsys):
     for part in ("encoder", "decoder"):
         _assert_identical(read_weights(str(folder / f"{part}.safetensors")),
                           torch.load(ckpt / f"{part}_epoch_20.pth", weights_only=True))
-    assert read_sums(str(folder)) == {f"{p}.safetensors": sha256_file(str(folder / f"{p}.safetensors"))
-                                      for p in ("encoder", "decoder")}
+    weights = [f"{p}.safetensors" for p in ("encoder", "decoder")]
+    assert read_sums(str(folder)) == {w: sha256_file(str(folder / w)) for w in weights}
     cfg = load_cfg(str(folder / "config.yaml"))
     assert (cfg.MODEL.arch_encoder, cfg.MODEL.arch_decoder, cfg.DATASET.num_class) == \
         ("mobilenetv2dilated", "c1_deepsup", 150)
     assert (cfg.DIR, cfg.DATASET.class_table) == (".", "")  # ADE20K's table, the default
     classes = (folder / "classes.csv").read_text().splitlines()
-    assert classes[0] == "Idx,Name,R,G,B" and classes[1].startswith("1,wall,") and len(classes) == 151
+    assert classes[0] == "Idx,Name,R,G,B" and classes[1].startswith("1,wall,")
+    assert len(classes) == 151
     pre = json.loads((folder / "preprocessing.json").read_text())
     assert pre["imgSizes"] == [300, 375, 450, 525, 600] and pre["num_class"] == 150
     assert json.loads((folder / "evaluation.json").read_text()) == EVALUATION
