@@ -433,9 +433,7 @@ def fetch_file(relpath: str, dest: str, sources: Sequence[str],
         # Recorded even when the hash was known, so that later loads can check it.
         record_sha256(folder, filename, expected or sha256_file(dest))
         return dest
-    error = DownloadError(_all_failed_message(relpath, dest, failures, from_sums))
-    error.failures = failures
-    raise error
+    raise _all_failed(relpath, dest, failures, from_sums)
 
 
 def fetch_url(url: str, dest: str, *, mirrors: str | Iterable[str] | None = None,
@@ -549,6 +547,15 @@ def _copy_checked(src: IO[bytes], size: int, label: str, dest: str, expected: st
             _remove(part)
             raise _mismatch(label, want, actual, f"the copy ({part}) was deleted")
     _finish(part, dest)
+
+
+def _all_failed(relpath: str, dest: str, failures: list[tuple[str, BaseException]],
+                from_sums: bool) -> DownloadError:
+    # Built here, not in the raising frame: a local holding the error would tie the
+    # traceback into a cycle that keeps the callers' frames alive.
+    error = DownloadError(_all_failed_message(relpath, dest, failures, from_sums))
+    error.failures = failures
+    return error
 
 
 def _all_failed_message(relpath: str, dest: str, failures: list[tuple[str, BaseException]],

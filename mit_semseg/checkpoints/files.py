@@ -172,7 +172,12 @@ def checkpoint_paths(directory: str, checkpoint: str) -> tuple[str, str]:
     if is_model_folder(directory):
         return (os.path.join(directory, MODEL_WEIGHTS["encoder"]),
                 os.path.join(directory, MODEL_WEIGHTS["decoder"]))
-    missing = [p for p, f in zip(wanted, found) if f is None]
+    raise _not_found([p for p, f in zip(wanted, found) if f is None], directory)
+
+
+def _not_found(missing: list[str], directory: str) -> CheckpointNotFoundError:
+    # Built here, not in the raising frame: a local holding the error would tie the
+    # traceback into a cycle that keeps the callers' frames (and their files) alive.
     name = os.path.basename(os.path.normpath(directory))
     hint = (f"fetch the released model: python3 -m mit_semseg pretrained {name}"
             if name in RELEASED_MODELS else
@@ -184,4 +189,4 @@ def checkpoint_paths(directory: str, checkpoint: str) -> tuple[str, str]:
         f"checkpoint not found: {' and '.join(missing)}{also}. Set DIR and the checkpoint name "
         f"(VAL.checkpoint / TEST.checkpoint) to an existing checkpoint, or {hint}")
     error.missing = missing
-    raise error
+    return error
