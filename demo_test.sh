@@ -1,7 +1,10 @@
 #!/bin/bash
 # Segment one ADE20K validation photo with the released ResNet50dilated + PPM_deepsup model.
 # Downloads the model into ckpt/ and the photo into ./ (skipped when present);
-# DOWNLOAD_ONLY=1 stops after the downloads.
+# DOWNLOAD_ONLY=1 stops after the downloads. Without internet access, set
+# MIT_SEMSEG_MIRRORS to a mirror URL, folder or archive holding the model (and
+# put the photo here yourself); see docs/models.md. A cut download resumes when
+# the script is run again, and the model's SHA-256 is checked on every load.
 set -e
 
 TEST_IMG=ADE_val_00001519.jpg

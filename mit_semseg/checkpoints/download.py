@@ -55,9 +55,12 @@ from typing import IO, Callable, Iterable, Mapping, Sequence
 
 from tqdm import tqdm
 
+from ..errors import MitSemsegError
+
 __all__ = ["MIT_HOST", "MIRRORS_ENV", "SUMS_NAME", "DownloadError", "HashMismatchError",
-           "download", "resolve_sources", "fetch_file", "released_sha256", "sha256_file",
-           "read_sums", "record_sha256", "forget_sha256", "verify_file", "verify_folder"]
+           "download", "resolve_sources", "fetch_file", "fetch_url", "released_sha256",
+           "sha256_file", "read_sums", "record_sha256", "forget_sha256", "verify_file",
+           "verify_folder"]
 
 MIT_HOST = "http://sceneparsing.csail.mit.edu/model/pytorch"
 MIRRORS_ENV = "MIT_SEMSEG_MIRRORS"
@@ -70,7 +73,7 @@ _SUMS_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
 _USER_AGENT = "mit_semseg-downloader"
 
 
-class DownloadError(OSError):
+class DownloadError(MitSemsegError, OSError):
     """A file could not be obtained; the message says from where and why.
 
     ``unreachable``: the host could not be reached at all (refused, unknown name,
@@ -371,12 +374,14 @@ def _as_list(value: str | Iterable[str] | None) -> list[str]:
 
 def resolve_sources(mirrors: str | Iterable[str] | None = None,
                     env: Mapping[str, str] | None = None,
-                    config: str | Iterable[str] | None = None) -> list[str]:
-    """The sources to try, in order: the MIT host, ``mirrors``, ``env[MIT_SEMSEG_MIRRORS]``
-    (``env`` defaults to ``os.environ``), then ``config``. Strings are split on commas
-    and os.pathsep; duplicates are dropped (first kept)."""
+                    config: str | Iterable[str] | None = None, *,
+                    primary: str | None = None) -> list[str]:
+    """The sources to try, in order: ``primary`` (default: the MIT host), ``mirrors``,
+    ``env[MIT_SEMSEG_MIRRORS]`` (``env`` defaults to ``os.environ``), then ``config``.
+    Strings are split on commas and os.pathsep; duplicates are dropped (first kept)."""
     env = os.environ if env is None else env
-    ordered = [MIT_HOST, *_as_list(mirrors), *_as_list(env.get(MIRRORS_ENV)), *_as_list(config)]
+    ordered = [primary or MIT_HOST, *_as_list(mirrors), *_as_list(env.get(MIRRORS_ENV)),
+               *_as_list(config)]
     seen: set[str] = set()
     result = []
     for source in ordered:
@@ -428,9 +433,26 @@ def fetch_file(relpath: str, dest: str, sources: Sequence[str],
         # Recorded even when the hash was known, so that later loads can check it.
         record_sha256(folder, filename, expected or sha256_file(dest))
         return dest
-    error = DownloadError(_all_failed_message(relpath, dest, failures, from_sums))
-    error.failures = failures
-    raise error
+    raise _all_failed(relpath, dest, failures, from_sums)
+
+
+def fetch_url(url: str, dest: str, *, mirrors: str | Iterable[str] | None = None,
+              expected_sha256: str | None = None, timeout: float = 60.0,
+              progress: bool = True) -> str:
+    """Put the file at ``url`` at ``dest`` through :func:`fetch_file`; returns ``dest``.
+
+    The file's name on a mirror is the last two parts of the URL's path (for
+    ``http://host/model/pretrained_resnet/resnet50-imagenet.pth``:
+    ``pretrained_resnet/resnet50-imagenet.pth``); the sources are the URL's own
+    prefix, then ``mirrors`` and ``MIT_SEMSEG_MIRRORS`` as in :func:`resolve_sources`.
+    """
+    prefix, _, name = url.rstrip("/").rpartition("/")
+    prefix, _, folder = prefix.rpartition("/")
+    if "://" not in prefix or not name:  # too short a path: the file alone is the name
+        prefix, folder = url.rstrip("/").rpartition("/")[0], ""
+    relpath = f"{urllib.parse.unquote(folder)}/{urllib.parse.unquote(name)}".lstrip("/")
+    return fetch_file(relpath, dest, resolve_sources(mirrors, primary=prefix),
+                      expected_sha256, timeout=timeout, progress=progress)
 
 
 def _fetch_from(source: str, relpath: str, dest: str, expected: str | None, timeout: float,
@@ -525,6 +547,15 @@ def _copy_checked(src: IO[bytes], size: int, label: str, dest: str, expected: st
             _remove(part)
             raise _mismatch(label, want, actual, f"the copy ({part}) was deleted")
     _finish(part, dest)
+
+
+def _all_failed(relpath: str, dest: str, failures: list[tuple[str, BaseException]],
+                from_sums: bool) -> DownloadError:
+    # Built here, not in the raising frame: a local holding the error would tie the
+    # traceback into a cycle that keeps the callers' frames alive.
+    error = DownloadError(_all_failed_message(relpath, dest, failures, from_sums))
+    error.failures = failures
+    return error
 
 
 def _all_failed_message(relpath: str, dest: str, failures: list[tuple[str, BaseException]],

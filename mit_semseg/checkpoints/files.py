@@ -6,7 +6,14 @@ leaves a truncated file under a final name; at worst a ``.NAME.*.tmp`` file
 is left, which :func:`remove_stale_temporaries` deletes. Everything is read
 with ``torch.load(..., weights_only=True)``: the files hold only tensors,
 numbers, strings, lists and dicts. What a training run writes, and when, is
-:mod:`mit_semseg.training.state`'s business.
+:mod:`mit_semseg.training.state`'s business. A file listed in its folder's
+``SHA256SUMS`` (a downloaded model) keeps a true entry when it is overwritten.
+
+Where the weights of a run are (:func:`checkpoint_paths`): ``DIR/encoder_<name>``
+and ``DIR/decoder_<name>``; a missing ``.pth`` file is looked for as
+``.safetensors`` and the other way round, and a model folder
+(``save_pretrained``: ``config.yaml``, ``encoder.safetensors``,
+``decoder.safetensors``) used as ``DIR`` gives its two files.
 """
 from __future__ import annotations
 
@@ -19,10 +26,17 @@ from typing import Any, Callable
 import torch
 
 from ..errors import MitSemsegError
+from .download import forget_sha256, read_sums, record_sha256, sha256_file
+from .formats import twin_path
 from .released import RELEASED_MODELS
 
 __all__ = ["CheckpointError", "CheckpointNotFoundError", "atomic_save", "atomic_write_text",
-           "remove_stale_temporaries", "load_file", "checkpoint_paths"]
+           "remove_stale_temporaries", "load_file", "checkpoint_paths", "find_weights",
+           "is_model_folder", "MODEL_CONFIG", "MODEL_WEIGHTS"]
+
+# The files of a model folder (save_pretrained / from_pretrained).
+MODEL_CONFIG = "config.yaml"
+MODEL_WEIGHTS = {"encoder": "encoder.safetensors", "decoder": "decoder.safetensors"}
 
 
 class CheckpointError(MitSemsegError, RuntimeError):
@@ -67,8 +81,19 @@ def _fsync_dir(folder: str) -> None:
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save(obj, path)`` that either fully replaces ``path`` or leaves it untouched."""
+    """``torch.save(obj, path)`` that either fully replaces ``path`` or leaves it untouched.
+
+    When the folder's ``SHA256SUMS`` lists ``path`` (a downloaded model being
+    overwritten, e.g. by fine-tuning in its folder), the entry is updated to the new
+    content; should that fail, it is dropped, so later checks never refuse the file.
+    """
     _atomic_write(path, lambda fh: torch.save(obj, fh))
+    folder, name = os.path.split(os.path.abspath(path))
+    if name in read_sums(folder):
+        try:
+            record_sha256(folder, name, sha256_file(path))
+        except OSError:
+            forget_sha256(folder, name)
 
 
 def atomic_write_text(text: str, path: str) -> None:
@@ -115,22 +140,53 @@ def _unreadable_message(path: str, what: str, exc: Exception) -> str:
 # ----------------------------------------------------------------------------- run folders
 
 class CheckpointNotFoundError(MitSemsegError, FileNotFoundError):
-    """Model weights are missing; the message names the paths and how to get them."""
+    """Model weights are missing; the message names the paths and how to get them
+    (``missing``: those paths, where known)."""
+    missing: list[str] = []
+
+
+def find_weights(path: str) -> str | None:
+    """``path`` if it is a file, else its twin in the other format (``.pth`` <->
+    ``.safetensors``) if that is one, else None."""
+    if os.path.isfile(path):
+        return path
+    twin = twin_path(path)
+    return twin if twin is not None and os.path.isfile(twin) else None
+
+
+def is_model_folder(directory: str) -> bool:
+    """True if ``directory`` holds a model folder's config and two weight files."""
+    return all(os.path.isfile(os.path.join(directory, name))
+               for name in (MODEL_CONFIG, *MODEL_WEIGHTS.values()))
 
 
 def checkpoint_paths(directory: str, checkpoint: str) -> tuple[str, str]:
-    """``directory/encoder_<checkpoint>`` and ``directory/decoder_<checkpoint>``;
-    raises CheckpointNotFoundError naming what is missing and how to get it."""
-    enc = os.path.join(directory, "encoder_" + checkpoint)
-    dec = os.path.join(directory, "decoder_" + checkpoint)
-    missing = [p for p in (enc, dec) if not os.path.isfile(p)]
-    if missing:
-        name = os.path.basename(os.path.normpath(directory))
-        hint = (f"fetch the released model: python3 -m mit_semseg pretrained {name}"
-                if name in RELEASED_MODELS else
-                "train one first (python3 train.py --cfg <config>), or fetch a released model "
-                "(python3 -m mit_semseg pretrained --list)")
-        raise CheckpointNotFoundError(
-            f"checkpoint not found: {' and '.join(missing)}. Set DIR and the checkpoint name "
-            f"(VAL.checkpoint / TEST.checkpoint) to an existing checkpoint, or {hint}")
-    return enc, dec
+    """The encoder and decoder weights of ``directory`` for ``checkpoint``:
+    ``directory/encoder_<checkpoint>`` and ``directory/decoder_<checkpoint>``, each
+    found in either format (:func:`find_weights`); failing that, the two files of a
+    model folder. Raises CheckpointNotFoundError naming what is missing and how to get it."""
+    wanted = [os.path.join(directory, f"{part}_{checkpoint}") for part in ("encoder", "decoder")]
+    found = [find_weights(p) for p in wanted]
+    if None not in found:
+        return found[0], found[1]
+    if is_model_folder(directory):
+        return (os.path.join(directory, MODEL_WEIGHTS["encoder"]),
+                os.path.join(directory, MODEL_WEIGHTS["decoder"]))
+    raise _not_found([p for p, f in zip(wanted, found) if f is None], directory)
+
+
+def _not_found(missing: list[str], directory: str) -> CheckpointNotFoundError:
+    # Built here, not in the raising frame: a local holding the error would tie the
+    # traceback into a cycle that keeps the callers' frames (and their files) alive.
+    name = os.path.basename(os.path.normpath(directory))
+    hint = (f"fetch the released model: python3 -m mit_semseg pretrained {name}"
+            if name in RELEASED_MODELS else
+            "train one first (python3 train.py --cfg <config>), or fetch a released model "
+            "(python3 -m mit_semseg pretrained --list)")
+    twins = [t for t in map(twin_path, missing) if t]
+    also = f" (nor {' and '.join(os.path.basename(t) for t in twins)})" if twins else ""
+    error = CheckpointNotFoundError(
+        f"checkpoint not found: {' and '.join(missing)}{also}. Set DIR and the checkpoint name "
+        f"(VAL.checkpoint / TEST.checkpoint) to an existing checkpoint, or {hint}")
+    error.missing = missing
+    return error

@@ -23,18 +23,21 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from mit_semseg.checkpoints.download import read_sums, record_sha256, sha256_file, verify_file
+from ..errors import MitSemsegError
+from .download import read_sums, record_sha256, sha256_file, verify_file
 
-__all__ = ["FormatError", "TORCH_SUFFIXES", "SAFETENSORS_SUFFIX", "read_weights",
-           "write_weights", "convert"]
+__all__ = ["FormatError", "TORCH_SUFFIXES", "SAFETENSORS_SUFFIX", "WEIGHT_FORMATS",
+           "read_weights", "read_raw", "write_weights", "convert", "twin_path"]
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
 _ORDER_KEY = "mit_semseg.key_order"
 _INSTALL = 'pip install -e ".[hub]" (or pip install safetensors)'
+# format name (TRAIN.save_format) -> file suffix
+WEIGHT_FORMATS = {"pth": ".pth", "safetensors": SAFETENSORS_SUFFIX}
 
 
-class FormatError(RuntimeError):
+class FormatError(MitSemsegError, RuntimeError):
     """A weights file cannot be read or written; the message (one line) names the file."""
 
 
@@ -47,18 +50,38 @@ def read_weights(path: str, *, verify: bool = True) -> dict[str, torch.Tensor]:
     wrong). Raises FormatError when the file is missing, damaged, of an unknown
     format, or holds anything but a flat mapping of names to tensors.
     """
+    return _check_state(read_raw(path, verify=verify), path)
+
+
+def read_raw(path: str, *, verify: bool = True, map_location: Any = "cpu") -> Any:
+    """What ``path`` holds, checked as :func:`read_weights` checks it but not required
+    to be a flat state dict: a safetensors file's tensors, or the object a
+    ``torch.save`` file holds (tensors, numbers, strings, lists and dicts only;
+    e.g. ``{"state_dict": ...}``). ``map_location``: as in ``torch.load``."""
     if not os.path.isfile(path):
         raise FormatError(f"weights file not found: {path}")
     if verify:
         verify_file(path)
     if _looks_like_safetensors(path):
         state = _read_safetensors(path)
-    elif path.lower().endswith(SAFETENSORS_SUFFIX):
+        if map_location not in (None, "cpu") and not callable(map_location):
+            state = {k: v.to(map_location) for k, v in state.items()}
+        return state
+    if path.lower().endswith(SAFETENSORS_SUFFIX):
         raise FormatError(f"{path} is not a safetensors file (damaged, truncated or of "
                           f"another format)")
-    else:
-        state = _read_torch(path)
-    return _check_state(state, path)
+    return _read_torch(path, map_location)
+
+
+def twin_path(path: str) -> str | None:
+    """The same weights in the other format: ``x.pth`` <-> ``x.safetensors``
+    (None for other names)."""
+    stem, suffix = os.path.splitext(path)
+    if suffix.lower() == SAFETENSORS_SUFFIX:
+        return stem + ".pth"
+    if suffix.lower() == ".pth":
+        return stem + SAFETENSORS_SUFFIX
+    return None
 
 
 def write_weights(state: Mapping[str, torch.Tensor], path: str) -> str:
@@ -106,17 +129,17 @@ def _looks_like_safetensors(path: str) -> bool:
     return 8 + header_len <= os.path.getsize(path)
 
 
-def _read_torch(path: str) -> Any:
+def _read_torch(path: str, map_location: Any = "cpu") -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupt, not written by torch.save, or unsafe
         text = str(exc)
         if "Weights only load failed" in text and "Unsupported global" in text:
             raise FormatError(f"{path} holds Python objects besides tensors and cannot be loaded "
                               f"safely (torch.load weights_only=True)") from None
-        raise FormatError(f"{path} is not a readable weights file: neither .safetensors nor a "
-                          f"torch.save file, or damaged ({os.path.getsize(path)} bytes; "
-                          f"{type(exc).__name__})") from None
+        raise FormatError(f"{path} is damaged or not a readable weights file: neither "
+                          f".safetensors nor a torch.save file ({os.path.getsize(path)} bytes; "
+                          f"{type(exc).__name__}); download or copy it again") from None
 
 
 def _read_safetensors(path: str) -> dict[str, torch.Tensor]:

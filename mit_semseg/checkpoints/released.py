@@ -1,31 +1,33 @@
-"""The models MIT released for ADE20K, and a downloader for them.
+"""The models MIT released for ADE20K, and their download.
 
 ``python3 -m mit_semseg pretrained ade20k-resnet50dilated-ppm_deepsup`` puts
 ``encoder_epoch_20.pth`` and ``decoder_epoch_20.pth`` into
 ``ckpt/ade20k-resnet50dilated-ppm_deepsup/``, the folder (``DIR``) and
-checkpoint name (``TEST.checkpoint``) its preset config expects. Files that
-are already there are kept. Downloads go to a temporary file in the same
-folder and are renamed when complete, so an interrupted download never
-leaves a truncated checkpoint behind.
+checkpoint name (``TEST.checkpoint``) its preset config expects. Each file is
+fetched by :func:`mit_semseg.checkpoints.download.fetch_file`: from the MIT
+host, then the mirrors (``--mirror``, ``MIT_SEMSEG_MIRRORS``: URLs, folders,
+archives), resuming a cut download, with a progress bar; its SHA-256 is
+checked against the package manifest or, at the first download, recorded in
+``ckpt/<name>/SHA256SUMS`` and checked on every later load and copy. Files
+that are already there (and right) are kept.
 
-``--list`` shows the names. Without network access the error names the URL
-and the destination, so the files can be fetched elsewhere and copied there.
+``--list`` shows the names. Without network access the error lists every
+source tried and the destination, so the files can be fetched elsewhere and
+copied there (or served from a mirror).
 """
 from __future__ import annotations
 
 import os
-import sys
-import tempfile
-import urllib.error
-import urllib.request
-from typing import NamedTuple, Sequence
+from typing import Iterable, NamedTuple
 
 from ..errors import MitSemsegError
+from . import download as _download
+from .download import MIT_HOST, DownloadError, fetch_file, resolve_sources
 
-__all__ = ["ReleasedModel", "RELEASED_MODELS", "MODEL_URL", "DownloadError", "UnknownModelError", "download",
-           "fetch_model", "canonical_name"]
+__all__ = ["ReleasedModel", "RELEASED_MODELS", "MODEL_URL", "DownloadError", "UnknownModelError",
+           "download", "fetch_model", "canonical_name", "preset_config"]
 
-MODEL_URL = "http://sceneparsing.csail.mit.edu/model/pytorch"
+MODEL_URL = MIT_HOST
 
 
 class ReleasedModel(NamedTuple):
@@ -62,50 +64,19 @@ class UnknownModelError(MitSemsegError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class DownloadError(MitSemsegError, OSError):
-    """A download failed; the message names the URL and the destination path."""
-
-
 def download(url: str, dest: str, *, timeout: float = 60.0, quiet: bool = False) -> str:
-    """Download ``url`` to ``dest`` atomically (temporary file + rename); returns ``dest``.
+    """Download ``url`` to ``dest`` (resuming, through ``dest.part``; see
+    :func:`mit_semseg.checkpoints.download.download`); returns ``dest``.
 
     An existing ``dest`` is kept as it is. Raises DownloadError on failure.
     """
     if os.path.isfile(dest):
         return dest
-    folder = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(dest) + ".", suffix=".part", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as out:
-            _copy_url(url, out, timeout, quiet)
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise DownloadError(
-            f"could not download {url} to {dest}: {reason}. If this machine is offline, "
-            f"download that URL elsewhere and copy the file to {dest}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return dest
-
-
-def _copy_url(url: str, out, timeout: float, quiet: bool) -> None:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        total = int(response.headers.get("Content-Length") or 0)
-        if not quiet:
-            size = f" ({total / 2**20:.1f} MiB)" if total else ""
-            print(f"Downloading {url}{size}", file=sys.stderr)
-        copied = 0
-        while True:
-            chunk = response.read(1 << 20)
-            if not chunk:
-                break
-            out.write(chunk)
-            copied += len(chunk)
-        if total and copied != total:
-            raise OSError(f"connection closed after {copied} of {total} bytes")
+        return _download.download(url, dest, timeout=timeout, progress=not quiet)
+    except DownloadError as exc:
+        raise DownloadError(f"could not download {exc}. If this machine is offline, download "
+                            f"that URL elsewhere and copy the file to {dest}") from None
 
 
 def canonical_name(name: str) -> str:
@@ -116,15 +87,31 @@ def canonical_name(name: str) -> str:
     return key
 
 
-def fetch_model(name: str, dest_root: str = "ckpt", *, timeout: float = 60.0,
-                quiet: bool = False) -> tuple[str, str]:
-    """Download the encoder and decoder of released model ``name`` into
-    ``dest_root/<name>/``; returns their paths."""
+def preset_config(name: str) -> str:
+    """The preset config file of released model ``name``: ``config/<preset>.yaml`` in
+    the current folder, else in the repository this package belongs to."""
+    relative = RELEASED_MODELS[canonical_name(name)].config
+    if os.path.isfile(relative):
+        return relative
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    beside = os.path.join(repo, relative)
+    return beside if os.path.isfile(beside) else relative
+
+
+def fetch_model(name: str, dest_root: str = "ckpt", *,
+                mirrors: str | Iterable[str] | None = None, timeout: float = 60.0,
+                progress: bool = True, quiet: bool | None = None) -> tuple[str, str]:
+    """Put the encoder and decoder of released model ``name`` into ``dest_root/<name>/``
+    (sources: :func:`~mit_semseg.checkpoints.download.resolve_sources` with ``mirrors``);
+    returns their paths. ``quiet``: the same as ``progress=False``."""
+    if quiet is not None:
+        progress = not quiet
     key = canonical_name(name)
     model = RELEASED_MODELS[key]
+    sources = resolve_sources(mirrors)
     paths = []
     for part in ("encoder", "decoder"):
         filename = f"{part}_{model.checkpoint}"
-        paths.append(download(f"{MODEL_URL}/{key}/{filename}", os.path.join(dest_root, key, filename),
-                              timeout=timeout, quiet=quiet))
+        paths.append(fetch_file(f"{key}/{filename}", os.path.join(dest_root, key, filename),
+                                sources, timeout=timeout, progress=progress))
     return paths[0], paths[1]

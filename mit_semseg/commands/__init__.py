@@ -24,7 +24,8 @@ COMMANDS = {
     "export": ("export", "export to ONNX and check it (needs the [onnx] extra)"),
     "datatools": ("datatools", "prepare and check your own dataset"),
     "curves": ("curves", "draw a training run's curves (needs the [plot] extra)"),
-    "pretrained": ("pretrained", "download a model MIT released"),
+    "pretrained": ("pretrained", "download a model MIT released (mirrors, resume, SHA-256)"),
+    "models": ("models", "convert weights, save / fetch / push model folders"),
     "synthetic": ("synthetic", "write the synthetic demo data set"),
     "benchmark": ("benchmark", "measure speed and memory"),
 }

@@ -26,10 +26,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "PyTorch.", EPILOG, config="required")
     parser.add_argument("--checkpoint-dir", metavar="DIR",
                         help="folder with encoder_<TEST.checkpoint> and decoder_<TEST.checkpoint> "
-                             "(default: the config's DIR)")
+                             "(.pth or .safetensors), or a model folder (models save; its "
+                             "config.yaml as --cfg) (default: the config's DIR)")
     parser.add_argument("--checkpoint", help="checkpoint suffix (default: TEST.checkpoint)")
-    parser.add_argument("--encoder-weights", metavar="FILE")
-    parser.add_argument("--decoder-weights", metavar="FILE")
+    parser.add_argument("--encoder-weights", metavar="FILE", help=".pth or .safetensors")
+    parser.add_argument("--decoder-weights", metavar="FILE", help=".pth or .safetensors")
     parser.add_argument("--onnx", required=True, metavar="FILE", help="output .onnx file")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help="ONNX opset (default %(default)s)")
@@ -53,11 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = args.checkpoint or cfg.TEST.checkpoint
             try:
                 enc, dec = checkpoint_paths(folder, name)
-            except CheckpointNotFoundError:
-                missing = [p for p in (os.path.join(folder, f"{part}_{name}")
-                                       for part in ("encoder", "decoder")) if not os.path.isfile(p)]
+            except CheckpointNotFoundError as exc:
                 raise CheckpointNotFoundError(
-                    f"checkpoint not found: {' and '.join(missing)}; give the weights with "
+                    f"checkpoint not found: {' and '.join(exc.missing)} (.pth or .safetensors); "
+                    f"give the weights with "
                     f"--checkpoint-dir DIR (and --checkpoint NAME, default TEST.checkpoint "
                     f"'{cfg.TEST.checkpoint}'), or --encoder-weights FILE --decoder-weights "
                     f"FILE") from None

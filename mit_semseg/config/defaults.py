@@ -124,6 +124,11 @@ _C.TRAIN = CN({
     "precise_bn_iters": 0,
     # new: also write a resumable checkpoint every K iterations (0 = epoch ends only).
     "checkpoint_every": 0,
+    # new: format of the epoch-N weight files: "pth" (torch.save, the original's
+    # encoder/decoder_epoch_N.pth) or "safetensors" (encoder/decoder_epoch_N.safetensors,
+    # needs the safetensors package). State and history files stay .pth; a
+    # .pth checkpoint name finds the .safetensors file too (docs/models.md).
+    "save_format": "pth",
     # new: "fp32" (default), or "bf16"/"fp16" autocast.
     "precision": "fp32",
     # new: False (default) trains with the fast step, which computes the same

@@ -87,7 +87,59 @@ class Segmenter:
         weights = None if encoder_weights is None else (encoder_weights, decoder_weights)
         engine = engine_from_config(cfg, "TEST", device, checkpoint_dir=checkpoint_dir,
                                     checkpoint=checkpoint, weights=weights, **options)
-        return cls(engine, cfg.DATASET)
+        seg = cls(engine, cfg.DATASET)
+        seg._source = (cfg, weights, checkpoint_dir, checkpoint)
+        return seg
+
+    @classmethod
+    def from_pretrained(cls, model: str, *, config: Any = None, opts: Sequence[str] = (),
+                        revision: str | None = None, cache_dir: str | None = None,
+                        local_files_only: bool | None = None,
+                        **options: Any) -> "Segmenter":
+        """Build from a model folder (``save_pretrained``) or a Hugging Face Hub repo id
+        (downloaded into the Hub cache; needs the ``[hub]`` extra; ``HF_HUB_OFFLINE=1``
+        or ``local_files_only`` reads the cache only). ``config``: run with this config
+        instead of the folder's (same architecture and classes); ``opts``: overrides;
+        ``options``: as :meth:`from_config` (device, flip, precision, slide, ...).
+        A config or weights that do not match the folder raise ModelFolderError."""
+        from ..models.weights import WeightsError
+        from .model_folder import open_pretrained
+        opened = open_pretrained(model, config=config, opts=opts, revision=revision,
+                                 cache_dir=cache_dir, local_files_only=local_files_only)
+        try:
+            return cls.from_config(opened.cfg, encoder_weights=opened.encoder,
+                                   decoder_weights=opened.decoder, **options)
+        except WeightsError as exc:
+            raise opened.mismatch(exc) from None
+
+    def save_pretrained(self, folder: str, *, evaluation: Any = None,
+                        name: str | None = None) -> str:
+        """Write this model as a model folder (see ``model_folder.save_pretrained``:
+        safetensors weights, config, class table, preprocessing, model card);
+        returns ``folder``. Only for a Segmenter built from a config or folder with
+        PyTorch weights."""
+        from .model_folder import save_pretrained
+        source = getattr(self, "_source", None)
+        if source is None or self.engine.encoder is None:
+            raise ValueError("save_pretrained needs a Segmenter made by from_config or "
+                             "from_pretrained with PyTorch weights")
+        cfg, weights, checkpoint_dir, checkpoint = source
+        enc, dec = weights if weights is not None else (None, None)
+        return save_pretrained(folder, cfg, encoder_weights=enc, decoder_weights=dec,
+                               checkpoint_dir=checkpoint_dir, checkpoint=checkpoint,
+                               evaluation=evaluation, name=name)
+
+    def push_to_hub(self, repo_id: str, *, evaluation: Any = None, private: bool | None = None,
+                    token: str | None = None) -> str:
+        """Save this model as a model folder (a temporary one) and upload it to Hub repo
+        ``repo_id`` (needs the ``[hub]`` extra); returns the commit URL."""
+        import tempfile
+
+        from ..checkpoints.hub import push_to_hub
+        with tempfile.TemporaryDirectory(prefix="mit_semseg_push_") as tmp:
+            folder = self.save_pretrained(os.path.join(tmp, repo_id.rsplit("/", 1)[-1]),
+                                          evaluation=evaluation)
+            return push_to_hub(folder, repo_id, private=private, token=token)
 
     # ---------------------------------------------------------------- inputs
     @property

@@ -1,20 +1,22 @@
 """Reading weight files: strict state-dict loading and the ImageNet cache.
 
-Every load is strict. Missing, unexpected or wrongly shaped keys raise
-``WeightsError`` naming them; nothing is skipped silently.
+Weight files are ``.pth`` (``torch.save``, read with ``weights_only=True``) or
+``.safetensors``, told apart by their content; a file listed in its folder's
+``SHA256SUMS`` is checked against it first. Every load is strict. Missing,
+unexpected or wrongly shaped keys raise ``WeightsError`` naming them; nothing
+is skipped silently.
 """
 from __future__ import annotations
 
 import os
 import sys
-import urllib.error
-import urllib.request
 from typing import Callable, Iterable, Mapping
 
 import torch
 import torch.nn as nn
 
-from ..checkpoints.files import CheckpointError, load_file
+from ..checkpoints.download import DownloadError, fetch_url
+from ..checkpoints.formats import FormatError, read_raw
 from ..errors import MitSemsegError
 
 DEFAULT_PRETRAINED_DIR = "./pretrained"
@@ -25,7 +27,9 @@ class WeightsError(MitSemsegError, RuntimeError):
 
 
 def read_state_dict(path: str, map_location=None) -> dict[str, torch.Tensor]:
-    """Read a state dict saved with ``torch.save`` (safely, ``weights_only=True``).
+    """Read a state dict from a ``.pth`` (safely, ``weights_only=True``) or
+    ``.safetensors`` file (see ``checkpoints.formats.read_raw``), checked against
+    its folder's ``SHA256SUMS`` if listed there (``HashMismatchError`` if wrong).
 
     Tensors are loaded onto the CPU unless ``map_location`` (as in ``torch.load``) says otherwise.
 
@@ -33,9 +37,9 @@ def read_state_dict(path: str, map_location=None) -> dict[str, torch.Tensor]:
     ``module.`` prefix (left by DataParallel / DDP) is removed.
     """
     try:
-        obj = load_file(path, "weights file", map_location or "cpu")
-    except CheckpointError as exc:  # missing, damaged, or more than tensors: one-line message
-        raise WeightsError(str(exc)) from exc
+        obj = read_raw(path, map_location=map_location or "cpu")
+    except FormatError as exc:  # missing, damaged, or more than tensors: one-line message
+        raise WeightsError(str(exc)) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
             obj = obj[wrapper]
@@ -84,23 +88,22 @@ def load_url(url: str, model_dir: str = DEFAULT_PRETRAINED_DIR,
              map_location=None) -> dict[str, torch.Tensor]:
     """Return the state dict at ``url``, downloading it once into ``model_dir``.
 
-    Offline, the error names the URL and the path to place the file at.
+    The download resumes when cut and falls back to the mirrors of
+    ``MIT_SEMSEG_MIRRORS`` (which hold it as ``<folder>/<file>``, the last two
+    parts of the URL); its SHA-256 is recorded in ``model_dir/SHA256SUMS`` and
+    checked on later loads. Offline, the error names the URL, every source tried
+    and the path to place the file at.
     """
     cached = os.path.join(model_dir, url.rsplit("/", 1)[-1])
-    if not os.path.isfile(cached):
-        os.makedirs(model_dir, exist_ok=True)
-        print(f"[mit_semseg] downloading {url} to {cached}", file=sys.stderr)
-        partial = cached + ".part"
-        try:
-            urllib.request.urlretrieve(url, partial)
-        except (urllib.error.URLError, OSError) as exc:
-            if os.path.exists(partial):
-                os.remove(partial)
-            raise WeightsError(
-                f"cannot download pretrained weights {url} ({exc}). Download the file by other "
-                f"means and place it at {os.path.abspath(cached)}, or start from random init "
-                f"with MODEL.pretrained False (pretrained=False).") from exc
-        os.replace(partial, cached)
+    try:
+        fetch_url(url, cached)
+    except DownloadError as exc:
+        tried = "; ".join(str(e).splitlines()[0] for _, e in exc.failures) or str(exc)
+        raise WeightsError(
+            f"cannot download pretrained weights {url} ({tried}). Download the file by other "
+            f"means and place it at {os.path.abspath(cached)}, point MIT_SEMSEG_MIRRORS at a "
+            f"copy, or start from random init with MODEL.pretrained False "
+            f"(pretrained=False).") from None
     return read_state_dict(cached, map_location)
 
 

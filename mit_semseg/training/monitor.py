@@ -30,7 +30,8 @@ from typing import Any
 
 from yacs.config import CfgNode
 
-from ..checkpoints.files import atomic_write_text
+from ..checkpoints.files import atomic_write_text, find_weights
+from ..checkpoints.formats import twin_path
 from ..config import ConfigError
 from ..errors import InputNotFoundError
 from .state import epoch_paths
@@ -179,16 +180,21 @@ class TrainingMonitor:
         if self.best is not None and val["mean_iou"] <= self.best["mean_iou"]:
             return
         paths = epoch_paths(self.cfg.DIR, epoch)
-        for kind in ("encoder", "decoder"):
-            dst = os.path.join(self.cfg.DIR, f"{kind}_best.pth")
+        sources = {kind: find_weights(paths[kind]) or paths[kind]
+                   for kind in ("encoder", "decoder")}
+        for kind, src in sources.items():
+            suffix = os.path.splitext(src)[1]  # .pth, or .safetensors (TRAIN.save_format)
+            dst = os.path.join(self.cfg.DIR, f"{kind}_best{suffix}")
             # a name remove_stale_temporaries cleans up after a crash
-            tmp = os.path.join(self.cfg.DIR, f".{kind}_best.pth.copy.tmp")
-            shutil.copyfile(paths[kind], tmp)
+            tmp = os.path.join(self.cfg.DIR, f".{kind}_best{suffix}.copy.tmp")
+            shutil.copyfile(src, tmp)
             os.replace(tmp, dst)
+            if os.path.isfile(twin_path(dst)):  # the other format's, from an earlier best
+                os.unlink(twin_path(dst))
         self.best = {"epoch": epoch, "mean_iou": val["mean_iou"],
                      "pixel_accuracy": val["pixel_accuracy"],
-                     "encoder": f"encoder_epoch_{epoch}.pth",
-                     "decoder": f"decoder_epoch_{epoch}.pth",
+                     "encoder": os.path.basename(sources["encoder"]),
+                     "decoder": os.path.basename(sources["decoder"]),
                      "imgSizes": list(validation_sizes(self.cfg)), "time": time.time()}
         atomic_write_text(json.dumps(self.best, indent=2) + "\n",
                           os.path.join(self.cfg.DIR, BEST_FILE))

@@ -5,7 +5,10 @@
 needs; ``resume_point(cfg, resume)`` finds where to continue (``--resume`` or
 ``TRAIN.start_epoch``, the original's weights-only checkpoints included) and
 ``restore(run, point)`` puts optimizers, scaler and history back. File names and
-formats: :mod:`mit_semseg.training.state`.
+formats: :mod:`mit_semseg.training.state`; ``TRAIN.save_format safetensors``
+writes the epoch-N weights as ``{encoder,decoder}_epoch_N.safetensors``
+instead of ``.pth`` (the state and history files stay ``.pth``), and either
+format is found when a run continues.
 """
 from __future__ import annotations
 
@@ -18,7 +21,10 @@ import torch
 import torch.nn as nn
 from yacs.config import CfgNode
 
-from ..checkpoints.files import CheckpointError, atomic_save, load_file
+from ..checkpoints.download import forget_sha256
+from ..checkpoints.files import CheckpointError, atomic_save, find_weights, load_file
+from ..checkpoints.formats import WEIGHT_FORMATS, twin_path, write_weights
+from ..config import ConfigError
 from ..runtime.process import loader_workers
 from . import distributed as D
 from .optim import load_optimizer_state
@@ -32,6 +38,28 @@ logger = logging.getLogger("Logger")
 
 def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in net.state_dict().items()}
+
+
+def _weights_suffix(cfg: CfgNode) -> str:
+    fmt = str(cfg.TRAIN.save_format).lower()
+    if fmt not in WEIGHT_FORMATS:
+        raise ConfigError(f"TRAIN.save_format {cfg.TRAIN.save_format!r} is not one of "
+                          f"{', '.join(WEIGHT_FORMATS)}")
+    return WEIGHT_FORMATS[fmt]
+
+
+def _save_weights(state: dict[str, torch.Tensor], pth_path: str, suffix: str) -> None:
+    """The epoch's weights in the configured format; a file of the same epoch in the
+    other format (an older run's) is removed, so that no stale twin is loaded."""
+    path = os.path.splitext(pth_path)[0] + suffix
+    if suffix == ".pth":
+        atomic_save(state, path)
+    else:
+        write_weights(state, path)
+    stale = twin_path(path)
+    if stale is not None and os.path.isfile(stale):
+        os.unlink(stale)
+        forget_sha256(os.path.dirname(os.path.abspath(stale)), os.path.basename(stale))
 
 
 def write_checkpoint(run: Any, epoch: int, iteration: int) -> str:
@@ -62,9 +90,10 @@ def write_checkpoint(run: Any, epoch: int, iteration: int) -> str:
             "history": run.history, "rng": rng_states,
         }
         if end_of_epoch:
+            suffix = _weights_suffix(cfg)
             atomic_save(run.history, paths["history"])
-            atomic_save(encoder, paths["encoder"])
-            atomic_save(decoder, paths["decoder"])
+            _save_weights(encoder, paths["encoder"], suffix)
+            _save_weights(decoder, paths["decoder"], suffix)
         else:
             state["encoder"], state["decoder"] = encoder, decoder
         atomic_save(state, path)  # last: a state file means the whole checkpoint is on disk
@@ -87,6 +116,7 @@ class ResumePoint:
 
 
 def resume_point(cfg: CfgNode, resume: str | None) -> ResumePoint | None:
+    _weights_suffix(cfg)  # a wrong TRAIN.save_format fails now, not after an epoch
     epoch_iters = cfg.TRAIN.epoch_iters
     if resume:
         path = latest_state(cfg.DIR, epoch_iters) if resume == "auto" else resume
@@ -99,8 +129,10 @@ def resume_point(cfg: CfgNode, resume: str | None) -> ResumePoint | None:
     if n <= 0:
         return None
     paths = epoch_paths(cfg.DIR, n)
+    weights = {}
     for kind in ("encoder", "decoder"):
-        if not os.path.isfile(paths[kind]):
+        weights[kind] = find_weights(paths[kind])
+        if weights[kind] is None:
             raise CheckpointError(f"TRAIN.start_epoch {n}: checkpoint not found: {paths[kind]} "
                                   f"(DIR is {cfg.DIR}); train that epoch first or set "
                                   f"TRAIN.start_epoch to an epoch that was saved")
@@ -111,7 +143,8 @@ def resume_point(cfg: CfgNode, resume: str | None) -> ResumePoint | None:
                    "epoch-%d weights with fresh optimizers; the learning-rate schedule continues "
                    "at iteration %d", paths["state"], n, n * epoch_iters)
     state = {"history": history} if isinstance(history, dict) and "train" in history else None
-    return ResumePoint(n + 1, 0, paths["encoder"], paths["decoder"], state, paths["encoder"])
+    return ResumePoint(n + 1, 0, weights["encoder"], weights["decoder"], state,
+                       weights["encoder"])
 
 
 def _point_from_state(path: str, state: dict, epoch_iters: int) -> ResumePoint:
@@ -122,10 +155,12 @@ def _point_from_state(path: str, state: dict, epoch_iters: int) -> ResumePoint:
     epoch, iteration = int(state["epoch"]), int(state["iteration"])
     if state.get("kind") == "epoch":
         weights = epoch_paths(os.path.dirname(path) or ".", epoch)
-        encoder, decoder = weights["encoder"], weights["decoder"]
-        for p in (encoder, decoder):
-            if not os.path.isfile(p):
-                raise CheckpointError(f"{path} needs its weights file {p}, which is missing")
+        found = [find_weights(weights[kind]) for kind in ("encoder", "decoder")]
+        for kind, p in zip(("encoder", "decoder"), found):
+            if p is None:
+                raise CheckpointError(f"{path} needs its weights file {weights[kind]}, "
+                                      f"which is missing")
+        encoder, decoder = found[0], found[1]
     else:
         encoder, decoder = state["encoder"], state["decoder"]
     if iteration >= epoch_iters:

@@ -1,5 +1,7 @@
 """One template over every encoder/decoder pair, plus the builder's contracts."""
 import copy
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
@@ -9,7 +11,6 @@ import torch.nn.functional as F
 from _support import load_case, parity_names, rule_state_dict
 from mit_semseg.nn import SynchronizedBatchNorm2d
 from mit_semseg.models import DECODERS, ENCODERS, ModelBuilder, SegmentationModule, WeightsError
-from mit_semseg.models import weights as weights_mod
 
 PAIRS = [tuple(n.split("+")) for n in parity_names()]
 FC_DIM = {"mobilenetv2dilated": 320, "resnet18": 512, "resnet18dilated": 512, "hrnetv2": 720}
@@ -129,9 +130,10 @@ def test_loading_is_safe_and_unwraps_module_prefix(tmp_path):
 
 
 def test_pretrained_offline_error_names_url_and_path(tmp_path, monkeypatch):
-    def offline(url, filename):
-        raise OSError("network is unreachable")
-    monkeypatch.setattr(weights_mod.urllib.request, "urlretrieve", offline)
+    def offline(request, timeout):
+        raise urllib.error.URLError(OSError("network is unreachable"))
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.delenv("MIT_SEMSEG_MIRRORS", raising=False)
     with pytest.raises(WeightsError) as err:
         ModelBuilder.build_encoder("resnet18", model_dir=str(tmp_path))
     msg = str(err.value)
@@ -147,8 +149,8 @@ def test_pretrained_weights_load_from_cache(tmp_path, monkeypatch):
              if not k.endswith(("_tmp_running_mean", "_tmp_running_var", "_running_iter",
                                 "num_batches_tracked"))}
     torch.save(state, tmp_path / "resnet18-imagenet.pth")
-    monkeypatch.setattr(weights_mod.urllib.request, "urlretrieve",
-                        lambda *a: pytest.fail("must not download when cached"))
+    monkeypatch.setattr(urllib.request, "urlopen",
+                        lambda *a, **k: pytest.fail("must not download when cached"))
     enc = ModelBuilder.build_encoder("resnet18", model_dir=str(tmp_path))
     assert torch.equal(enc.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
 
