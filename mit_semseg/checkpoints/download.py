@@ -45,7 +45,6 @@ import re
 import socket
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -56,6 +55,7 @@ from typing import IO, Callable, Iterable, Mapping, Sequence
 from tqdm import tqdm
 
 from ..errors import MitSemsegError
+from ._atomic import atomic_write_stream, fsync_dir
 
 __all__ = ["MIT_HOST", "MIRRORS_ENV", "SUMS_NAME", "DownloadError", "HashMismatchError",
            "download", "resolve_sources", "fetch_file", "fetch_url", "released_sha256",
@@ -608,36 +608,8 @@ def _remove(path: str) -> None:
 
 def _finish(part: str, dest: str) -> None:
     os.replace(part, dest)
-    _fsync_dir(os.path.dirname(os.path.abspath(dest)))
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not possible on every OS / file system
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(os.path.dirname(os.path.abspath(dest)))
 
 
 def _atomic_write_bytes(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
-    _fsync_dir(folder)
+    atomic_write_stream(path, lambda fh: fh.write(data))

@@ -20,12 +20,12 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import tempfile
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..errors import MitSemsegError
+from ._atomic import atomic_write_stream
 from .download import forget_sha256, read_sums, record_sha256, sha256_file
 from .formats import twin_path
 from .released import RELEASED_MODELS
@@ -45,41 +45,6 @@ class CheckpointError(MitSemsegError, RuntimeError):
 
 # ----------------------------------------------------------------------------- writing
 
-def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: str) -> None:
-    """Make the rename itself durable (not possible on every OS / file system)."""
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save(obj, path)`` that either fully replaces ``path`` or leaves it untouched.
 
@@ -87,7 +52,7 @@ def atomic_save(obj: Any, path: str) -> None:
     overwritten, e.g. by fine-tuning in its folder), the entry is updated to the new
     content; should that fail, it is dropped, so later checks never refuse the file.
     """
-    _atomic_write(path, lambda fh: torch.save(obj, fh))
+    atomic_write_stream(path, lambda fh: torch.save(obj, fh))
     folder, name = os.path.split(os.path.abspath(path))
     if name in read_sums(folder):
         try:
@@ -98,7 +63,7 @@ def atomic_save(obj: Any, path: str) -> None:
 
 def atomic_write_text(text: str, path: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
-    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    atomic_write_stream(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def remove_stale_temporaries(directory: str) -> list[str]:

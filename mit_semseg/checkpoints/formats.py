@@ -14,16 +14,15 @@ copied before saving as safetensors, which refuses them; their values do not cha
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import struct
-import tempfile
 from typing import Any, Callable, Mapping
 
 import torch
 
 from ..errors import MitSemsegError
+from ._atomic import atomic_write
 from .download import read_sums, record_sha256, sha256_file, verify_file
 
 __all__ = ["FormatError", "TORCH_SUFFIXES", "SAFETENSORS_SUFFIX", "WEIGHT_FORMATS",
@@ -198,11 +197,8 @@ def _safetensors_ready(state: Mapping[str, torch.Tensor], path: str) -> dict[str
 
 
 def _atomic_write(path: str, write: Callable[[str], None]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
+    """``_atomic.atomic_write`` with the format library's failures as FormatError."""
+    def checked(tmp: str) -> None:
         try:
             write(tmp)
         except (FormatError, OSError):
@@ -210,14 +206,4 @@ def _atomic_write(path: str, write: Callable[[str], None]) -> None:
         except Exception as exc:  # e.g. a dtype the format cannot store
             raise FormatError(f"cannot write {path}: {type(exc).__name__}: "
                               f"{(str(exc).splitlines() or [''])[0]}") from exc
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, checked)

@@ -14,25 +14,26 @@ from typing import Sequence
 
 __all__ = ["COMMANDS", "main"]
 
-# command -> (module, one-line summary)
-COMMANDS = {
-    "train": ("train", "train a model (train.py)"),
-    "eval": ("eval", "evaluate a checkpoint on the validation list (eval.py)"),
-    "eval_multipro": ("eval_multipro", "eval.py over several processes (eval_multipro.py)"),
-    "test": ("test", "segment photos, write PNGs (test.py)"),
-    "web": ("web", "serve the web demo (needs the [web] extra)"),
-    "export": ("export", "export to ONNX and check it (needs the [onnx] extra)"),
-    "datatools": ("datatools", "prepare and check your own dataset"),
-    "curves": ("curves", "draw a training run's curves (needs the [plot] extra)"),
-    "pretrained": ("pretrained", "download a model MIT released (mirrors, resume, SHA-256)"),
-    "models": ("models", "convert weights, save / fetch / push model folders"),
-    "synthetic": ("synthetic", "write the synthetic demo data set"),
-    "benchmark": ("benchmark", "measure speed and memory"),
-}
+# command (also its module's name) and its one-line summary
+_TABLE = """
+train          train a model (train.py)
+eval           evaluate a checkpoint on the validation list (eval.py)
+eval_multipro  eval.py over several processes (eval_multipro.py)
+test           segment photos, write PNGs (test.py)
+web            serve the web demo (needs the [web] extra)
+export         export to ONNX and check it (needs the [onnx] extra)
+datatools      prepare and check your own dataset
+curves         draw a training run's curves (needs the [plot] extra)
+pretrained     download a model MIT released (mirrors, resume, SHA-256)
+models         convert weights, save / fetch / push model folders
+synthetic      write the synthetic demo data set
+benchmark      measure speed and memory
+"""
+COMMANDS: dict[str, str] = dict(line.split(None, 1) for line in _TABLE.strip().splitlines())
 
 
 def _usage() -> str:
-    rows = "\n".join(f"  {name:14s} {summary}" for name, (_, summary) in COMMANDS.items())
+    rows = "\n".join(f"  {name:14s} {summary}" for name, summary in COMMANDS.items())
     return (f"usage: python -m mit_semseg COMMAND [ARGS]  (COMMAND --help for its options)\n\n"
             f"commands:\n{rows}\n")
 
@@ -49,5 +50,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown command '{name}'; expected one of {list(COMMANDS)}",
               file=sys.stderr)
         return 2
-    module = importlib.import_module(f".{COMMANDS[name][0]}", __name__)
+    module = importlib.import_module(f".{name}", __name__)
     return module.main(argv[1:])
