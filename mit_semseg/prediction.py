@@ -8,9 +8,9 @@ reported and skipped.
 
 Beside each ``NAME.png``, on request: ``NAME_confidence.png`` (``TEST.confidence``:
 the probability of each pixel's predicted class, 8-bit grayscale, value
-``round(255 p)``) and ``NAME_probs.npz`` (``TEST.save_probs``: key ``probs``,
-the averaged class probabilities as ``[num_class, H, W]`` float16, the photo's
-size; ``write_probs`` / ``confidence_png``).
+``round(255 p)``, ``inference.fusion.confidence_uint8``) and ``NAME_probs.npz``
+(``TEST.save_probs``: key ``probs``, the averaged class probabilities as
+``[num_class, H, W]`` float16 at the photo's size; ``write_probs``).
 """
 from __future__ import annotations
 
@@ -29,10 +29,10 @@ from .data.datasets import TestDataset, inference_loader
 from .data.io import IMAGE_EXTENSIONS, DatasetError, find_recursive, write_png
 from .errors import InputNotFoundError
 from .inference.engine import engine_from_config
+from .inference.fusion import confidence_uint8
 from .inference.segmenter import describe_labels
 
-__all__ = ["run_test", "result_names", "list_test_images", "confidence_png", "write_probs",
-           "companion_names"]
+__all__ = ["run_test", "result_names", "list_test_images", "write_probs", "companion_names"]
 
 
 def result_names(paths: Sequence[str], base: str | None = None) -> list[str]:
@@ -98,11 +98,6 @@ def companion_names(outputs: Sequence[str], suffix: str, taken: set[str]) -> lis
         taken.add(os.path.abspath(candidate))
         out.append(candidate)
     return out
-
-
-def confidence_png(confidence: np.ndarray) -> np.ndarray:
-    """H x W probabilities in [0, 1] -> uint8, ``round(255 p)`` (255 = 1.0)."""
-    return np.clip(np.rint(np.asarray(confidence, np.float32) * 255), 0, 255).astype(np.uint8)
 
 
 def write_probs(probs: Any, path: str) -> None:
@@ -189,7 +184,7 @@ def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = 
                                  axis=1).astype(np.uint8)
             write_png(row, outputs[i])
             if want_conf:
-                write_png(confidence_png(pred.confidence), conf_paths[i])
+                write_png(confidence_uint8(pred.confidence), conf_paths[i])
             if want_probs:
                 write_probs(pred.probs, prob_paths[i])
             bar.update(1)

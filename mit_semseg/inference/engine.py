@@ -184,15 +184,16 @@ class InferenceEngine:
 
     def _slide(self, pixels: np.ndarray, return_probs: bool, return_confidence: bool,
                flip: bool | None = None) -> Prediction:
+        # TODO(slide): banded confidence in slide.py, as fusion computes it; until then
+        # it is the maximum of the full probabilities, which must be asked for too.
+        if return_confidence and not return_probs:
+            raise SlideConfidenceUnavailable(
+                "confidence maps in sliding-window mode (mode slide) are computed from the "
+                "full class probabilities for now: ask for the probabilities too "
+                "(TEST.save_probs True, return_probs=True; C x H x W float32 in memory), "
+                "or use mode whole")
         pred = predict_slide(self, pixels, self.window, return_probs, flip)
         if return_confidence and pred.confidence is None:
-            if pred.probs is None:
-                # TODO(slide): banded confidence in slide.py, as fusion computes it
-                raise SlideConfidenceUnavailable(
-                    "confidence maps in sliding-window mode (mode slide) are computed from "
-                    "the full class probabilities for now: ask for the probabilities too "
-                    "(TEST.save_probs True, return_probs=True; C x H x W float32 in memory), "
-                    "or use mode whole")
             pred.confidence = pred.probs.max(dim=0).values.numpy()
         if not return_confidence:
             pred.confidence = None
