@@ -15,6 +15,11 @@ only what is in it:
 * the largest confusions as a list, the per-image mIoU histogram (inline SVG)
   and the worst images (``panels``), embedded as base64 PNG.
 
+The list and the histogram are ``record["top_confusions"]`` and
+``record["per_image_histogram"]`` when present (``report_numbers`` computes
+both, and eval stores them in its JSON), so the page shows no number the
+JSON lacks.
+
 Every string that comes from the record (class names come from user CSVs) is
 escaped; the embedded JSON cannot close its script element.
 
