@@ -5,6 +5,12 @@ Images are listed and named here (``list_test_images``, ``result_names``),
 predicted by the engine (:mod:`mit_semseg.inference`) in the mode ``TEST.mode``
 says, coloured with the class table and written as PNGs; unreadable images are
 reported and skipped.
+
+Beside each ``NAME.png``, on request: ``NAME_confidence.png`` (``TEST.confidence``:
+the probability of each pixel's predicted class, 8-bit grayscale, value
+``round(255 p)``, ``inference.fusion.confidence_uint8``) and ``NAME_probs.npz``
+(``TEST.save_probs``: key ``probs``, the averaged class probabilities as
+``[num_class, H, W]`` float16 at the photo's size; ``write_probs``).
 """
 from __future__ import annotations
 
@@ -23,9 +29,10 @@ from .data.datasets import TestDataset, inference_loader
 from .data.io import IMAGE_EXTENSIONS, DatasetError, find_recursive, write_png
 from .errors import InputNotFoundError
 from .inference.engine import engine_from_config
+from .inference.fusion import confidence_uint8
 from .inference.segmenter import describe_labels
 
-__all__ = ["run_test", "result_names", "list_test_images"]
+__all__ = ["run_test", "result_names", "list_test_images", "write_probs", "companion_names"]
 
 
 def result_names(paths: Sequence[str], base: str | None = None) -> list[str]:
@@ -77,6 +84,31 @@ def list_test_images(spec: str, root_dataset: str = "") -> tuple[list[str], list
     return [spec], result_names([spec])
 
 
+def companion_names(outputs: Sequence[str], suffix: str, taken: set[str]) -> list[str]:
+    """``<output without .png><suffix>`` per output, made unique (``_2``, ``_3``...)
+    against ``taken`` (absolute paths, compared ignoring case; updated)."""
+    used = {p.lower() for p in taken}
+    out = []
+    for path in outputs:
+        stem, ext = os.path.splitext(os.path.splitext(path)[0] + suffix)
+        candidate, k = stem + ext, 2
+        while os.path.abspath(candidate).lower() in used:
+            candidate, k = f"{stem}_{k}{ext}", k + 1
+        used.add(os.path.abspath(candidate).lower())
+        taken.add(os.path.abspath(candidate))
+        out.append(candidate)
+    return out
+
+
+def write_probs(probs: Any, path: str) -> None:
+    """``np.savez(path, probs=[C, H, W] float16)`` (uncompressed: written at disk
+    speed; about 2 C H W bytes), creating the folder."""
+    arr = probs.numpy() if torch.is_tensor(probs) else np.asarray(probs)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "wb") as fh:  # a file object: savez adds no second extension
+        np.savez(fh, probs=np.ascontiguousarray(arr, dtype=np.float16))
+
+
 # TestDataset options for reading an odgt list without loading images
 _NO_RESIZE = CfgNode({"imgSizes": (1,), "imgMaxSize": 1, "padding_constant": 1})
 
@@ -112,8 +144,10 @@ def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = 
              stream: TextIO | None = None, err: TextIO | None = None) -> int:
     """Segment the images named by ``imgs`` (see ``list_test_images``) with
     ``DIR/{encoder,decoder}_<TEST.checkpoint>``; write image | prediction PNGs to
-    ``TEST.result`` (input folder structure kept) and print the classes found.
-    Returns the number of images skipped as unreadable."""
+    ``TEST.result`` (input folder structure kept), with ``TEST.confidence`` /
+    ``TEST.save_probs`` also the confidence PNGs / probability files beside
+    them, and print the classes found. Returns the number of images skipped as
+    unreadable."""
     stream, err = stream or sys.stdout, err or sys.stderr
     engine = engine_from_config(cfg, "TEST", device)
     paths, names = list_test_images(imgs, cfg.DATASET.root_dataset)
@@ -125,6 +159,10 @@ def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = 
         if os.path.abspath(out) in inputs:  # never overwrite an input image
             out = os.path.splitext(out)[0] + "_seg.png"
         outputs.append(out)
+    want_conf, want_probs = bool(cfg.TEST.confidence), bool(cfg.TEST.save_probs)
+    taken = inputs | {os.path.abspath(p) for p in outputs}
+    conf_paths = companion_names(outputs, "_confidence.png", taken) if want_conf else []
+    prob_paths = companion_names(outputs, "_probs.npz", taken) if want_probs else []
     colors = class_colors(cfg)
     class_name = class_names(cfg)
     dataset = _Readable(TestDataset([{"fpath_img": p} for p in paths], cfg.DATASET))
@@ -137,13 +175,18 @@ def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = 
                 bar.write(f"Skipping unreadable image {sample['error']}", file=err)
                 bar.update(1)
                 continue
-            labels = engine.predict_sample(sample).labels
+            pred = engine.predict_sample(sample, want_probs, return_confidence=want_conf)
+            labels = pred.labels
             print(f"Predictions in [{sample['info']}]:", file=stream)
             for share in describe_labels(labels, class_name, min_percent=0.1):
                 print(f"  {share.name}: {share.percent:.2f}%", file=stream)
             row = np.concatenate([sample["img_ori"], colorEncode(labels, colors)],
                                  axis=1).astype(np.uint8)
             write_png(row, outputs[i])
+            if want_conf:
+                write_png(confidence_uint8(pred.confidence), conf_paths[i])
+            if want_probs:
+                write_probs(pred.probs, prob_paths[i])
             bar.update(1)
     done = len(paths) - skipped
     print(f"Inference done! {done} image(s) written to {out_dir}"

@@ -10,6 +10,7 @@ EPILOG = """\
 examples:
   python eval.py --gpus 0 --cfg config/ade20k-resnet50dilated-ppm_deepsup.yaml
   python eval.py --gpus cpu --cfg config/synthetic-demo.yaml VAL.visualize True
+  python eval.py --gpus cpu --cfg config/synthetic-demo.yaml VAL.worst_images 16 VAL.boundary_iou True
 
 Exit status: 0 done, 1 error (one line on stderr), 2 usage error, 130 interrupted.
 """
@@ -20,7 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python eval.py",
         "Evaluate DIR/encoder_<VAL.checkpoint> + DIR/decoder_<VAL.checkpoint> on "
         "DATASET.list_val with multi-scale inference (DATASET.imgSizes): per-class IoU, mean "
-        "IoU and pixel accuracy, also written to DIR/eval_<checkpoint>.json.",
+        "IoU and pixel accuracy, also written to DIR/eval_<checkpoint>.json, and a report page "
+        "DIR/eval_<checkpoint>.html (per-class table, confusion matrix, worst images).",
         EPILOG, config="optional", config_default="config/ade20k-resnet50dilated-ppm_deepsup.yaml",
         devices="one", device_aliases=("--gpu",))
     args = parse_command(parser, argv)

@@ -7,8 +7,11 @@ from typing import Sequence
 from ..runtime.command import command_parser, parse_command, run_command
 
 EPILOG = """\
-example:
+examples:
   python test.py --imgs photos/ --cfg config/synthetic-demo.yaml --gpus cpu TEST.result out/
+  python test.py --imgs photos/ --cfg CFG TEST.result out/ TEST.confidence True TEST.save_probs True
+    (beside each out/NAME.png also NAME_confidence.png, the probability of the predicted
+     class as 8-bit grayscale, and NAME_probs.npz, key "probs": [num_class, H, W] float16)
 
 Unreadable images are reported and skipped (the exit status stays 0).
 Exit status: 0 done, 1 error (one line on stderr), 2 usage error, 130 interrupted.

@@ -202,6 +202,12 @@ _C.VAL = CN({
     "batch_size": 1,
     # Write image | ground truth | prediction PNGs to DIR/result/.
     "visualize": False,
+    # new: images shown in the report page DIR/eval_<checkpoint>.html, worst
+    # first by per-image mIoU (image | ground truth | prediction | errors); 0: none.
+    "worst_images": 8,
+    # new: also compute boundary IoU per class (Cheng et al. 2021; bands 0.02 x
+    # the image diagonal wide) in eval.py / eval_multipro.py and their report.
+    "boundary_iou": False,
     # Checkpoint suffix to evaluate: DIR/encoder_<checkpoint>, DIR/decoder_<checkpoint>.
     "checkpoint": "epoch_20.pth",
     **_inference_keys(),
@@ -220,6 +226,12 @@ _C.TEST = CN({
     "checkpoint": "epoch_20.pth",
     # Folder for the visualised predictions.
     "result": "./",
+    # new: also write <name>_confidence.png beside each result: the probability of
+    # each pixel's predicted class as 8-bit grayscale (255 = 1.0).
+    "confidence": False,
+    # new: also write <name>_probs.npz beside each result: the averaged class
+    # probabilities, key "probs", [num_class, H, W] float16 (2 C H W bytes).
+    "save_probs": False,
     **_inference_keys(),
     # new: DataLoader worker processes reading test images (the original used 5).
     "workers": 4,

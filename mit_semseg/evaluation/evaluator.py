@@ -8,7 +8,13 @@
   training; nothing written.
 
 The engine (:mod:`mit_semseg.inference`) predicts each sample in the mode
-``VAL.mode`` says; ``report`` prints and writes the results.
+``VAL.mode`` says; ``report`` prints and writes the results: the JSON and the
+report page. ``evaluate`` and ``evaluate_multiprocess`` keep per-image results
+(and boundary IoU with ``VAL.boundary_iou``) and the panels of the
+``VAL.worst_images`` images of lowest mIoU: each process builds the panels of
+its own worst images while it has them in memory and sends them with its
+per-image results; the parent keeps the worst over all processes, so the
+report equals one process's. ``validate`` keeps none of this.
 ``VAL.visualize`` writes image | ground truth | prediction PNGs to
 ``DIR/result/``.
 """
@@ -36,6 +42,7 @@ from ..inference.engine import InferenceEngine, engine_from_config
 from ..runtime.devices import resolve_device
 from ..runtime.process import cpu_count, loader_workers, tune_allocator
 from ..prediction import result_names
+from .html_report import WorstPanels
 from .metrics import SegmentationMetrics
 from .report import write_report
 
@@ -57,10 +64,16 @@ def _sync(device: torch.device) -> None:
 
 
 def _evaluate_part(cfg: CfgNode, engine: InferenceEngine, dataset: ValDataset,
-                   names: Sequence[str], on_image=None) -> tuple[SegmentationMetrics, float]:
-    """Metrics over ``dataset`` (and visualisations named ``names``); total inference seconds."""
-    metrics = SegmentationMetrics(cfg.DATASET.num_class)
+                   names: Sequence[str], on_image=None, *, report: bool = False,
+                   first: int = 0) -> tuple[SegmentationMetrics, float, WorstPanels]:
+    """Metrics over ``dataset`` (and visualisations named ``names``), total inference
+    seconds and the worst images' panels. ``report``: per-image results, boundary
+    IoU (``VAL.boundary_iou``) and ``VAL.worst_images`` panels, the images ranked
+    by their index in the whole list (``first`` + position)."""
     colors = class_colors(cfg)
+    metrics = SegmentationMetrics(cfg.DATASET.num_class, per_image=report,
+                                  boundary=report and bool(cfg.VAL.boundary_iou))
+    worst = WorstPanels(int(cfg.VAL.worst_images) if report else 0, colors)
     seconds = 0.0
     for i, batch in enumerate(inference_loader(dataset, cfg.VAL.workers)):
         sample = batch[0]
@@ -70,14 +83,19 @@ def _evaluate_part(cfg: CfgNode, engine: InferenceEngine, dataset: ValDataset,
         pred = engine.predict_sample(sample).labels
         _sync(engine.device)
         seconds += time.perf_counter() - tic
-        metrics.update(pred, label)
+        if report:
+            metrics.update(pred, label, name=sample["info"])
+            worst.offer(metrics.images[-1].mean_iou, sample["info"], sample["img_ori"], label,
+                        pred, order=first + i)
+        else:
+            metrics.update(pred, label)
         if cfg.VAL.visualize:
             row = np.concatenate([sample["img_ori"], colorEncode(label, colors),
                                   colorEncode(pred, colors)], axis=1).astype(np.uint8)
             write_png(row, os.path.join(cfg.DIR, "result", names[i]))
         if on_image is not None:
             on_image()
-    return metrics, seconds
+    return metrics, seconds, worst
 
 
 def evaluate(cfg: CfgNode, device: Any = "auto", *, progress: bool = True,
@@ -89,8 +107,9 @@ def evaluate(cfg: CfgNode, device: Any = "auto", *, progress: bool = True,
     dataset = _val_dataset(cfg)
     names = result_names([s["fpath_img"] for s in dataset.list_sample])
     with tqdm(total=len(dataset), disable=not progress, file=sys.stderr) as bar:
-        metrics, seconds = _evaluate_part(cfg, engine, dataset, names, on_image=lambda: bar.update(1))
-    return write_report(metrics, cfg, seconds, stream)
+        metrics, seconds, worst = _evaluate_part(cfg, engine, dataset, names,
+                                                 on_image=lambda: bar.update(1), report=True)
+    return write_report(metrics, cfg, seconds, stream, panels=worst.panels())
 
 
 def validate(cfg: CfgNode, encoder: torch.nn.Module, decoder: torch.nn.Module,
@@ -107,7 +126,7 @@ def validate(cfg: CfgNode, encoder: torch.nn.Module, decoder: torch.nn.Module,
         vcfg.DATASET.imgSizes = tuple(int(s) for s in img_sizes)
     engine = InferenceEngine(encoder, decoder, device=device,
                              preprocess=Preprocess.from_config(vcfg.DATASET))
-    metrics, _ = _evaluate_part(vcfg, engine, _val_dataset(vcfg), [])
+    metrics, _, _ = _evaluate_part(vcfg, engine, _val_dataset(vcfg), [])
     return {**metrics.summary(class_names(cfg)), "time": time.perf_counter() - tic}
 
 
@@ -120,9 +139,10 @@ def _worker(cfg_yaml: str, device: str, start: int, end: int, threads: int,
         cfg = CfgNode.load_cfg(cfg_yaml)
         engine = _val_engine(cfg, device)
         dataset = _val_dataset(cfg, start, end)
-        metrics, seconds = _evaluate_part(cfg, engine, dataset, names,
-                                          on_image=lambda: results.put(("image", rank)))
-        results.put(("done", rank, metrics.confusion, metrics.num_images, seconds))
+        metrics, seconds, worst = _evaluate_part(cfg, engine, dataset, names,
+                                                 on_image=lambda: results.put(("image", rank)),
+                                                 report=True, first=start)
+        results.put(("done", rank, metrics, worst, seconds))
     except MitSemsegError as exc:  # bad input: its one-line message
         results.put(("input_error", rank, exc))
     except BaseException:  # report everything, including KeyboardInterrupt, to the parent
@@ -156,7 +176,7 @@ def evaluate_multiprocess(cfg: CfgNode, devices: Sequence[str], *, progress: boo
         # not daemonic: each process may start DataLoader workers (VAL.workers)
         proc.start()
         procs[rank] = proc
-    merged = SegmentationMetrics(cfg.DATASET.num_class)
+    parts: dict[int, tuple[SegmentationMetrics, WorstPanels]] = {}
     pending = set(procs)
     try:
         with tqdm(total=total, disable=not progress, file=sys.stderr) as bar:
@@ -178,14 +198,17 @@ def evaluate_multiprocess(cfg: CfgNode, devices: Sequence[str], *, progress: boo
                     raise RuntimeError(f"evaluation process {msg[1]} ({devices[msg[1]]}) "
                                        f"failed:\n{msg[2]}")
                 else:
-                    _, rank, confusion, count, _seconds = msg
-                    part = SegmentationMetrics(cfg.DATASET.num_class)
-                    part.confusion, part.num_images = np.asarray(confusion), int(count)
-                    merged.merge(part)
+                    _, rank, part, worst, _seconds = msg
+                    parts[rank] = (part, worst)
                     pending.discard(rank)
     finally:
         for proc in procs.values():
             if proc.is_alive() and pending:
                 proc.terminate()
             proc.join()
-    return write_report(merged, cfg, None, stream)
+    # in list order: per-image results as one process lists them
+    metrics, worst = parts[min(parts)]
+    for rank in sorted(parts)[1:]:
+        metrics.merge(parts[rank][0])
+        worst.merge(parts[rank][1])
+    return write_report(metrics, cfg, None, stream, panels=worst.panels())

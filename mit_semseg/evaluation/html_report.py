@@ -15,6 +15,11 @@ only what is in it:
 * the largest confusions as a list, the per-image mIoU histogram (inline SVG)
   and the worst images (``panels``), embedded as base64 PNG.
 
+The list and the histogram are ``record["top_confusions"]`` and
+``record["per_image_histogram"]`` when present (``report_numbers`` computes
+both, and eval stores them in its JSON), so the page shows no number the
+JSON lacks.
+
 Every string that comes from the record (class names come from user CSVs) is
 escaped; the embedded JSON cannot close its script element.
 
@@ -36,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["write_html_report", "render_html_report", "error_map", "panel_tiles",
-           "WorstPanels", "top_confusions"]
+           "WorstPanels", "top_confusions", "miou_histogram", "report_numbers"]
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _TILE_LABELS = ("image", "ground truth", "prediction", "errors")
@@ -126,38 +131,66 @@ def _png(picture: Any, palette: bool = False) -> tuple[bytes, int, int]:
 class WorstPanels:
     """Keeps the ``n`` lowest-scoring images' panels while an evaluation runs.
 
-    ``offer(score, name, image, label, pred)`` builds the tiles only when the
-    image is among the worst so far (NaN scores are skipped); ``panels()``
-    returns them worst first, ready for ``write_html_report``. Tiles are
-    ``panel_tiles`` as PNG, the photo and error tiles with a 256-colour palette.
+    ``offer(score, name, image, label, pred, order=...)`` builds the tiles only
+    when the image is among the worst so far (NaN scores are skipped); images
+    rank by (score, order), ``order`` defaulting to the number offered before,
+    so equal scores keep the earlier image. ``merge`` adds the panels another
+    keeper holds (e.g. another process's share of the images, offered with
+    their indices in the whole list): the result is what one keeper offered
+    every image would hold. ``panels()`` returns them worst first, ready for
+    ``write_html_report``. Tiles are ``panel_tiles`` as PNG, the photo and error
+    tiles with a 256-colour palette. Picklable.
     """
 
     def __init__(self, n: int, colors: np.ndarray, *, max_side: int = 160) -> None:
-        self.n, self.colors, self.max_side = int(n), np.asarray(colors), int(max_side)
-        self._heap: list[tuple[float, int, str, list[bytes]]] = []  # max-heap on score
+        self.n, self.colors, self.max_side = max(0, int(n)), np.asarray(colors), int(max_side)
+        # max-heap on (score, order): items (-score, -order, name, tiles)
+        self._heap: list[tuple[float, int, str, list[bytes]]] = []
         self._seen = 0
 
-    def offer(self, score: float, name: str, image: np.ndarray, label: np.ndarray,
-              pred: np.ndarray) -> bool:
-        """Keep this image if it is among the ``n`` worst so far; returns whether it was."""
-        if self.n <= 0 or score is None or not math.isfinite(score):
-            return False
-        self._seen += 1
-        if len(self._heap) >= self.n and -self._heap[0][0] <= score:
-            return False
-        tiles = [_png(t, palette=i in (0, 3))[0] for i, t in enumerate(
-            panel_tiles(image, label, pred, self.colors, max_side=self.max_side))]
-        item = (-float(score), self._seen, str(name), tiles)
+    def _admits(self, score: float, order: int) -> bool:
+        if len(self._heap) < self.n:
+            return True
+        top = self._heap[0]
+        return (score, order) < (-top[0], -top[1])
+
+    def _push(self, item: tuple[float, int, str, list[bytes]]) -> None:
         if len(self._heap) < self.n:
             heapq.heappush(self._heap, item)
         else:
             heapq.heapreplace(self._heap, item)
+
+    def offer(self, score: float, name: str, image: np.ndarray, label: np.ndarray,
+              pred: np.ndarray, *, order: int | None = None) -> bool:
+        """Keep this image if it is among the ``n`` worst so far; returns whether it was."""
+        if self.n <= 0 or score is None or not math.isfinite(score):
+            return False
+        order = self._seen if order is None else int(order)
+        self._seen += 1
+        if not self._admits(float(score), order):
+            return False
+        tiles = [_png(t, palette=i in (0, 3))[0] for i, t in enumerate(
+            panel_tiles(image, label, pred, self.colors, max_side=self.max_side))]
+        self._push((-float(score), -order, str(name), tiles))
         return True
+
+    def merge(self, other: "WorstPanels") -> "WorstPanels":
+        """Add ``other``'s panels (in place; orders must not collide); returns self."""
+        for item in other._heap:
+            if self.n > 0 and self._admits(-item[0], -item[1]):
+                self._push(item)
+        self._seen += other._seen
+        return self
 
     def panels(self) -> list[tuple[str, list[bytes]]]:
         """(name, [image, ground truth, prediction, errors] PNG bytes), worst first."""
         return [(name, tiles) for _, _, name, tiles in
-                sorted(self._heap, key=lambda it: (-it[0], it[1]))]
+                sorted(self._heap, key=lambda it: (-it[0], -it[1]))]
+
+    def ranking(self) -> list[tuple[str, float, int]]:
+        """(name, score, order) of the kept images, worst first."""
+        return [(name, -neg, -order) for neg, order, name, _ in
+                sorted(self._heap, key=lambda it: (-it[0], -it[1]))]
 
 
 # ============================================================================ numbers
@@ -337,8 +370,7 @@ def _table_html(record: Mapping[str, Any]) -> str:
             + "</tbody></table></div>")
 
 
-def _confusions_html(confusion: Any, names: Sequence[str]) -> str:
-    items = top_confusions(confusion, names)
+def _confusions_html(items: Sequence[Mapping[str, Any]]) -> str:
     if not items:
         return '<p class="muted">No confusions between labeled classes.</p>'
     out = []
@@ -359,14 +391,41 @@ def _nice_step(top: float) -> int:
     return int(10 * base)
 
 
-def _histogram_svg(values: Iterable[float]) -> str:
+def miou_histogram(values: Iterable[Any], bins: int = _HIST_BINS) -> dict[str, Any] | None:
+    """The per-image mIoU histogram the page draws: ``bins`` equal bins over [0, 1]
+    (values clipped into it; undefined ones left out) with their ``counts``, and
+    the ``images`` counted, their ``median`` and ``mean``; None without values."""
     vals = np.array([v for v in (_num(x) for x in values) if v is not None], dtype=float)
     if not vals.size:
+        return None
+    counts, _ = np.histogram(np.clip(vals, 0, 1), bins=bins, range=(0, 1))
+    return {"bins": int(bins), "range": [0.0, 1.0], "counts": counts.tolist(),
+            "images": int(vals.size), "median": float(np.median(vals)),
+            "mean": float(vals.mean())}
+
+
+def report_numbers(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers the page shows that are not in ``SegmentationMetrics.summary``,
+    computed from ``record``: ``top_confusions`` (``top_confusions``) and
+    ``per_image_histogram`` (``miou_histogram``, None without per-image results).
+    Put into the record, the page shows these very values."""
+    k = _num_class(record)
+    names = _class_names(record, k)
+    conf = record.get("confusion")
+    per_image = record.get("per_image") or []
+    return {"top_confusions": [] if conf is None else top_confusions(conf, names),
+            "per_image_histogram": miou_histogram(r.get("mean_iou") for r in per_image
+                                                  if isinstance(r, Mapping))}
+
+
+def _histogram_svg(hist: Mapping[str, Any] | None) -> str:
+    if not hist or not hist.get("counts"):
         return '<p class="muted">Per-image results were not recorded.</p>'
-    counts, _ = np.histogram(np.clip(vals, 0, 1), bins=_HIST_BINS, range=(0, 1))
+    counts = np.asarray(hist["counts"], dtype=np.int64)
+    bins = len(counts)
     W, H, L, R, T, B = 560, 240, 44, 22, 14, 40
     pw, ph = W - L - R, H - T - B
-    step = _nice_step(counts.max())
+    step = _nice_step(float(counts.max()))
     ymax = max(step, int(math.ceil(counts.max() / step)) * step)
     parts = [f'<svg id="hist" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
              f'aria-label="per-image mean IoU histogram">']
@@ -374,9 +433,9 @@ def _histogram_svg(values: Iterable[float]) -> str:
         py = T + ph - ph * y / ymax
         parts.append(f'<line x1="{L}" x2="{W - R}" y1="{py:.1f}" y2="{py:.1f}" class="grid"/>'
                      f'<text x="{L - 6}" y="{py + 4:.1f}" text-anchor="end">{y}</text>')
-    bw = pw / _HIST_BINS
+    bw = pw / bins
     for b, c in enumerate(counts):
-        lo, hi = b / _HIST_BINS, (b + 1) / _HIST_BINS
+        lo, hi = b / bins, (b + 1) / bins
         x, hgt = L + b * bw, ph * c / ymax
         parts.append(f'<rect x="{x + 1:.1f}" y="{T + ph - hgt:.1f}" width="{bw - 2:.1f}" '
                      f'height="{hgt:.1f}"><title>mIoU {lo * 100:.0f}\u2013{hi * 100:.0f}%: '
@@ -387,12 +446,14 @@ def _histogram_svg(values: Iterable[float]) -> str:
                      f'{q * 100:.0f}%</text>')
     parts.append(f'<text x="{L + pw / 2:.1f}" y="{H - 4}" text-anchor="middle" class="axis">'
                  f'per-image mIoU (classes present in the image)</text>')
-    for value, cls in ((float(np.median(vals)), "med"), (float(vals.mean()), "mean")):
+    median, mean = _num(hist.get("median")) or 0.0, _num(hist.get("mean")) or 0.0
+    for value, cls in ((median, "med"), (mean, "mean")):
         px = L + pw * min(1.0, max(0.0, value))
         parts.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{T}" y2="{T + ph}" class="{cls}"/>')
     parts.append("</svg>")
-    caption = (f'<p class="muted">{vals.size:,} images; median {np.median(vals) * 100:.1f}%, '
-               f'mean {vals.mean() * 100:.1f}% (dashed: median, dotted: mean)</p>')
+    caption = (f'<p class="muted">{_count(hist.get("images", int(counts.sum())))} images; '
+               f'median {median * 100:.1f}%, mean {mean * 100:.1f}% '
+               f'(dashed: median, dotted: mean)</p>')
     return "".join(parts) + caption
 
 
@@ -474,15 +535,24 @@ def _script_json(data: Any) -> str:
 
 # ============================================================================ page
 
+def _num_class(record: Mapping[str, Any]) -> int:
+    k = record.get("num_class")
+    if isinstance(k, int):
+        return k
+    conf = record.get("confusion")
+    return len(conf) if conf is not None else len(record.get("per_class") or [])
+
+
 def render_html_report(record: Mapping[str, Any], *, panels: Sequence[Any] | None = None,
                        title: str | None = None) -> str:
     """The report page as a string (see ``write_html_report``)."""
-    k = record.get("num_class")
-    if not isinstance(k, int):
-        conf = record.get("confusion")
-        k = len(conf) if conf is not None else len(record.get("per_class") or [])
+    k = _num_class(record)
     names = _class_names(record, k)
     heat = _heatmap_data(record, names)
+    derived = {key: record[key] for key in ("top_confusions", "per_image_histogram")
+               if key in record}
+    if len(derived) < 2:
+        derived = {**report_numbers(record), **derived}
     title = title or ("Evaluation report: " + str(record["checkpoint"])
                       if record.get("checkpoint") else "Evaluation report")
     if heat is None or not heat["names"]:
@@ -502,9 +572,8 @@ def render_html_report(record: Mapping[str, Any], *, panels: Sequence[Any] | Non
             '<div id="heat-wrap"><canvas id="heat" role="img" aria-label="confusion matrix">'
             '</canvas><canvas id="heat-over"></canvas>'
             '<div id="heat-tip" hidden></div></div>')
-        conf_html = _confusions_html(record["confusion"], names)
+        conf_html = _confusions_html(derived["top_confusions"])
     data_json = _script_json(heat or {"names": [], "index": [], "confusion": []})
-    per_image = record.get("per_image") or []
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -519,8 +588,7 @@ def render_html_report(record: Mapping[str, Any], *, panels: Sequence[Any] | Non
 precision and F1 are undefined (\u2013) for classes never predicted / never present.</p>
 {_table_html(record)}</section>
 <div class="side">
-<section><h2>Per-image mIoU</h2>{_histogram_svg(r.get("mean_iou") for r in per_image
-                                                if isinstance(r, Mapping))}</section>
+<section><h2>Per-image mIoU</h2>{_histogram_svg(derived["per_image_histogram"])}</section>
 <section><h2>Top confusions</h2><p class="muted">Share of the ground-truth class's pixels
 predicted as another class (cells with at least 0.01% of all labeled pixels).</p>
 {conf_html}</section>

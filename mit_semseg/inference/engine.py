@@ -25,6 +25,13 @@ The engine has two steps, kept apart so each can be optimised on its own:
 * ``fuse(logits, out_size)``: resize, softmax, average and argmax at the
   original resolution, in bands of bounded memory by default; with ``exact``
   the original's full-size operations and bits (``fusion``).
+
+What a prediction carries (``Prediction``): the labels always;
+``return_probs``: the averaged class probabilities, a ``[C, H, W]`` float32
+tensor (4 C H W bytes: 150 classes on a 640x480 photo = 184 MB);
+``return_confidence``: each pixel's probability of its label, an ``H x W``
+float32 array (4 H W bytes), computed with the labels without a ``C x H x W``
+buffer in whole-image mode.
 """
 from __future__ import annotations
 
@@ -38,13 +45,18 @@ from PIL import Image
 
 from ..checkpoints.files import CheckpointNotFoundError, checkpoint_paths
 from ..data.transforms import Preprocess
+from ..errors import MitSemsegError
 from ..runtime.devices import resolve_device
 from .backends import TorchBackend, make_backend
 from .fusion import DEFAULT_BAND_BYTES, Prediction, fuse
 from .slide import SlideWindow, predict_slide, slide_options
 
 __all__ = ["InferenceEngine", "Prediction", "build_engine", "engine_from_config",
-           "DEFAULT_BAND_BYTES"]
+           "DEFAULT_BAND_BYTES", "SlideConfidenceUnavailable"]
+
+
+class SlideConfidenceUnavailable(MitSemsegError, NotImplementedError):
+    """Sliding-window mode computes confidence maps only from the full probabilities."""
 
 
 class InferenceEngine:
@@ -128,41 +140,64 @@ class InferenceEngine:
 
     @torch.inference_mode()
     def fuse(self, logits: Sequence[torch.Tensor], out_size: tuple[int, int],
-             return_probs: bool = False) -> Prediction:
+             return_probs: bool = False, return_confidence: bool = False) -> Prediction:
         """Resize, softmax, average and argmax ``logits`` at ``out_size`` (H, W)."""
-        return fuse(logits, out_size, return_probs, self.band_bytes, exact=self.exact)
+        return fuse(logits, out_size, return_probs, self.band_bytes, exact=self.exact,
+                    return_confidence=return_confidence)
 
     # ---------------------------------------------------------------- whole image
     def predict(self, img_data: Sequence[torch.Tensor], out_size: tuple[int, int],
-                return_probs: bool = False, flip: bool | None = None) -> Prediction:
+                return_probs: bool = False, flip: bool | None = None, *,
+                return_confidence: bool = False) -> Prediction:
         """Whole-image prediction from prepared copies: ``fuse(scale_logits(img_data,
         flip), out_size)``."""
         logits = self.scale_logits(img_data, flip)
-        return self.fuse(logits, out_size, return_probs)
+        return self.fuse(logits, out_size, return_probs, return_confidence)
 
     # ---------------------------------------------------------------- entry points
     def predict_image(self, image: Image.Image | np.ndarray, return_probs: bool = False, *,
-                      sizes: Sequence[int] | None = None,
-                      flip: bool | None = None) -> Prediction:
-        """Labels (and probabilities) of an RGB photo (PIL image or ``H x W x 3`` uint8
-        array) at its own size, in the engine's mode: whole-image copies at ``sizes``
-        (short sides; default: the preprocessing's ``imgSizes``), or sliding windows."""
+                      sizes: Sequence[int] | None = None, flip: bool | None = None,
+                      return_confidence: bool = False) -> Prediction:
+        """Labels (and probabilities, confidence) of an RGB photo (PIL image or
+        ``H x W x 3`` uint8 array) at its own size, in the engine's mode: whole-image
+        copies at ``sizes`` (short sides; default: the preprocessing's ``imgSizes``),
+        or sliding windows."""
         if self.window is not None:
             if sizes is not None:
                 raise ValueError("imgSizes does not apply in sliding-window mode (the tiles "
                                  "are cut at slide_scale resolution); leave it None")
-            return predict_slide(self, np.asarray(image), self.window, return_probs, flip)
+            return self._slide(np.asarray(image), return_probs, return_confidence, flip)
         pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
         copies = self.preprocess.scales(pil, sizes)
-        return self.predict(copies, (pil.size[1], pil.size[0]), return_probs, flip)
+        return self.predict(copies, (pil.size[1], pil.size[0]), return_probs, flip,
+                            return_confidence=return_confidence)
 
-    def predict_sample(self, sample: Mapping[str, Any], return_probs: bool = False) -> Prediction:
+    def predict_sample(self, sample: Mapping[str, Any], return_probs: bool = False, *,
+                       return_confidence: bool = False) -> Prediction:
         """Predict a ValDataset/TestDataset item at its ``img_ori`` size, in the engine's
         mode (whole: its prepared ``img_data`` copies; slide: tiles of ``img_ori``)."""
         if self.window is not None:
-            return predict_slide(self, sample["img_ori"], self.window, return_probs)
+            return self._slide(sample["img_ori"], return_probs, return_confidence)
         h, w = sample["img_ori"].shape[:2]
-        return self.predict(sample["img_data"], (h, w), return_probs)
+        return self.predict(sample["img_data"], (h, w), return_probs,
+                            return_confidence=return_confidence)
+
+    def _slide(self, pixels: np.ndarray, return_probs: bool, return_confidence: bool,
+               flip: bool | None = None) -> Prediction:
+        # TODO(slide): banded confidence in slide.py, as fusion computes it; until then
+        # it is the maximum of the full probabilities, which must be asked for too.
+        if return_confidence and not return_probs:
+            raise SlideConfidenceUnavailable(
+                "confidence maps in sliding-window mode (mode slide) are computed from the "
+                "full class probabilities for now: ask for the probabilities too "
+                "(TEST.save_probs True, return_probs=True; C x H x W float32 in memory), "
+                "or use mode whole")
+        pred = predict_slide(self, pixels, self.window, return_probs, flip)
+        if return_confidence and pred.confidence is None:
+            pred.confidence = pred.probs.max(dim=0).values.numpy()
+        if not return_confidence:
+            pred.confidence = None
+        return pred
 
 
 # ============================================================================ building

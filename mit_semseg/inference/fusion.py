@@ -33,6 +33,11 @@ procedure in horizontal bands of output rows, with memory bounded by
 * without ``return_probs``, no work that cannot change a label: a single
   map's labels are the argmax of its resized scores, several maps'
   probabilities are summed without dividing by their count;
+* ``return_confidence``: each pixel's top-class probability (the averaged
+  probability of its label) comes out of the same ``max`` that picks the
+  label, band by band: an ``H x W`` float32 map, no ``C x H x W`` buffer
+  (a single map is then put through the softmax, several maps' summed
+  probabilities have only their maximum divided by the count);
 * band tensors live in reused per-thread buffers (no page faults on fresh
   memory, no allocator traffic).
 
@@ -55,7 +60,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["fuse", "Prediction", "banding_exact", "release_workspace", "DEFAULT_BAND_BYTES",
-           "RowPlan", "row_plan", "SMALL_OUTPUT_SIDES"]
+           "RowPlan", "row_plan", "SMALL_OUTPUT_SIDES", "confidence_uint8"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +80,18 @@ SMALL_OUTPUT_SIDES = 128
 class Prediction:
     """``labels``: H x W int64 numpy array of 0-based classes. ``probs``: the
     averaged class probabilities as a [C, H, W] float32 CPU tensor (for
-    ``exact=False`` a view of class-last storage), or None when not requested."""
+    ``exact=False`` a view of class-last storage), or None when not requested.
+    ``confidence``: H x W float32 numpy array, each pixel's averaged probability
+    of its label (the top class), or None when not requested."""
     labels: np.ndarray
     probs: torch.Tensor | None = None
+    confidence: np.ndarray | None = None
+
+
+def confidence_uint8(confidence: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] -> uint8 ``round(255 p)`` (255 = 1.0): how confidence
+    maps are stored as 8-bit grayscale PNGs (test.py, the web API)."""
+    return np.clip(np.rint(np.asarray(confidence, np.float32) * 255), 0, 255).astype(np.uint8)
 
 
 # ============================================================================ buffers
@@ -262,17 +276,18 @@ def _as_nchw(logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-def _finish(labels: torch.Tensor, probs: torch.Tensor | None, class_last: bool = True
-            ) -> Prediction:
+def _finish(labels: torch.Tensor, probs: torch.Tensor | None, class_last: bool = True,
+            confidence: torch.Tensor | None = None) -> Prediction:
     lab = labels.cpu().numpy()
     prob = None
     if probs is not None:
         prob = probs.cpu().permute(2, 0, 1) if class_last else probs.cpu()
-    return Prediction(lab, prob)
+    conf = None if confidence is None else confidence.cpu().numpy()
+    return Prediction(lab, prob, conf)
 
 
 def _literal(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
-             return_probs: bool) -> Prediction:
+             return_probs: bool, return_confidence: bool = False) -> Prediction:
     """The original's procedure on full-size maps, operation for operation."""
     n = len(logits)
     scores = None
@@ -281,8 +296,9 @@ def _literal(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
                                     align_corners=False), dim=1)
         scores = p / n if scores is None else scores + p / n
     assert scores is not None
-    labels = torch.max(scores, dim=1).indices[0]
-    return _finish(labels, scores[0] if return_probs else None, class_last=False)
+    values, labels = torch.max(scores, dim=1)
+    return _finish(labels[0], scores[0] if return_probs else None, class_last=False,
+                   confidence=values[0] if return_confidence else None)
 
 
 def _in_one_piece(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
@@ -297,7 +313,8 @@ def _in_one_piece(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
 
 
 def _fuse_one_piece(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
-                    return_probs: bool, argmax_only: bool, average: bool) -> Prediction:
+                    return_probs: bool, argmax_only: bool, average: bool,
+                    return_confidence: bool = False) -> Prediction:
     n = len(logits)
     scores = None
     for x in logits:
@@ -312,13 +329,16 @@ def _fuse_one_piece(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
             p = p / n
         scores = p if scores is None else scores + p
     assert scores is not None
-    labels = torch.max(scores, dim=-1).indices
-    return _finish(labels, scores if return_probs else None)
+    values, labels = torch.max(scores, dim=-1)
+    confidence = None
+    if return_confidence:
+        confidence = values if average or n == 1 else values.div_(n)
+    return _finish(labels, scores if return_probs else None, confidence=confidence)
 
 
 def fuse(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
          return_probs: bool = False, band_bytes: int = DEFAULT_BAND_BYTES,
-         exact: bool = True) -> Prediction:
+         exact: bool = True, return_confidence: bool = False) -> Prediction:
     """Resize every ``[1, C, h, w]`` score map in ``logits`` to ``out_size`` (H, W),
     softmax over classes, average, argmax (see the module docstring).
 
@@ -328,16 +348,23 @@ def fuse(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
     source rows for two bands, plus the labels (and ``return_probs``' full
     [C, H, W] map); ``band_bytes <= 0``: one piece. Without ``return_probs`` it
     skips the softmax of a single map and the division by the count.
+
+    ``return_confidence``: also each pixel's averaged probability of its label
+    (``Prediction.confidence``, H x W float32): with ``exact`` the maximum of the
+    original's full-size probabilities; otherwise from the same bands as the
+    labels, no [C, H, W] buffer (it equals the maximum of ``return_probs``' map
+    to float32 rounding).
     """
     logits = _as_nchw(logits)
     H, W = (int(s) for s in out_size)
     if exact:
-        return _literal(logits, (H, W), return_probs)
+        return _literal(logits, (H, W), return_probs, return_confidence)
     C, n = logits[0].shape[1], len(logits)
-    argmax_only = n == 1 and not return_probs
+    argmax_only = n == 1 and not (return_probs or return_confidence)
     average = return_probs
     if _in_one_piece(logits, (H, W), band_bytes):
-        return _fuse_one_piece(logits, (H, W), return_probs, argmax_only, average)
+        return _fuse_one_piece(logits, (H, W), return_probs, argmax_only, average,
+                               return_confidence)
     device = logits[0].device
     plans = [row_plan(x.shape[2], H, device) for x in logits]
     rows_per_band = max(1, int(band_bytes) // (C * W * 4))
@@ -349,6 +376,8 @@ def fuse(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
 
     labels = torch.empty((H, W), dtype=torch.int64, device=device)
     probs = torch.empty((H, W, C), dtype=torch.float32, device=device) if return_probs else None
+    confidence = torch.empty((H, W), dtype=torch.float32, device=device) \
+        if return_confidence else None
     f32 = torch.float32
     for r0 in range(0, H, rows_per_band):
         r1 = min(H, r0 + rows_per_band)
@@ -381,9 +410,12 @@ def fuse(logits: Sequence[torch.Tensor], out_size: tuple[int, int],
                 if average:
                     band.div_(n)
                 acc.add_(band)
-        values = _workspace.get("max", (rr, W), f32, device)
+        values = confidence[r0:r1] if confidence is not None else \
+            _workspace.get("max", (rr, W), f32, device)
         torch.max(acc, -1, out=(values, labels[r0:r1]))
-    return _finish(labels, probs)
+    if confidence is not None and not average and n > 1:
+        confidence.div_(n)  # summed probabilities: only their maximum is averaged
+    return _finish(labels, probs, confidence=confidence)
 
 
 _exact_checked: dict[tuple[str, int, int], bool] = {}

@@ -4,12 +4,14 @@
 with FastAPI's TestClient and no network. Endpoints (see docs/web.md and /docs):
 
 * ``GET /``: the page. ``GET /api/health``, ``GET /api/models``.
-* ``POST /api/segment?model=&scales=&flip=``: a multipart upload (field
-  ``file``) or the raw image bytes -> size, classes present, times and the
-  label map as a base64 PNG, plus URLs of the label PNG and of the
-  image|labels PNG that test.py writes.
-* ``GET /api/results/{id}/labels.png`` and ``.../result.png``: the last
-  ``keep`` results.
+* ``POST /api/segment?model=&scales=&flip=&confidence=``: a multipart upload
+  (field ``file``) or the raw image bytes -> size, classes present, times and
+  the label map as a base64 PNG, plus URLs of the label PNG and of the
+  image|labels PNG that test.py writes; with ``confidence=true`` also the
+  confidence map (8-bit grayscale PNG, 255 = probability 1), its URL, the
+  mean confidence and each class's.
+* ``GET /api/results/{id}/labels.png``, ``.../result.png`` and
+  ``.../confidence.png``: the last ``keep`` results.
 
 Errors are JSON ``{"detail": message}`` with a 4xx/5xx status.
 """
@@ -38,8 +40,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response  # noqa: E402
 from fastapi.staticfiles import StaticFiles  # noqa: E402
 from starlette.formparsers import MultiPartException, MultiPartParser  # noqa: E402
 
-from .images import (UploadError, decode_upload, label_png, label_png_rgb,  # noqa: E402
-                     read_label_png, result_png)
+from .images import (UploadError, confidence_png, decode_upload, label_png,  # noqa: E402
+                     label_png_rgb, read_label_png, result_png)
 from .models import Busy, Runner, WebModel, hex_color, parse_scales  # noqa: E402
 
 __all__ = ["create_app", "STATIC_DIR"]
@@ -127,12 +129,18 @@ def create_app(models: Sequence[WebModel], *, max_upload_mb: float = 20, queue: 
                                 "size), 'multi' (all of DATASET.imgSizes) or short sides "
                                 "like '300,450'"),
             flip: bool = Query(False, description="also average the left-right mirrored image"),
+            confidence: bool = Query(False, description="also return the confidence map: "
+                                     "each pixel's probability of its class"),
     ) -> dict[str, Any]:
         """Segment the photo sent as multipart field ``file`` (or as the raw body).
         Returns width, height, classes present (id, name, colour, pixels, share in
         0..1 and percent, largest first), the label map as base64 PNG
         (``labels_png``: value k+1 for class id k), URLs of that PNG and of the
-        image|labels PNG as test.py writes it, and the time taken (ms)."""
+        image|labels PNG as test.py writes it, and the time taken (ms). With
+        ``confidence``: ``confidence_png`` (base64 8-bit grayscale PNG, value
+        round(255 p) for the probability p of the pixel's class), its URL
+        ``confidence_url``, ``mean_confidence`` and per class ``confidence``
+        (mean over its pixels)."""
         t0 = time.perf_counter()
         chosen = _model(by_name, model)
         try:
@@ -144,17 +152,22 @@ def create_app(models: Sequence[WebModel], *, max_upload_mb: float = 20, queue: 
             raise _busy()
         data, name = await _read_upload(request, limit)
         try:
-            out = await runner.run(_segment_job, chosen, data, name, sizes, flip, max_pixels)
+            out = await runner.run(_segment_job, chosen, data, name, sizes, flip, max_pixels,
+                                   confidence)
         except Busy:
             raise _busy() from None
         except UploadError as exc:
             raise HTTPException(exc.status, exc.message) from None
         labels_bytes = out.pop("labels_png")
-        rid = store.put(chosen.name, data, name, labels_bytes)
+        conf_bytes = out.pop("confidence_png", None)
+        rid = store.put(chosen.name, data, name, labels_bytes, conf_bytes)
         out.update(id=rid, labels_png=base64.b64encode(labels_bytes).decode("ascii"),
                    labels_url=f"api/results/{rid}/labels.png",
-                   result_url=f"api/results/{rid}/result.png",
-                   time_ms=round((time.perf_counter() - t0) * 1000, 1))
+                   result_url=f"api/results/{rid}/result.png")
+        if conf_bytes is not None:
+            out.update(confidence_png=base64.b64encode(conf_bytes).decode("ascii"),
+                       confidence_url=f"api/results/{rid}/confidence.png")
+        out["time_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         return out
 
     @app.get("/api/results/{rid}/labels.png", summary="Raw label map of a result",
@@ -175,6 +188,18 @@ def create_app(models: Sequence[WebModel], *, max_upload_mb: float = 20, queue: 
                 raise _busy() from None
         return Response(png, media_type="image/png", headers=_attachment(entry.name, "labels"))
 
+    @app.get("/api/results/{rid}/confidence.png", summary="Confidence map of a result",
+             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    async def result_confidence(rid: str) -> Response:
+        """The confidence map as 8-bit grayscale PNG: value round(255 p) for the
+        probability p of each pixel's class (results segmented with confidence=true)."""
+        entry = store.get(rid)
+        if entry.confidence_png is None:
+            raise HTTPException(404, f"result {rid!r} has no confidence map; segment the photo "
+                                     f"with confidence=true")
+        return Response(entry.confidence_png, media_type="image/png",
+                        headers=_attachment(entry.name, "confidence"))
+
     @app.get("/api/results/{rid}/result.png", summary="Image | labels PNG of a result",
              response_class=Response, responses={200: {"content": {"image/png": {}}}})
     async def result_pair(rid: str) -> Response:
@@ -193,10 +218,12 @@ def create_app(models: Sequence[WebModel], *, max_upload_mb: float = 20, queue: 
 # ---------------------------------------------------------------------------- jobs
 
 def _segment_job(model: WebModel, data: bytes, name: str, sizes: tuple[int, ...], flip: bool,
-                 max_pixels: int | None) -> dict[str, Any]:
+                 max_pixels: int | None, confidence: bool = False) -> dict[str, Any]:
     photo = decode_upload(data, name, max_pixels)
     t0 = time.perf_counter()
-    labels = model.segmenter.predict(photo, imgSizes=list(sizes), flip=flip)
+    out = model.segmenter.predict(photo, imgSizes=list(sizes), flip=flip,
+                                  return_confidence=confidence)
+    labels, conf = out if confidence else (out, None)
     inference_ms = (time.perf_counter() - t0) * 1000
     height, width = labels.shape
     colors = model.segmenter.colors
@@ -205,9 +232,17 @@ def _segment_job(model: WebModel, data: bytes, name: str, sizes: tuple[int, ...]
                 "pixels": int(counts[s.index]), "share": int(counts[s.index]) / labels.size,
                 "percent": round(s.percent, 2)}
                for s in model.segmenter.describe(labels)]
-    return {"model": model.name, "width": width, "height": height, "scales": list(sizes),
-            "flip": flip, "classes": classes, "inference_ms": round(inference_ms, 1),
-            "labels_png": label_png(labels, model.num_class)}
+    result = {"model": model.name, "width": width, "height": height, "scales": list(sizes),
+              "flip": flip, "classes": classes, "inference_ms": round(inference_ms, 1),
+              "labels_png": label_png(labels, model.num_class)}
+    if conf is not None:
+        sums = np.bincount(labels.ravel(), weights=conf.ravel().astype(np.float64),
+                           minlength=model.num_class)
+        for c in classes:
+            c["confidence"] = round(float(sums[c["id"]] / max(c["pixels"], 1)), 4)
+        result.update(mean_confidence=round(float(conf.mean(dtype=np.float64)), 4),
+                      confidence_png=confidence_png(conf))
+    return result
 
 
 def _pair_job(model: WebModel, entry: "_Result", max_pixels: int | None) -> bytes:
@@ -217,8 +252,9 @@ def _pair_job(model: WebModel, entry: "_Result", max_pixels: int | None) -> byte
 
 # ---------------------------------------------------------------------------- helpers
 
-class _Result(collections.namedtuple("_Result", "model upload name labels_png")):
-    """A kept result: model name, uploaded bytes, upload name, label PNG bytes."""
+class _Result(collections.namedtuple("_Result", "model upload name labels_png confidence_png")):
+    """A kept result: model name, uploaded bytes, upload name, label PNG bytes,
+    confidence PNG bytes (None when not asked for)."""
 
 
 class _ResultStore:
@@ -229,10 +265,11 @@ class _ResultStore:
         self._items: collections.OrderedDict[str, _Result] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def put(self, model: str, upload: bytes, name: str, labels: bytes) -> str:
+    def put(self, model: str, upload: bytes, name: str, labels: bytes,
+            confidence: bytes | None = None) -> str:
         rid = uuid.uuid4().hex
         with self._lock:
-            self._items[rid] = _Result(model, upload, name, labels)
+            self._items[rid] = _Result(model, upload, name, labels, confidence)
             while len(self._items) > self.keep:
                 self._items.popitem(last=False)
         return rid

@@ -13,10 +13,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..data.classes import colorEncode
+from ..inference.fusion import confidence_uint8
 from ..data.io import DatasetError, to_rgb
 
 __all__ = ["UploadError", "decode_upload", "label_png", "label_png_rgb", "read_label_png",
-           "result_png"]
+           "result_png", "confidence_png"]
 
 
 class UploadError(ValueError):
@@ -102,3 +103,9 @@ def result_png(photo: Image.Image, labels: np.ndarray, colors: np.ndarray) -> by
     """The photo and its colourised labels side by side, as ``test.py`` writes them."""
     row = np.concatenate([np.asarray(photo), colorEncode(labels, colors)], axis=1)
     return _png(row.astype(np.uint8))
+
+
+def confidence_png(confidence: np.ndarray) -> bytes:
+    """The confidence map (H x W probabilities) as 8-bit grayscale PNG, value
+    round(255 p), as test.py writes it (TEST.confidence)."""
+    return _png(confidence_uint8(confidence))

@@ -1,5 +1,7 @@
 """eval.py and eval_multipro.py (2 CPU processes) on a tiny synthetic set give
-identical numbers; JSON results, visualisations, missing-checkpoint message."""
+identical numbers and report pages (per-image results, boundary IoU, the worst
+images chosen over both processes); JSON results, visualisations,
+missing-checkpoint message."""
 import json
 import os
 import re
@@ -29,17 +31,22 @@ def setup(tmp_path_factory):
 
 def test_eval_and_eval_multipro_print_identical_numbers(setup):
     base, ckpt = setup
-    opts = tiny_opts(ckpt, base / "data")
+    # 2 worst of 5 images (3 + 2 per process): chosen over both processes
+    opts = tiny_opts(ckpt, base / "data") + ["VAL.worst_images", "2", "VAL.boundary_iou", "True"]
     single = run_script("eval.py", "--cfg", CFG, "--gpu", "cpu", *opts, "VAL.visualize", "True")
     assert single.returncode == 0, single.stderr[-3000:]
     with open(os.path.join(ckpt, "eval_epoch_1.json")) as fh:
         first = json.load(fh)
+    with open(os.path.join(ckpt, "eval_epoch_1.html")) as fh:
+        first_page = fh.read()
     # one DataLoader worker inside each evaluation process (they must not be daemonic)
     multi = run_script("eval_multipro.py", "--cfg", CFG, "--gpus", "cpu", "--workers", "2", *opts,
                        "VAL.workers", "1")
     assert multi.returncode == 0, multi.stderr[-3000:]
     with open(os.path.join(ckpt, "eval_epoch_1.json")) as fh:
         second = json.load(fh)
+    with open(os.path.join(ckpt, "eval_epoch_1.html")) as fh:
+        second_page = fh.read()
 
     a, b = SUMMARY.findall(single.stdout), SUMMARY.findall(multi.stdout)
     assert len(a) == len(b) == 1 and a == b
@@ -56,6 +63,14 @@ def test_eval_and_eval_multipro_print_identical_numbers(setup):
                 "per_class", "num_images"):
         assert first[key] == second[key], key
     assert first["num_images"] == 5
+    # everything else too (per image, confusion, boundary IoU, the worst images)
+    assert first.pop("inference_time_per_image_s") > 0
+    assert first == second
+    assert len(first["worst_images"]) == 2 and first["mean_boundary_iou"] is not None
+    panels = [re.findall(r'src="(data:image/png;base64,[^"]+)"', p) for p in (first_page,
+                                                                         second_page)]
+    assert len(panels[0]) == 8 and panels[0] == panels[1]
+    assert "Mean Dice/F1: " in single.stdout and "Report written to " in multi.stdout
     assert f"{first['mean_iou']:.4f}" == a[0][0]
     # visualisations: image | ground truth | prediction, one per validation image
     results = sorted(os.listdir(os.path.join(ckpt, "result")))

@@ -287,3 +287,31 @@ def test_cli_errors(tmp_path, capsys):
     assert "checkpoint not found" in err and str(tmp_path) in err
     assert main(["--cfg", str(tmp_path / "missing.yaml")]) == 1
     assert "config file not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- confidence
+
+def test_confidence_map(client, model):
+    from mit_semseg.inference.fusion import confidence_uint8
+    arr = photo()
+    out = post(client, encode(arr), name="scene.png", scales="multi", confidence="true").json()
+    labels, conf = model.segmenter.predict(arr, imgSizes=[40, 56], return_confidence=True)
+    assert np.array_equal(labels_of(out), labels)
+    png = base64.b64decode(out["confidence_png"])
+    with Image.open(io.BytesIO(png)) as img:
+        assert img.mode == "L" and img.size == (80, 64)
+        assert np.array_equal(np.asarray(img), confidence_uint8(conf))  # 255 = probability 1
+    assert out["mean_confidence"] == pytest.approx(conf.mean(), abs=1e-4)
+    for c in out["classes"]:
+        assert c["confidence"] == pytest.approx(conf[labels == c["id"]].mean(), abs=1e-4)
+    got = client.get(out["confidence_url"])
+    assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+    assert got.content == png and 'filename="scene_confidence.png"' in \
+        got.headers["content-disposition"]
+    # without confidence=true: none computed, none kept
+    plain = post(client, encode(arr)).json()
+    assert "confidence_png" not in plain and "mean_confidence" not in plain
+    assert all("confidence" not in c for c in plain["classes"])
+    assert_error(client.get(f"api/results/{plain['id']}/confidence.png"), 404,
+                 "no confidence map", "confidence=true")
+    assert_error(post(client, encode(arr), confidence="sometimes"), 400, "confidence")

@@ -4,6 +4,7 @@ uploads a photo and checks the legend, the hover readout and the highlight
 against the API's answer; also a phone-sized window. Skips only when Chromium
 or chromedriver is absent (.ci/run installs them)."""
 import base64
+import io
 import json
 import shutil
 import socket
@@ -73,13 +74,14 @@ def browser():
     driver.quit()
 
 
-def api_segment(base, data, model=""):
+def api_segment(base, data, model="", confidence=False):
     """The API's answer for the page's default settings (single scale, no flip)."""
     boundary = "----semsegtest"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
             f"filename=\"scene.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + data + \
         f"\r\n--{boundary}--\r\n".encode()
-    req = urllib.request.Request(base + f"api/segment?scales=single&flip=false&model={model}", data=body,
+    query = f"scales=single&flip=false&model={model}" + ("&confidence=true" if confidence else "")
+    req = urllib.request.Request(base + f"api/segment?{query}", data=body,
                                  headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     with urllib.request.urlopen(req, timeout=WAIT_S) as res:
         return json.load(res)
@@ -270,3 +272,57 @@ def test_model_choice_and_hover_beyond_255_classes(server, browser, tmp_path):
     assert high > 255  # the packed (16-bit) label map is decoded
     hover_and_check(browser, overlay, rect, browser.find_element(By.ID, "readout"), labels,
                     by_id, high)
+
+
+CONF_STOPS = ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"]  # app.js's ramp
+
+
+def ramp(value):
+    """The page's colour for confidence value 0..255 (linear between the stops)."""
+    stops = [[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in CONF_STOPS]
+    t = value / 255 * (len(stops) - 1)
+    i = min(len(stops) - 2, int(t))
+    f = t - i
+    return [int(np.floor(a + (b - a) * f + 0.5)) for a, b in zip(stops[i], stops[i + 1])]
+
+
+def test_confidence_layer(server, browser, tmp_path):
+    arr = photo(120, 160)
+    path = tmp_path / "scene.png"
+    Image.fromarray(arr).save(path)
+    answer = api_segment(server, encode(arr), confidence=True)
+    labels = read_label_png(base64.b64decode(answer["labels_png"]))
+    conf = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["confidence_png"]))))
+    upload(browser, server, path)
+    scale = browser.find_element(By.ID, "conf-scale")
+    assert not scale.is_displayed()
+    toggle = browser.find_element(By.ID, "confidence")
+    toggle.click()  # the first result has no map: the page asks again with confidence=true
+    WebDriverWait(browser, WAIT_S).until(lambda d: scale.is_displayed())
+    assert [t.text for t in scale.find_elements(By.TAG_NAME, "b")] == \
+        ["0%", "25%", "50%", "75%", "100%"]
+    assert f"mean confidence {answer['mean_confidence'] * 100:.1f}%" in \
+        browser.find_element(By.ID, "timing").text
+    overlay = browser.find_element(By.ID, "overlay")
+    pixel = ("return Array.from(arguments[0].getContext('2d').getImageData(arguments[1], "
+             "arguments[2], 1, 1).data);")
+    first = answer["classes"][0]
+    x, y = interior_pixel(labels, first["id"])
+    assert browser.execute_script(pixel, overlay, x, y) == ramp(int(conf[y, x])) + [255]
+    # hover: class, position and the pixel's confidence
+    rect = in_view(browser, overlay)
+    readout = browser.find_element(By.ID, "readout")
+    dx = round((x + 0.5) * rect[0] / 160 - rect[0] / 2)
+    dy = round((y + 0.5) * rect[1] / 120 - rect[1] / 2)
+    ActionChains(browser).move_to_element_with_offset(overlay, dx, dy).perform()
+    WebDriverWait(browser, WAIT_S).until(lambda d: readout.get_attribute("data-confidence"))
+    rx, ry = int(readout.get_attribute("data-x")), int(readout.get_attribute("data-y"))
+    value = int(conf[ry, rx])
+    assert readout.get_attribute("data-confidence") == str(value)
+    assert readout.text == (f"{first['name']} ({rx}, {ry}) \u00b7 confidence "
+                            f"{int(np.floor(value / 255 * 100 + 0.5))}%")
+    # off again: the class colours, no scale
+    toggle.click()
+    assert not scale.is_displayed()
+    assert browser.execute_script(pixel, overlay, x, y) == \
+        [int(first["color"][i:i + 2], 16) for i in (1, 3, 5)] + [255]

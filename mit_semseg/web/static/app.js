@@ -8,11 +8,29 @@ const state = {
   photo: null,       // HTMLImageElement of it (EXIF orientation applied by the browser)
   result: null,      // the last api/segment answer
   labels: null,      // Int32Array of 0-based class ids, width*height
+  confidence: null,  // Uint8Array, round(255 * probability of the pixel's class), or null
   highlight: null,   // class id shown alone, or null
   maxUploadBytes: 0, // the server's --max-upload-mb
   busy: false,
   again: false,      // options changed while a request ran
 };
+
+// The confidence layer's colour ramp (dark purple: unsure, yellow: sure); style.css
+// draws the same stops in the legend scale.
+const CONF_STOPS = ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"];
+const CONF_LUT = (() => {
+  const stops = CONF_STOPS.map(hexToRgb);
+  const lut = [];
+  for (let v = 0; v < 256; v++) {
+    const t = (v / 255) * (stops.length - 1);
+    const i = Math.min(stops.length - 2, Math.floor(t));
+    const f = t - i;
+    lut.push(stops[i].map((c, k) => Math.round(c + (stops[i + 1][k] - c) * f)));
+  }
+  return lut;
+})();
+
+function confidenceOn() { return $("confidence").checked && state.confidence !== null; }
 
 function show(el, on) { el.hidden = !on; }
 function setError(message) { $("error").textContent = message || ""; show($("error"), !!message); }
@@ -94,6 +112,7 @@ async function segment() {
     model: currentModel() ? currentModel().name : "",
     scales: document.querySelector("input[name=scales]:checked").value,
     flip: $("flip").checked ? "true" : "false",
+    confidence: $("confidence").checked ? "true" : "false",
   });
   const form = new FormData();
   form.append("file", state.file, state.file.name || "pasted.png");
@@ -136,9 +155,25 @@ async function decodeLabels(result, numClass) {
   return labels;
 }
 
+async function decodeConfidence(result) {
+  // 8-bit grayscale PNG, value round(255 * probability)
+  if (!result.confidence_png) return null;
+  const img = await loadImage(`data:image/png;base64,${result.confidence_png}`);
+  const canvas = document.createElement("canvas");
+  canvas.width = result.width;
+  canvas.height = result.height;
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(img, 0, 0);
+  const rgba = ctx.getImageData(0, 0, result.width, result.height).data;
+  const conf = new Uint8Array(result.width * result.height);
+  for (let i = 0, j = 0; i < conf.length; i++, j += 4) conf[i] = rgba[j];
+  return conf;
+}
+
 async function showResult(result, roundTripMs) {
   const model = state.models.find((m) => m.name === result.model);
   state.labels = await decodeLabels(result, model ? model.num_class : 0);
+  state.confidence = await decodeConfidence(result);
   state.result = result;
   state.highlight = null;
   if (!state.photo || state.photo.naturalWidth !== result.width
@@ -156,9 +191,12 @@ async function showResult(result, roundTripMs) {
   $("dl-result").href = result.result_url;
   $("dl-labels").href = result.labels_url;
   const scales = result.scales.join(", ");
+  const sure = result.mean_confidence === undefined ? ""
+    : ` · mean confidence ${(result.mean_confidence * 100).toFixed(1)}%`;
   $("timing").textContent = `${result.width}×${result.height} px · ${result.model} · scales ${scales}`
     + `${result.flip ? " + flip" : ""} · ${(result.time_ms / 1000).toFixed(2)} s on the server`
-    + ` (inference ${(result.inference_ms / 1000).toFixed(2)} s), ${(roundTripMs / 1000).toFixed(2)} s in all`;
+    + ` (inference ${(result.inference_ms / 1000).toFixed(2)} s), ${(roundTripMs / 1000).toFixed(2)} s in all`
+    + sure;
   show($("result"), true);
   fit();
 }
@@ -174,6 +212,8 @@ function cropLeft(pair, result) {
 function paintLabels() {
   const { result, labels, highlight } = state;
   if (!result || !labels) return;
+  const conf = confidenceOn() ? state.confidence : null;
+  show($("conf-scale"), conf !== null);
   const palette = new Map(result.classes.map((c) => [c.id, hexToRgb(c.color)]));
   const n = result.width * result.height;
   const over = new ImageData(result.width, result.height);
@@ -181,7 +221,7 @@ function paintLabels() {
   const o = over.data, f = flat.data;
   for (let i = 0, j = 0; i < n; i++, j += 4) {
     const k = labels[i];
-    const rgb = palette.get(k) || [0, 0, 0];
+    const rgb = conf ? CONF_LUT[conf[i]] : palette.get(k) || [0, 0, 0];
     const on = highlight === null || k === highlight;
     if (on) {
       o[j] = rgb[0]; o[j + 1] = rgb[1]; o[j + 2] = rgb[2]; o[j + 3] = 255;
@@ -207,7 +247,8 @@ function buildLegend() {
   for (const c of state.result.classes) {
     const li = document.createElement("li");
     li.dataset.id = String(c.id);
-    li.title = `${c.pixels} pixels`;
+    li.title = `${c.pixels} pixels`
+      + (c.confidence === undefined ? "" : `, mean confidence ${(c.confidence * 100).toFixed(1)}%`);
     const sw = document.createElement("span");
     sw.className = "swatch";
     sw.style.background = c.color;
@@ -252,6 +293,13 @@ function hover(ev) {
   readout.dataset.x = String(x);
   readout.dataset.y = String(y);
   readout.textContent = `${text} (${x}, ${y})`;
+  if (confidenceOn()) {
+    const v = state.confidence[y * result.width + x];
+    readout.dataset.confidence = String(v);
+    readout.textContent += ` · confidence ${Math.round((v / 255) * 100)}%`;
+  } else {
+    delete readout.dataset.confidence;
+  }
   const stage = $("stage").getBoundingClientRect();
   readout.style.left = `${ev.clientX - stage.left + 12}px`;
   readout.style.top = `${ev.clientY - stage.top + 12}px`;
@@ -319,6 +367,11 @@ function wire() {
   $("flip").addEventListener("change", segment);
   for (const el of document.querySelectorAll("input[name=view]")) el.addEventListener("change", setView);
   $("opacity").addEventListener("input", setOpacity);
+  $("confidence").addEventListener("change", () => {
+    // the map comes with a segmentation: ask again when the current result has none
+    if ($("confidence").checked && state.result && !state.result.confidence_png) segment();
+    else paintLabels();
+  });
   window.addEventListener("resize", fit);
   for (const id of ["overlay", "labels", "photo"]) {
     $(id).addEventListener("pointermove", hover);
