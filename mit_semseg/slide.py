@@ -48,11 +48,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .fusion import _SMALL_OUTPUT_SIDES, Prediction, _horizontal_cl_exact, _row_plan
+
 __all__ = ["SlideWindow", "MODES", "slide_options", "tile_windows", "slide_predict",
            "predict_slide", "DEFAULT_SLIDE_BAND_BYTES"]
 
 MODES = ("whole", "slide")
 DEFAULT_SLIDE_BAND_BYTES = 32 * 2 ** 20
+# source rows of a tile resized horizontally at once (float32, rows x tile width x C)
+_TILE_CHUNK_BYTES = 1 * 2 ** 20
+_GROUP_ROWS = 8
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -122,45 +127,114 @@ def _normalise(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
     return chw.div_(255.0).sub_(mean).div_(std).unsqueeze(0).to(device)
 
 
-def _horizontal_cl(rows: torch.Tensor, width: int) -> torch.Tensor:
-    """``[1, C, k, w]`` rows resized to ``width`` (height kept: rows copied exactly),
-    class-last ``[k, width, C]``. Short row sets are padded (last row repeated) so
-    F.interpolate stays on its general kernel, as for whole maps."""
-    from .fusion import _SMALL_OUTPUT_SIDES
-    k = rows.shape[2]
+def _horizontal(rows: torch.Tensor, width: int) -> torch.Tensor:
+    """``[1, C, k, w]`` rows resized to ``width`` by ``F.interpolate`` (height kept:
+    rows copied exactly), as a contiguous class-last ``[k, width, C]`` tensor.
+
+    The channels-last kernel (class-last in, class-last out) where fusion's probe
+    says it gives the NCHW kernel's bits; else the NCHW kernel, short row sets
+    padded (last row repeated) so it stays on its general kernel, and one
+    transposition."""
+    _, channels, k, w = rows.shape
+    if _horizontal_cl_exact(channels, w, width, rows.device):
+        out = F.interpolate(rows.contiguous(memory_format=torch.channels_last),
+                            size=(k, width), mode="bilinear", align_corners=False)
+        return out[0].permute(1, 2, 0).contiguous()  # no copy: class-last storage already
     need = max(2, _SMALL_OUTPUT_SIDES + 1 - width)
     if k < need:
         rows = torch.cat([rows, rows[:, :, -1:].expand(-1, -1, need - k, -1)], dim=2)
     out = F.interpolate(rows.contiguous(), size=(rows.shape[2], width), mode="bilinear",
                         align_corners=False)
-    return out[0, :, :k].movedim(0, -1)
+    return out[0, :, :k].permute(1, 2, 0).contiguous()
 
 
-def _vertical(held: torch.Tensor, base: int, plan: Any, r0: int, r1: int) -> torch.Tensor:
-    """Output rows r0:r1 from class-last source rows ``held`` (first row ``base``):
-    bottom * l1 then a fused multiply-add of top * l0, as the kernel rounds."""
-    top = held.index_select(0, plan.i0[r0:r1] - base)
-    bottom = held.index_select(0, plan.i1[r0:r1] - base)
-    return torch.addcmul(bottom * plan.l1[r0:r1].view(-1, 1, 1), top,
-                         plan.l0[r0:r1].view(-1, 1, 1))
+class _RowWeights:
+    """``fusion._row_plan`` for ``in_size -> out_size`` rows: source rows ``i0``,
+    ``i1`` per output row (lists), float32 weights ``l0``, ``l1`` (``[rows, 1, 1]``)
+    and ``run_end[r]``: the end of the run of rows sharing row r's source rows."""
+
+    def __init__(self, in_size: int, out_size: int, device: torch.device) -> None:
+        plan = _row_plan(in_size, out_size, device)
+        self.i0: list[int] = plan.i0.tolist()
+        self.i1: list[int] = plan.i1.tolist()
+        self.l0 = plan.l0.clone().view(-1, 1, 1)
+        self.l1 = plan.l1.clone().view(-1, 1, 1)
+        self.run_end = [out_size] * out_size
+        for r in range(out_size - 2, -1, -1):
+            same = (self.i0[r], self.i1[r]) == (self.i0[r + 1], self.i1[r + 1])
+            self.run_end[r] = self.run_end[r + 1] if same else r + 1
 
 
-def _tile_rows_cl(scores: torch.Tensor, size: tuple[int, int], r0: int, r1: int) -> torch.Tensor:
-    """Rows r0:r1 of the tile's scores resized to ``size`` (as ``F.interpolate``),
-    class-last ``[r1-r0, w, C]``, computed from the source rows under them."""
-    from .fusion import _SMALL_OUTPUT_SIDES, _row_plan
-    if sum(size) <= _SMALL_OUTPUT_SIDES or scores.shape[1] <= 3:
-        # F.interpolate uses other kernels here: resize the (small) tile whole
-        full = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
-        return full[0, :, r0:r1].movedim(0, -1)
-    plan = _row_plan(scores.shape[2], size[0], scores.device)
-    s0, s1 = int(plan.i0[r0]), int(plan.i1[r1 - 1]) + 1
-    return _vertical(_horizontal_cl(scores[:, :, s0:s1], size[1]), s0, plan, r0, r1)
+def _vertical_into(out: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor,
+                   weights: _RowWeights, r0: int, r1: int) -> None:
+    """``out`` (``[r1-r0, ...]``) = output rows r0:r1, which share their two source
+    rows, as the interpolation kernel rounds: bottom * l1, then a fused
+    multiply-add of top * l0."""
+    torch.mul(bottom, weights.l1[r0:r1], out=out)
+    out.addcmul_(top, weights.l0[r0:r1])
+
+
+class _TileRows:
+    """One tile's scores resized (as ``F.interpolate``) to the tile's pixel size,
+    served one class-last output row ``[width, C]`` at a time, rows in increasing
+    order. Each source row is resized horizontally once (``chunk_rows`` at a time,
+    just before they are needed, and dropped once passed); an output row combines
+    two of them with the kernel's row weights."""
+
+    def __init__(self, scores: torch.Tensor, size: tuple[int, int],
+                 weights: _RowWeights | None, chunk_rows: int) -> None:
+        self.scores, self.width, self.weights = scores, size[1], weights
+        self.chunk_rows = chunk_rows
+        self.held: dict[int, torch.Tensor] = {}  # source row -> its resized row
+        self.next = 0  # first source row not resized yet
+        self.full: torch.Tensor | None = None
+        if weights is None:
+            # F.interpolate uses other kernels here: resize the (small) tile whole
+            full = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+            self.full = full[0].permute(1, 2, 0).contiguous()
+
+    def _sources(self, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.weights is not None
+        s0, s1 = self.weights.i0[r], self.weights.i1[r]
+        if s1 >= self.next:
+            for s in [s for s in self.held if s < s0]:
+                del self.held[s]
+            lo = max(self.next, s0)
+            hi = min(self.scores.shape[2], max(s1 + 1, lo + self.chunk_rows))
+            rows = _horizontal(self.scores[:, :, lo:hi], self.width)
+            self.held.update(zip(range(lo, hi), rows.unbind(0)))
+            self.next = hi
+        return self.held[s0], self.held[s1]
+
+    def run_end(self, r: int) -> int:
+        """End of the run of output rows from r on that share their source rows."""
+        return self.weights.run_end[r] if self.weights is not None else len(self.full)
+
+    def write(self, r0: int, r1: int, out: torch.Tensor, c0: int, c1: int) -> None:
+        """``out`` (``[r1-r0, c1-c0, C]``) = columns c0:c1 of output rows r0:r1
+        (within one run)."""
+        if self.full is not None:
+            out.copy_(self.full[r0:r1, c0:c1])
+            return
+        top, bottom = self._sources(r0)
+        _vertical_into(out, top[c0:c1], bottom[c0:c1], self.weights, r0, r1)
+
+    def add(self, r0: int, r1: int, out: torch.Tensor, c0: int, c1: int,
+            scratch: torch.Tensor) -> None:
+        """``out += `` columns c0:c1 of output rows r0:r1 (within one run;
+        ``scratch``: room for them)."""
+        if self.full is not None:
+            out.add_(self.full[r0:r1, c0:c1])
+            return
+        tmp = scratch[:out.numel()].view(out.shape)
+        self.write(r0, r1, tmp, c0, c1)
+        out.add_(tmp)
 
 
 class _Tiles:
-    """Runs the tile grid one tile row at a time, on demand, keeping the
-    feature-resolution scores of the tile rows still needed."""
+    """Runs the tile grid one tile row at a time, on demand, keeping the tile rows
+    still needed: per tile its feature-resolution scores and a chunk of
+    horizontally resized source rows (``_TileRows``)."""
 
     def __init__(self, score_fn: ScoreFn, pixels: np.ndarray, window: SlideWindow,
                  flip: bool, device: torch.device) -> None:
@@ -168,13 +242,26 @@ class _Tiles:
         self.rows = tile_windows(h, window.crop_size[0], window.stride[0])
         self.cols = tile_windows(w, window.crop_size[1], window.stride[1])
         self.score_fn, self.pixels, self.flip, self.device = score_fn, pixels, flip, device
-        self.done: dict[int, list[list[torch.Tensor]]] = {}
+        self.done: dict[int, list[list[_TileRows]]] = {}
+        self.weights: dict[tuple[int, int], _RowWeights] = {}
         # tiles covering each row / column; their product is the per-pixel count
         self.row_count = _coverage(self.rows, h)
         self.col_count = _coverage(self.cols, w)
 
-    def scores(self, i: int) -> list[list[torch.Tensor]]:
-        """Per column window: the scores of tile (i, j), and of its mirrored run if flip."""
+    def _tile(self, scores: torch.Tensor, size: tuple[int, int]) -> _TileRows:
+        if sum(size) <= _SMALL_OUTPUT_SIDES or scores.shape[1] <= 3:
+            return _TileRows(scores, size, None, 0)
+        key = (scores.shape[2], size[0])
+        if key not in self.weights:
+            self.weights[key] = _RowWeights(key[0], key[1], self.device)
+        chunk = max(2, _TILE_CHUNK_BYTES // (size[1] * scores.shape[1] * 4))
+        layout = (torch.channels_last if _horizontal_cl_exact(scores.shape[1], scores.shape[3],
+                                                              size[1], self.device)
+                  else torch.contiguous_format)  # as _horizontal will want its row sets
+        return _TileRows(scores.contiguous(memory_format=layout), size, self.weights[key], chunk)
+
+    def tiles(self, i: int) -> list[list[_TileRows]]:
+        """Per column window: tile (i, j), and its mirrored run if flip."""
         if i not in self.done:
             y0, y1 = self.rows[i]
             out = []
@@ -183,7 +270,7 @@ class _Tiles:
                 runs = [self.score_fn(img).float()]
                 if self.flip:
                     runs.append(self.score_fn(img.flip(-1)).float().flip(-1))
-                out.append(runs)
+                out.append([self._tile(s, (y1 - y0, x1 - x0)) for s in runs])
             self.done[i] = out
         return self.done[i]
 
@@ -199,60 +286,110 @@ def _coverage(windows: Sequence[tuple[int, int]], size: int) -> torch.Tensor:
     return count
 
 
-def _score_bands(tiles: _Tiles, size: tuple[int, int], num_class: int,
-                 band_rows: int) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
+def _score_bands(tiles: _Tiles, size: tuple[int, int], num_class: int, band_rows: int,
+                 group_rows: int) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
     """``(r0, r1, copies)``: each copy's averaged scores of rows r0:r1 at the tiled
-    resolution, class-last ``[r1-r0, w, C]``, bands in order."""
+    resolution, class-last ``[r1-r0, w, C]`` (buffers reused for the next band),
+    bands in order.
+
+    Tiles are added in row-major order, each over the band's rows it covers, up to
+    ``group_rows`` rows sharing their source rows at a time; where no earlier tile
+    covers a pixel its value is written instead (0 + x is x)."""
     h, w = size
+    device = tiles.device
     copies = 2 if tiles.flip else 1
-    col_count = tiles.col_count.to(tiles.device).view(1, w, 1)
+    bufs = [torch.empty((min(band_rows, h), w, num_class), device=device)
+            for _ in range(copies)]
+    widest = max(b - a for a, b in tiles.cols)
+    scratch = torch.empty(min(group_rows, band_rows) * widest * num_class, device=device)
+    col_count = tiles.col_count.to(device).view(1, w, 1)
+    # first column of tile j that tile j-1 does not cover
+    fresh = [x0 if j == 0 else max(x0, tiles.cols[j - 1][1])
+             for j, (x0, _) in enumerate(tiles.cols)]
     for r0 in range(0, h, band_rows):
         r1 = min(r0 + band_rows, h)
-        acc = [torch.zeros((r1 - r0, w, num_class), device=tiles.device) for _ in range(copies)]
+        acc = [b[:r1 - r0] for b in bufs]
         for i, (y0, y1) in enumerate(tiles.rows):
             if y0 >= r1 or y1 <= r0:
                 continue
-            a, b = max(r0, y0), min(r1, y1)
-            for (x0, x1), runs in zip(tiles.cols, tiles.scores(i)):
-                for k, scores in enumerate(runs):
-                    acc[k][a - r0:b - r0, x0:x1] += _tile_rows_cl(scores, (y1 - y0, x1 - x0),
-                                                                   a - y0, b - y0)
+            seen = tiles.rows[i - 1][1] if i > 0 else 0  # rows above covered by tile row i-1
+            for (x0, x1), start, runs in zip(tiles.cols, fresh, tiles.tiles(i)):
+                for k, tile in enumerate(runs):
+                    r = max(r0, y0)
+                    while r < min(r1, y1):
+                        e = min(r1, y0 + tile.run_end(r - y0), r + group_rows,
+                                seen if r < seen else y1)
+                        a, b, dst = r - y0, e - y0, acc[k][r - r0:e - r0]
+                        if r < seen:
+                            tile.add(a, b, dst[:, x0:x1], 0, x1 - x0, scratch)
+                        else:
+                            if start > x0:
+                                tile.add(a, b, dst[:, x0:start], 0, start - x0, scratch)
+                            tile.write(a, b, dst[:, start:x1], start - x0, x1 - x0)
+                        r = e
+        r = r0
+        while r < r1:  # divide by the coverage, a run of equal row counts at a time
+            c = float(tiles.row_count[r])
+            e = r + 1
+            while e < r1 and float(tiles.row_count[e]) == c:
+                e += 1
+            if c != 1 or bool((col_count != 1).any()):
+                for x in acc:
+                    x[r - r0:e - r0].div_(col_count * c)
+            r = e
         tiles.release_before(r1)
-        count = tiles.row_count[r0:r1].to(tiles.device).view(-1, 1, 1) * col_count
-        yield r0, r1, [x.div_(count) for x in acc]
+        yield r0, r1, acc
 
 
 def _resized_bands(bands: Iterator[tuple[int, int, list[torch.Tensor]]], in_size: tuple[int, int],
                    out_size: tuple[int, int], num_class: int, device: torch.device,
                    band_rows: int) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
     """The score bands of ``bands`` bilinearly resized from ``in_size`` to ``out_size``
-    as ``F.interpolate`` would resize the whole map (streaming: only the source rows
-    under the current output band are held, horizontally resized)."""
-    from .fusion import _SMALL_OUTPUT_SIDES, _row_plan
+    as ``F.interpolate`` would resize the whole map (streaming: each source row is
+    resized horizontally once, when its band arrives, and held until no output row
+    needs it; output rows combine two of them with the kernel's row weights)."""
     (h, w), (H, W) = in_size, out_size
     if (h, w) == (H, W):
         yield from bands
         return
     if H + W <= _SMALL_OUTPUT_SIDES or num_class <= 3:
         # F.interpolate uses other kernels here, and the map is small: resize it whole
-        whole = [torch.cat(rows) for rows in zip(*(copies for _, _, copies in bands))]
+        parts = [[x.clone() for x in copies] for _, _, copies in bands]
+        whole = [torch.cat(rows) for rows in zip(*parts)]
         yield 0, H, [F.interpolate(x.movedim(-1, 0)[None], size=(H, W), mode="bilinear",
-                                   align_corners=False)[0].movedim(0, -1) for x in whole]
+                                   align_corners=False)[0].permute(1, 2, 0).contiguous()
+                     for x in whole]
         return
-    plan = _row_plan(h, H, device)
-    i0, i1 = plan.i0.tolist(), plan.i1.tolist()
-    held: list[torch.Tensor] = []
-    start = end = 0  # source rows start:end are held
+    weights = _RowWeights(h, H, device)
+    held: list[tuple[int, list[torch.Tensor]]] = []  # (first source row, rows per copy)
+    end = 0  # source rows below end have arrived
+    bufs: list[torch.Tensor] = []
     for R0 in range(0, H, band_rows):
         R1 = min(R0 + band_rows, H)
-        while end <= i1[R1 - 1]:
-            _, end, copies = next(bands)
-            wide = [_horizontal_cl(x.movedim(-1, 0)[None], W) for x in copies]
-            held = wide if not held else [torch.cat([a, b]) for a, b in zip(held, wide)]
-        if i0[R0] > start:
-            held = [x[i0[R0] - start:] for x in held]
-            start = i0[R0]
-        yield R0, R1, [_vertical(x, start, plan, R0, R1) for x in held]
+        while end <= weights.i1[R1 - 1]:
+            s0, end, copies = next(bands)
+            held.append((s0, [_horizontal(x.permute(2, 0, 1)[None], W) for x in copies]))
+        while held[0][0] + held[0][1][0].shape[0] <= weights.i0[R0]:
+            held.pop(0)
+        if not bufs:
+            bufs = [torch.empty((min(band_rows, H), W, num_class), device=device)
+                    for _ in held[0][1]]
+        out = [b[:R1 - R0] for b in bufs]
+        R = R0
+        while R < R1:
+            E = min(R1, weights.run_end[R])
+            top, bottom = _held_row(held, weights.i0[R]), _held_row(held, weights.i1[R])
+            for k, x in enumerate(out):
+                _vertical_into(x[R - R0:E - R0], top[k], bottom[k], weights, R, E)
+            R = E
+        yield R0, R1, out
+
+
+def _held_row(held: list[tuple[int, list[torch.Tensor]]], row: int) -> list[torch.Tensor]:
+    for first, rows in held:
+        if first <= row < first + rows[0].shape[0]:
+            return [x[row - first] for x in rows]
+    raise AssertionError(f"source row {row} not held")
 
 
 def _band_rows(width: int, num_class: int, band_bytes: int) -> int:
@@ -263,11 +400,10 @@ def _band_rows(width: int, num_class: int, band_bytes: int) -> int:
 def slide_predict(score_fn: ScoreFn, image: np.ndarray, window: SlideWindow, num_class: int, *,
                   flip: bool = False, return_probs: bool = False,
                   device: torch.device | str = "cpu",
-                  band_bytes: int = DEFAULT_SLIDE_BAND_BYTES) -> "Prediction":
+                  band_bytes: int = DEFAULT_SLIDE_BAND_BYTES) -> Prediction:
     """Sliding-window prediction of an ``H x W x 3`` uint8 RGB photo (see the module
     docstring). ``score_fn``: normalised ``[1, 3, h, w]`` -> ``[1, C, h', w']`` scores
     (``engine._logits``). Returns an ``inference.Prediction`` at ``H x W``."""
-    from .fusion import Prediction
     pixels = np.asarray(image)
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 uint8 image, got {pixels.dtype} {pixels.shape}")
@@ -278,14 +414,15 @@ def slide_predict(score_fn: ScoreFn, image: np.ndarray, window: SlideWindow, num
         pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
     h, w = pixels.shape[:2]
     tiles = _Tiles(score_fn, pixels, window, flip, device)
-    bands = _score_bands(tiles, (h, w), num_class, _band_rows(w, num_class, band_bytes))
+    bands = _score_bands(tiles, (h, w), num_class, _band_rows(w, num_class, band_bytes),
+                         _GROUP_ROWS)
     bands = _resized_bands(bands, (h, w), (H, W), num_class, device,
                            _band_rows(W, num_class, band_bytes))
     labels = np.empty((H, W), dtype=np.int64)
     probs = torch.empty((H, W, num_class), dtype=torch.float32) if return_probs else None
     for r0, r1, copies in bands:
         if len(copies) == 1 and probs is None:
-            best = copies[0].argmax(dim=-1)
+            best = torch.max(copies[0], dim=-1).indices  # = argmax (first of ties), faster
         else:
             p = None
             for x in copies:  # the mean of the softmaxes, summed as fuse_full does
@@ -299,7 +436,7 @@ def slide_predict(score_fn: ScoreFn, image: np.ndarray, window: SlideWindow, num
 
 
 def predict_slide(engine: Any, image: np.ndarray, window: SlideWindow, return_probs: bool = False,
-                  flip: bool | None = None) -> "Prediction":
+                  flip: bool | None = None) -> Prediction:
     """``slide_predict`` with an ``InferenceEngine``: its network (``_logits``: PyTorch
     or onnxruntime), device, class count and ``flip`` default."""
     return slide_predict(engine._logits, image, window, engine.num_class,
