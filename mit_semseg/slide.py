@@ -55,8 +55,10 @@ __all__ = ["SlideWindow", "MODES", "slide_options", "tile_windows", "slide_predi
 
 MODES = ("whole", "slide")
 DEFAULT_SLIDE_BAND_BYTES = 32 * 2 ** 20
-# source rows of a tile resized horizontally at once (float32, rows x tile width x C)
-_TILE_CHUNK_BYTES = 1 * 2 ** 20
+# rows resized horizontally, or softmaxed, in one operation (float32, rows x width
+# x C): a few at a time, so that the next operation finds them in cache
+_PIECE_BYTES = 1 * 2 ** 20
+# output rows (sharing their source rows) of a tile computed in one operation
 _GROUP_ROWS = 8
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
@@ -254,7 +256,7 @@ class _Tiles:
         key = (scores.shape[2], size[0])
         if key not in self.weights:
             self.weights[key] = _RowWeights(key[0], key[1], self.device)
-        chunk = max(2, _TILE_CHUNK_BYTES // (size[1] * scores.shape[1] * 4))
+        chunk = max(2, _PIECE_BYTES // (size[1] * scores.shape[1] * 4))
         layout = (torch.channels_last if _horizontal_cl_exact(scores.shape[1], scores.shape[3],
                                                               size[1], self.device)
                   else torch.contiguous_format)  # as _horizontal will want its row sets
@@ -361,35 +363,33 @@ def _resized_bands(bands: Iterator[tuple[int, int, list[torch.Tensor]]], in_size
                      for x in whole]
         return
     weights = _RowWeights(h, H, device)
-    held: list[tuple[int, list[torch.Tensor]]] = []  # (first source row, rows per copy)
+    held: dict[int, list[torch.Tensor]] = {}  # source row -> its resized row per copy
     end = 0  # source rows below end have arrived
     bufs: list[torch.Tensor] = []
+    piece = max(1, _PIECE_BYTES // (W * num_class * 4))
     for R0 in range(0, H, band_rows):
         R1 = min(R0 + band_rows, H)
+        for s in [s for s in held if s < weights.i0[R0]]:
+            del held[s]
         while end <= weights.i1[R1 - 1]:
             s0, end, copies = next(bands)
-            held.append((s0, [_horizontal(x.permute(2, 0, 1)[None], W) for x in copies]))
-        while held[0][0] + held[0][1][0].shape[0] <= weights.i0[R0]:
-            held.pop(0)
+            for a in range(0, end - s0, piece):  # a few rows at a time: small fresh buffers
+                b = min(a + piece, end - s0)
+                wide = [_horizontal(x[None, a:b].permute(0, 3, 1, 2), W) for x in copies]
+                for s in range(a, b):
+                    held[s0 + s] = [x[s - a] for x in wide]
         if not bufs:
             bufs = [torch.empty((min(band_rows, H), W, num_class), device=device)
-                    for _ in held[0][1]]
+                    for _ in held[weights.i0[R0]]]
         out = [b[:R1 - R0] for b in bufs]
         R = R0
         while R < R1:
             E = min(R1, weights.run_end[R])
-            top, bottom = _held_row(held, weights.i0[R]), _held_row(held, weights.i1[R])
+            top, bottom = held[weights.i0[R]], held[weights.i1[R]]
             for k, x in enumerate(out):
                 _vertical_into(x[R - R0:E - R0], top[k], bottom[k], weights, R, E)
             R = E
         yield R0, R1, out
-
-
-def _held_row(held: list[tuple[int, list[torch.Tensor]]], row: int) -> list[torch.Tensor]:
-    for first, rows in held:
-        if first <= row < first + rows[0].shape[0]:
-            return [x[row - first] for x in rows]
-    raise AssertionError(f"source row {row} not held")
 
 
 def _band_rows(width: int, num_class: int, band_bytes: int) -> int:
@@ -420,18 +420,25 @@ def slide_predict(score_fn: ScoreFn, image: np.ndarray, window: SlideWindow, num
                            _band_rows(W, num_class, band_bytes))
     labels = np.empty((H, W), dtype=np.int64)
     probs = torch.empty((H, W, num_class), dtype=torch.float32) if return_probs else None
-    for r0, r1, copies in bands:
+    piece = max(1, _PIECE_BYTES // (W * num_class * 4))
+    for r0, r1, copies in bands:  # the band buffers are ours to overwrite
         if len(copies) == 1 and probs is None:
             best = torch.max(copies[0], dim=-1).indices  # = argmax (first of ties), faster
-        else:
-            p = None
-            for x in copies:  # the mean of the softmaxes, summed as fuse_full does
-                q = F.softmax(x, dim=-1) / len(copies)
-                p = q if p is None else p + q
-            best = torch.max(p, dim=-1).indices
+            labels[r0:r1] = best.cpu().numpy()
+            continue
+        for a in range(0, r1 - r0, piece):  # a few rows at a time, while they are in cache
+            b = min(a + piece, r1 - r0)
+            # the mean of the copies' softmaxes, summed as fuse_full does
+            for x in copies:
+                torch._softmax(x[a:b], -1, False, out=x[a:b])
+                if len(copies) > 1:
+                    x[a:b].div_(len(copies))
+            p = copies[0][a:b]
+            for x in copies[1:]:
+                p.add_(x[a:b])
+            labels[r0 + a:r0 + b] = torch.max(p, dim=-1).indices.cpu().numpy()
             if probs is not None:
-                probs[r0:r1] = p.cpu()
-        labels[r0:r1] = best.cpu().numpy()
+                probs[r0 + a:r0 + b] = p.cpu()
     return Prediction(labels, probs.permute(2, 0, 1) if probs is not None else None)
 
 
