@@ -27,16 +27,33 @@ Procedure (mmsegmentation's ``slide`` test mode, the convention people know):
 
 Memory: nothing of size ``C x H x W`` is held (150 classes on a 12 MP photo
 would be 7 GB). Output rows are produced in bands of ``band_bytes`` (per copy,
-float32 ``rows x w x C``); a tile row runs when the first band it covers is
-reached and its scores (feature resolution, a few MiB) are dropped after the
-last; the rows of a tile's resized scores under a band are computed from the
-source rows under them with the row weights ``fusion`` uses (the same numbers
-as resizing the whole tile where ``fusion.banding_exact`` holds).
-Held at once: the uint8 photo, the int64 labels, at most two tile rows of
-feature-resolution scores, a few band buffers and one tile's activations.
+float32 ``rows x w x C``, one buffer reused band after band); a tile row runs
+when the first band it covers is reached and is dropped after the last.
+Held at once: the uint8 photo, the int64 labels (and ``return_probs``'
+``H x W x C``), at most two tile rows of feature-resolution scores with a few
+horizontally resized source rows each, a few band buffers and one tile's
+activations.
+
+Arithmetic: a tile's resized scores are never formed whole. Each of its
+source rows is resized horizontally once, a few rows just before the bands
+reach them (``F.interpolate`` with the height kept, which copies rows exactly;
+its channels-last kernel, class-last in and out, where fusion's probe says it
+gives the NCHW kernel's bits). An output row is then ``bottom * l1`` plus a
+fused multiply-add of ``top * l0``, with the two source rows and weights that
+``fusion._row_plan`` checks against ``F.interpolate``: the numbers the kernel
+computes, so the same as resizing the whole tile where ``fusion.banding_exact``
+holds. Tiles are added to a band in row-major order (a pixel's first tile is
+written rather than added to zeros: the same number), then the band is divided
+by its coverage; step 6 streams the same way (each row of the averaged map
+resized horizontally once and held until no output row needs it); the softmax
+and argmax run over contiguous class-last rows, a few at a time. Every step is
+a vectorised operation on contiguous class-last rows (those of a tile that
+share their source rows together), so the work is proportional to pixels x
+classes x tiles per pixel: seconds for a 12 MP photo, small next to the
+network (``python -m mit_semseg.benchmark --sections slide`` measures both).
 The results equal a straightforward implementation holding full ``C x H x W``
 buffers, bit for bit where ``fusion.banding_exact`` holds, else to float32
-rounding (tests/test_slide.py).
+rounding (tests/test_slide.py, tests/test_slide_speed_equiv.py).
 """
 from __future__ import annotations
 
@@ -305,6 +322,8 @@ def _score_bands(tiles: _Tiles, size: tuple[int, int], num_class: int, band_rows
     widest = max(b - a for a, b in tiles.cols)
     scratch = torch.empty(min(group_rows, band_rows) * widest * num_class, device=device)
     col_count = tiles.col_count.to(device).view(1, w, 1)
+    row_count = tiles.row_count.tolist()
+    one_column = bool((tiles.col_count == 1).all())  # one tile across: rows need no column count
     # first column of tile j that tile j-1 does not cover
     fresh = [x0 if j == 0 else max(x0, tiles.cols[j - 1][1])
              for j, (x0, _) in enumerate(tiles.cols)]
@@ -331,13 +350,12 @@ def _score_bands(tiles: _Tiles, size: tuple[int, int], num_class: int, band_rows
                         r = e
         r = r0
         while r < r1:  # divide by the coverage, a run of equal row counts at a time
-            c = float(tiles.row_count[r])
             e = r + 1
-            while e < r1 and float(tiles.row_count[e]) == c:
+            while e < r1 and row_count[e] == row_count[r]:
                 e += 1
-            if c != 1 or bool((col_count != 1).any()):
+            if row_count[r] != 1 or not one_column:
                 for x in acc:
-                    x[r - r0:e - r0].div_(col_count * c)
+                    x[r - r0:e - r0].div_(col_count * row_count[r])
             r = e
         tiles.release_before(r1)
         yield r0, r1, acc

@@ -32,15 +32,17 @@ class _NoiseNet:
 
 
 CASES = {
-    # name: (photo h, w), crop, stride, scale, classes
-    "odd-sizes": ((97, 131), (40, 56), (27, 33), 1.0, 12),
-    "three-deep": ((90, 120), (48, 60), (16, 20), 1.0, 12),  # counts up to 9
-    "no-overlap": ((64, 96), (32, 48), (32, 48), 1.0, 12),
-    "downscaled": ((123, 161), (48, 64), (32, 40), 0.55, 12),
-    "upscaled": ((45, 70), (40, 48), (24, 30), 1.6, 12),
-    "short-photo": ((30, 200), (64, 64), (40, 40), 1.0, 12),  # one short tile row
-    "150-classes": ((101, 157), (64, 64), (43, 43), 0.7, 150),
-    "3-classes": ((88, 130), (48, 64), (32, 40), 0.8, 3),  # whole-tile kernels
+    # name: (photo h, w), crop, stride, scale, classes. Tiles of height + width
+    # above 128 take the row-by-row path, smaller ones are resized whole.
+    "odd-sizes": ((157, 211), (70, 90), (45, 53), 1.0, 12),
+    "three-deep": ((150, 190), (72, 90), (24, 30), 1.0, 12),  # counts up to 9
+    "no-overlap": ((144, 192), (72, 96), (72, 96), 1.0, 12),
+    "downscaled": ((203, 261), (72, 96), (48, 61), 0.55, 12),
+    "upscaled": ((61, 83), (72, 96), (40, 50), 1.6, 12),
+    "short-photo": ((50, 300), (96, 96), (64, 64), 1.0, 12),  # one short tile row
+    "150-classes": ((120, 170), (72, 80), (48, 50), 0.7, 150),
+    "3-classes": ((110, 150), (72, 96), (48, 61), 0.8, 3),  # whole-tile kernels
+    "small-tiles": ((97, 131), (40, 56), (27, 33), 1.0, 12),  # whole-tile kernels
 }
 
 
