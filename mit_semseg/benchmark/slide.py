@@ -14,8 +14,8 @@ One synthetic photo of ``--slide-photo`` size is segmented by ``slide_predict``
 
 Each is reported as wall seconds, CPU seconds of this process (both threads
 count) and peak memory (RSS on a CPU, allocated memory on CUDA). The no-op
-runs ``--runs`` times (median); the real network once, after one tile
-has warmed it up.
+runs ``--runs`` times after ``--warmup`` runs (median); the real network once,
+warmed up by a run on every tile shape (which also gives the no-op its shapes).
 """
 from __future__ import annotations
 
