@@ -29,9 +29,9 @@ from .flops import run_peak
 from .harness import REPO_ROOT, Bench, bench_device, bf16_supported, cpu_name, load_avg
 from .inference import check_methods, run_multi, run_single
 from .metrics import run_metrics
-from .slide import add_arguments as add_slide_arguments, format_slide, run_slide
 from .original_worker import OriginalWorker
 from .report import format_report
+from .slide import add_arguments as add_slide_arguments, format_slide, run_slide
 from .testpy import run_testpy
 from .training import run_train
 
