@@ -52,11 +52,7 @@ from .fusion import DEFAULT_BAND_BYTES, Prediction, fuse
 from .slide import SlideWindow, predict_slide, slide_options
 
 __all__ = ["InferenceEngine", "Prediction", "build_engine", "engine_from_config",
-           "DEFAULT_BAND_BYTES", "SlideConfidenceUnavailable"]
-
-
-class SlideConfidenceUnavailable(MitSemsegError, NotImplementedError):
-    """Sliding-window mode computes confidence maps only from the full probabilities."""
+           "DEFAULT_BAND_BYTES"]
 
 
 class InferenceEngine:
@@ -184,20 +180,8 @@ class InferenceEngine:
 
     def _slide(self, pixels: np.ndarray, return_probs: bool, return_confidence: bool,
                flip: bool | None = None) -> Prediction:
-        # TODO(slide): banded confidence in slide.py, as fusion computes it; until then
-        # it is the maximum of the full probabilities, which must be asked for too.
-        if return_confidence and not return_probs:
-            raise SlideConfidenceUnavailable(
-                "confidence maps in sliding-window mode (mode slide) are computed from the "
-                "full class probabilities for now: ask for the probabilities too "
-                "(TEST.save_probs True, return_probs=True; C x H x W float32 in memory), "
-                "or use mode whole")
-        pred = predict_slide(self, pixels, self.window, return_probs, flip)
-        if return_confidence and pred.confidence is None:
-            pred.confidence = pred.probs.max(dim=0).values.numpy()
-        if not return_confidence:
-            pred.confidence = None
-        return pred
+        return predict_slide(self, pixels, self.window, return_probs, flip,
+                             return_confidence=return_confidence)
 
 
 # ============================================================================ building
