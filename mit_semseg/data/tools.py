@@ -660,6 +660,11 @@ def _weights_split(splits: Sequence[str]) -> str:
     return "train" if "train" in splits else splits[0]
 
 
+_SUGGESTED = (("median_frequency", "mf weight",
+               "median frequency (classes small where they occur)"),
+              ("inverse", "inv weight", "inverse share (classes few images show)"))
+
+
 def _print_check(report: CheckReport, names: dict[int, str], fmt: LabelFormat, out) -> None:
     splits = list(report.num_samples)
     print(f"Checked {sum(report.num_samples.values())} samples ("
@@ -669,27 +674,31 @@ def _print_check(report: CheckReport, names: dict[int, str], fmt: LabelFormat, o
         print(f"Image sizes: width {report.width_range[0]}..{report.width_range[1]}, "
               f"height {report.height_range[0]}..{report.height_range[1]}", file=out)
     base = _weights_split(splits) if splits else ""
-    weights = None
+    weights = {}
     if base and report.pixels[base][1:].sum():
-        weights = class_weights_from_counts(report.pixels[base][1:], report.present[base][1:],
-                                            "median_frequency")
+        weights = {rule: class_weights_from_counts(report.pixels[base][1:],
+                                                   report.present[base][1:], rule)
+                   for rule, _, _ in _SUGGESTED}
     width = max([len(n) for n in names.values()] + [10])
     head = "".join(f"  {s + ' px%':>14} {s + ' imgs':>12}" for s in splits)
-    print(f"{'class':>5} {'name':<{width}}{head}" + ("  mf weight" if weights is not None
-                                                      else ""), file=out)
+    head += "".join(f"  {column:>10}" for rule, column, _ in _SUGGESTED if rule in weights)
+    print(f"{'class':>5} {'name':<{width}}{head}", file=out)
     totals = {s: max(int(report.pixels[s].sum()), 1) for s in splits}
     for k in [-1] + list(range(len(names))):
         name = "(unlabeled)" if k < 0 else names.get(k, f"class_{k}")
         cells = "".join(f"  {report.pixels[s][k + 1] / totals[s] * 100:13.2f}% "
                         f"{int(report.images[s][k + 1]):12d}" for s in splits)
-        if weights is not None and k >= 0:
-            cells += f"  {weights[k]:9.3f}"
+        if k >= 0:
+            cells += "".join(f"  {w[k]:10.3f}" for w in weights.values())
         print(f"{'' if k < 0 else k:>5} {name:<{width}}{cells}", file=out)
-    if weights is not None:
-        print(f"Suggested class weights (median frequency balancing over the {base} list; "
-              f"'mf weight' above): TRAIN.class_weights \"{format_weights(weights)}\" -- or "
-              f"TRAIN.class_weight_rule median_frequency computes them when training starts "
-              f"(rules: {', '.join(CLASS_WEIGHT_RULES)}; docs/training.md)", file=out)
+    if weights:
+        print(f"Suggested class weights from the {base} list (docs/training.md):", file=out)
+        pad = max(len(title) for _, _, title in _SUGGESTED) + 1
+        for rule, _, title in _SUGGESTED:
+            print(f"  {title + ':':<{pad}} TRAIN.class_weights "
+                  f"\"{format_weights(weights[rule])}\"", file=out)
+        print(f"  or TRAIN.class_weight_rule {'|'.join(CLASS_WEIGHT_RULES)} computes them when "
+              f"training starts", file=out)
     for warning in report.warnings:
         print(f"WARNING: {warning}", file=out)
     for error in report.errors:

@@ -155,6 +155,8 @@ def _plot_classes(ax_lines, ax_bars, val: Sequence[dict], best: dict,
     ious = best.get("val_class_iou") or val[-1]["val_class_iou"]
     lowest = sorted(ious.items(), key=lambda kv: kv[1])[:CLASS_BARS]
     ax_bars.barh(range(len(lowest)), [v for _, v in lowest], color="tab:orange")
+    for y, (_, v) in enumerate(lowest):
+        ax_bars.text(v + 0.01, y, f"{v:.2f}", va="center", fontsize=6)
     ax_bars.set_yticks(range(len(lowest)))
     ax_bars.set_yticklabels([k for k, _ in lowest], fontsize=7)
     ax_bars.invert_yaxis()

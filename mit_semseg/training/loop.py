@@ -368,12 +368,14 @@ def stop_early(run: Run, epoch: int) -> bool:
 
 def _log_stop(run: Run, epoch: int) -> None:
     mon = run.monitor
-    logger.info("Early stop after epoch %d of %d: %s has not improved for %d validations "
-                "(TRAIN.early_stop %d). Best: epoch %d, %s %.4f (mean IoU %.4f), kept as "
-                "%s/encoder_best.pth and decoder_best.pth (VAL.checkpoint best.pth)",
-                epoch, int(run.cfg.TRAIN.num_epoch), mon.metric.label, mon.since_best,
-                mon.patience, mon.best["epoch"], mon.metric.label, mon.best["score"],
-                mon.best["mean_iou"], run.cfg.DIR)
+    count = f"{mon.since_best} validation{'' if mon.since_best == 1 else 's'}"
+    best = f"epoch {mon.best['epoch']}, {mon.metric.label} {mon.best['score']:.4f}"
+    if mon.metric.key != "mean_iou":
+        best += f" (mean IoU {mon.best['mean_iou']:.4f})"
+    logger.info("Early stop after epoch %d of %d: %s has not improved for %s (TRAIN.early_stop "
+                "%d). Best: %s, kept as %s/encoder_best.pth and decoder_best.pth "
+                "(VAL.checkpoint best.pth)", epoch, int(run.cfg.TRAIN.num_epoch),
+                mon.metric.label, count, mon.patience, best, run.cfg.DIR)
 
 
 # ============================================================================ main
