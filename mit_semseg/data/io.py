@@ -30,8 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import MitSemsegError
 
 __all__ = ["DatasetError", "UnknownColorsError", "LabelFormat", "LABEL_FORMATS", "read_image",
-           "to_rgb", "read_annotation", "IMAGE_EXTENSIONS", "find_recursive", "write_png",
-           "UNLABELED_COLOR_HINT"]
+           "to_rgb", "read_annotation", "IMAGE_EXTENSIONS", "find_recursive", "write_png"]
 
 LABEL_FORMATS = ("ade20k", "zero_based", "rgb")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -78,8 +77,9 @@ class UnknownColorsError(DatasetError):
     colors: list[tuple[tuple[int, int, int], int]]
 
 
-# What to do about a colour that marks unlabeled pixels (the check prints it once).
-UNLABELED_COLOR_HINT = ("if it marks unlabeled pixels, add a row 'Idx 0' for it to the class "
+# What to do about a colour that marks unlabeled pixels (``datatools check`` says it
+# once for all masks, fitted to the class table's layout).
+_UNLABELED_HINT = ("if it marks unlabeled pixels, add a row 'Idx 0' for it to the class "
                         "table (e.g. 0,unlabeled,{r},{g},{b}, with the classes numbered 1..N) or "
                         "set DATASET.ignore_colors [[{r}, {g}, {b}]]")
 
@@ -237,7 +237,7 @@ def _rgb(path: str, img: Image.Image, fmt: LabelFormat) -> np.ndarray:
         exc = UnknownColorsError(
             f"{path}: colours not in the class table (DATASET.label_format rgb): "
             f"{', '.join(shown)}{more}; "
-            + UNLABELED_COLOR_HINT.format(r=found[0][0][0], g=found[0][0][1], b=found[0][0][2]))
+            + _UNLABELED_HINT.format(r=found[0][0][0], g=found[0][0][1], b=found[0][0][2]))
         exc.colors = found
         raise exc
     labels = mapped[inverse.reshape(-1)].reshape(packed.shape)

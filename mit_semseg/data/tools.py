@@ -408,6 +408,7 @@ class SampleResult:
     pixels: np.ndarray | None = None  # per annotation value 0..num_class
     # colours of a colour-coded mask that are not in the class table: [((r, g, b), px)]
     unknown_colors: list | None = None
+    unknown_message: str = ""  # the error naming them, for one mask
     seg_path: str = ""
 
 
@@ -420,6 +421,7 @@ def _read_mask(res: SampleResult, seg_path: str, fmt: LabelFormat,
         segm = read_annotation(seg_path, num_class, fmt)
     except UnknownColorsError as exc:
         res.unknown_colors = exc.colors
+        res.unknown_message = str(exc)
         return None
     except DatasetError as exc:
         res.errors.append(str(exc))
@@ -514,7 +516,7 @@ def _unlabeled_hint(rgb: tuple[int, int, int], table: ClassTable | None) -> str:
     r, g, b = rgb
     row = f"'0,unlabeled,{r},{g},{b}'"
     name = table.source if table is not None and table.source else "the class table"
-    first_idx = table.first_idx if table is not None else 1
+    first_idx = table.first_idx if table is not None else None
     if first_idx == 1:
         add = f"add the row {row} to {name} (Idx 0 = unlabeled; the classes keep Idx 1..N)"
     elif first_idx == 0:
@@ -638,11 +640,7 @@ def class_statistics(odgt: str, root: str, fmt: LabelFormat, num_class: int, wor
     tasks = [(split, where, rec, root, fmt, num_class) for split, where, rec in entries]
     results = _run_tasks(_count_mask, tasks, workers if len(tasks) > 16 else 1, progress)
     for res in results:
-        if res.unknown_colors:
-            rgb = tuple(res.unknown_colors[0][0])
-            errors.append(f"{res.where}: {res.seg_path}: colour {rgb} is not in the class "
-                          f"table; {_unlabeled_hint(rgb, None)}")
-        errors += [f"{res.where}: {e}" for e in res.errors]
+        errors += [f"{res.where}: {e}" for e in res.errors + [res.unknown_message] if e]
     if errors:
         raise DatasetError(f"{errors[0]} (python -m mit_semseg datatools check lists every "
                            f"problem)")

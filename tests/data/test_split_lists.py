@@ -156,3 +156,12 @@ def test_ignore_colors_reads_as_unlabeled(rgb_without_unlabeled, tmp_path):
         assert black.any() and (labels[black] == 0).all() and (labels[~black] > 0).all()
     with pytest.raises(DatasetError, match="DATASET.ignore_colors must be a list of"):
         label_format(load_cfg(None, [*opts, "DATASET.ignore_colors", "[[0, 0]]"]))
+
+
+def test_class_statistics_name_the_first_bad_mask(rgb_without_unlabeled, tmp_path):
+    from mit_semseg.data.tools import class_statistics
+    root, layout = rgb_without_unlabeled
+    cfg = load_cfg(None, tiny_model_opts(root, str(tmp_path), layout["table"], *layout["opts"]))
+    with pytest.raises(DatasetError, match=r"training.odgt, line 1: .*img\d.png: colours not in "
+                                           r"the class table.*ignore_colors.*datatools check"):
+        class_statistics(cfg.DATASET.list_train, root, label_format(cfg), 3, workers=1)
