@@ -154,25 +154,26 @@ def read_split_list(path: str) -> list[tuple[int, str]]:
     return out
 
 
-def _entry_key(entry: str, image_suffix: str) -> str:
+def _entry_key(entry: str, suffixes: Sequence[str]) -> str:
     """A list entry as a pairing key: no leading ``./`` or ``/``, no image extension,
-    no ``image_suffix``."""
+    no image or mask suffix (``suffixes``)."""
     key = entry.replace("\\", "/")
     while key.startswith(("./", "/")):
         key = key[2:] if key.startswith("./") else key[1:]
     stem, ext = os.path.splitext(key)
     if ext.lower() in IMAGE_EXTENSIONS:
         key = stem
-    if image_suffix and key.endswith(image_suffix):
-        key = key[:-len(image_suffix)]
+    for suffix in suffixes:
+        if suffix and key.endswith(suffix):
+            return key[:-len(suffix)]
     return key
 
 
-def select_listed(report: PairReport, entries: Sequence[tuple[int, str]], image_suffix: str = "",
-                  list_name: str = "") -> ListedSplit:
+def select_listed(report: PairReport, entries: Sequence[tuple[int, str]],
+                  suffixes: Sequence[str] = (), list_name: str = "") -> ListedSplit:
     """The pairs of ``report`` that ``entries`` (``read_split_list``) name, in the
-    list's order. An entry names the pair whose key (relative folder + stem) it
-    equals, or else the only pair whose stem equals the entry's last part. Entries
+    list's order. An entry (``--image-suffix`` / ``--mask-suffix``, ``suffixes``,
+    removed) names the pair whose key (relative folder + stem) it equals, or else the only pair whose stem equals the entry's last part. Entries
     that name no pair are reported with the reason (no such file, image without
     mask, mask without image, left out by the pairing)."""
     out = ListedSplit()
@@ -184,7 +185,7 @@ def select_listed(report: PairReport, entries: Sequence[tuple[int, str]], image_
     taken: dict[str, int] = {}
     for lineno, entry in entries:
         where = f"{list_name}, line {lineno}: {entry}" if list_name else f"line {lineno}: {entry}"
-        key = _entry_key(entry, image_suffix)
+        key = _entry_key(entry, suffixes)
         if key not in known:
             matches = sorted(by_name.get(key.rsplit("/", 1)[-1], []))
             if len(matches) > 1:
@@ -261,11 +262,12 @@ def _write_report(path: str, reports: dict[str, PairReport],
 
 
 def _split_by_lists(report: PairReport, train_list: str | None, val_list: str | None,
-                    image_suffix: str, out) -> tuple[dict[str, list[dict]], dict[str, ListedSplit]]:
+                    suffixes: Sequence[str], out
+                    ) -> tuple[dict[str, list[dict]], dict[str, ListedSplit]]:
     """Training and validation records as ``--train-list`` / ``--val-list`` say:
     each list's pairs in its order; a split without a list gets every pair the
     other list does not name."""
-    listed = {split: select_listed(report, read_split_list(path), image_suffix, path)
+    listed = {split: select_listed(report, read_split_list(path), suffixes, path)
               for split, path in (("training", train_list), ("validation", val_list)) if path}
     lists = {split: sel.pairs for split, sel in listed.items()}
     named = {key for sel in listed.values() for key in sel.keys}
@@ -319,7 +321,7 @@ def odgt_main(args: argparse.Namespace, out=None) -> int:
         lists = {"training": reports["training"].pairs, "validation": reports["validation"].pairs}
     elif train_list or val_list:
         lists, listed = _split_by_lists(reports["training"], train_list, val_list,
-                                        args.image_suffix, out)
+                                        (args.image_suffix, args.mask_suffix), out)
         for split, sel in listed.items():
             _print_list(f"[{split}] listed but not found (left out)", sel.not_found, out)
             _print_list(f"[{split}] listed twice (kept once)", sel.repeated, out)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _custom_data import NAMES, RGB_MASK_COLORS, make_rgb, make_voc, tiny_model_opts, write_table
+from _custom_data import (NAMES, RGB_MASK_COLORS, make_cityscapes, make_rgb, make_voc,
+                          tiny_model_opts, write_table)
 from mit_semseg.commands import datatools
 from mit_semseg.config import load_cfg
 from mit_semseg.data.classes import label_format
@@ -87,6 +88,24 @@ def test_listed_but_not_found_is_reported(voc, tmp_path, capsys):
     report = open(os.path.join(root, "lists", "odgt_report.tsv")).read()
     assert report.count("listed but not found") == 2
     assert "2 problem(s) above" in captured.err
+
+
+def test_lists_with_folders_and_suffixes(tmp_path, capsys):
+    """Cityscapes-like keys (city folder + stem): an entry may be a path with the
+    image or mask suffix, or a bare stem when only one pair has it."""
+    root = str(tmp_path / "city")
+    layout = make_cityscapes(root)
+    listing = tmp_path / "val.txt"
+    listing.write_text("bochum/bochum_000000_000001_leftImg8bit.png\n"
+                       "aachen/aachen_000000_000002_gtFine_labelTrainIds.png\n"
+                       "aachen_000000_000000\n")
+    assert _odgt(root, layout, "--val-list", str(listing), "--image-suffix", "_leftImg8bit",
+                 "--mask-suffix", "_gtFine_labelTrainIds") == 0, capsys.readouterr().out
+    val = _stems(os.path.join(root, "lists", "validation.odgt"))
+    assert val == ["bochum_000000_000001_leftImg8bit", "aachen_000000_000002_leftImg8bit",
+                   "aachen_000000_000000_leftImg8bit"]
+    assert len(_stems(os.path.join(root, "lists", "training.odgt"))) == 3
+    capsys.readouterr()
 
 
 def test_lists_and_fraction_are_a_usage_error(voc, capsys):
