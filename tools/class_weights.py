@@ -73,8 +73,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="/tmp/mit_semseg_class_weights")
     parser.add_argument("--seeds", type=int, nargs="+", default=[304, 305, 306])
-    parser.add_argument("--rules", nargs="+", default=["none", "inverse_sqrt", "inverse"])
-    parser.add_argument("--keep-every", type=int, default=40)
+    parser.add_argument("--rules", nargs="+",
+                        default=["none", "median_frequency", "inverse_sqrt", "inverse"])
+    parser.add_argument("--keep-every", type=int, default=20)
     parser.add_argument("--iters", type=int, default=100, help="iterations per epoch")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--curves", metavar="PNG", help="also draw a validated run's curves")

@@ -162,7 +162,10 @@ def _plot_classes(ax_lines, ax_bars, val: Sequence[dict], best: dict,
     ax_bars.invert_yaxis()
     ax_bars.set_xlim(0, 1)
     zero = sum(1 for v in ious.values() if v == 0)
-    shown = f"lowest {len(lowest)} of {len(ious)}" if len(ious) > len(lowest) else "all"
-    ax_bars.set_title(f"IoU per class at the best epoch ({best['epoch']}; {shown}; "
-                      f"{zero} at 0)", fontsize=10)
+    title = f"IoU per class at the best epoch ({best['epoch']})"
+    if len(ious) > len(lowest):
+        title += f": lowest {len(lowest)} of {len(ious)}"
+    if zero:
+        title += f"; {zero} at 0"
+    ax_bars.set_title(title, fontsize=10)
     ax_bars.grid(alpha=0.3, axis="x")
