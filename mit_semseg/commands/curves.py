@@ -11,13 +11,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = command_parser(
         "python -m mit_semseg curves",
-        "Draw loss, accuracy, learning rates and validation mean IoU of a training run "
-        "(DIR/metrics.jsonl) to a PNG (needs matplotlib: the [plot] extra).",
+        "Draw loss, accuracy, learning rates, validation mean IoU (and TRAIN.best_metric) and "
+        "per-class validation IoU of a training run (DIR/metrics.jsonl) to a PNG (needs "
+        "matplotlib: the [plot] extra). With many classes the per-class panel shows the best "
+        "and worst five, and the lowest IoUs of the best epoch as bars.",
         "Exit status: 0 written, 1 error (one line on stderr), 2 usage error.",
         overrides=False)
     parser.add_argument("run", metavar="DIR", help="the run folder (cfg.DIR) or its metrics.jsonl")
     parser.add_argument("-o", "--output", help="PNG to write (default: DIR/curves.png)")
     parser.add_argument("--title", default=None, help="figure title (default: the folder name)")
+    parser.add_argument("--classes", nargs="+", metavar="NAME",
+                        help="class names whose validation IoU curves to draw (default: every "
+                             "class up to 10, else the best and worst five)")
     args = parse_command(parser, argv)
 
     def body() -> None:
@@ -27,6 +32,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.output or os.path.join(folder, "curves.png")
         records = read_metrics(args.run)
         title = args.title if args.title is not None else os.path.basename(os.path.abspath(folder))
-        plot_curves(records, out, title)
+        plot_curves(records, out, title, args.classes)
         print(f"curves written to {out}")
     return run_command(body)

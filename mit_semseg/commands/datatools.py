@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
                     "masks).",
         epilog="examples:\n"
                "  VOC-like:        odgt --images VOC/JPEGImages --masks VOC/SegmentationClass "
-               "--val-fraction 0.1\n"
+               "--train-list VOC/ImageSets/Segmentation/train.txt "
+               "--val-list VOC/ImageSets/Segmentation/val.txt\n"
+               "  a random split:  odgt --images IMAGES --masks MASKS --val-fraction 0.1\n"
                "  Cityscapes-like: odgt --images leftImg8bit/train --masks gtFine/train "
                "--val-images leftImg8bit/val --val-masks gtFine/val --image-suffix _leftImg8bit "
                "--mask-suffix _gtFine_labelTrainIds")
@@ -36,9 +38,18 @@ def _parser() -> argparse.ArgumentParser:
     odgt.add_argument("--masks", required=True, help="folder of training masks (recursive)")
     odgt.add_argument("--val-images", help="folder of validation images (else --val-fraction)")
     odgt.add_argument("--val-masks", help="folder of validation masks")
-    odgt.add_argument("--val-fraction", type=float, default=0.1,
-                      help="share of the pairs drawn for validation when no validation folders "
-                           "are given (default: %(default)s; 0 = no validation list)")
+    odgt.add_argument("--train-list", metavar="FILE",
+                      help="text file naming the training samples, one per line (a stem such "
+                           "as 2007_000032, a file name or a path; VOC's ImageSets/Segmentation/"
+                           "train.txt): the training list holds exactly these, in this order")
+    odgt.add_argument("--val-list", metavar="FILE",
+                      help="the same for validation. With one list only, the other split gets "
+                           "every other pair; samples listed but not found are reported (exit "
+                           "status 1)")
+    odgt.add_argument("--val-fraction", type=float, default=None,
+                      help="share of the pairs drawn for validation when neither validation "
+                           "folders nor split lists are given (default: 0.1; 0 = no validation "
+                           "list)")
     odgt.add_argument("--seed", type=int, default=0, help="seed of that draw (default: 0)")
     odgt.add_argument("--image-suffix", default="",
                       help="end of image file stems to remove before pairing, e.g. _leftImg8bit")

@@ -50,6 +50,9 @@ _C.DATASET = CN({
     # warning and the defaults where results are shown). Empty: ADE20K's table
     # for 150 classes, else class_k names and generated colours.
     "class_table": "",
+    # new: colours read as unlabeled in "rgb" masks besides the class table's
+    # Idx 0 rows, e.g. [[0, 0, 0]] for a table without an "unlabeled" row.
+    "ignore_colors": [],
 })
 
 # -----------------------------------------------------------------------------
@@ -155,6 +158,21 @@ _C.TRAIN = CN({
     # new: seconds a torchrun rank waits in a collective (e.g. for a dead or stuck
     # rank) before the run fails instead of hanging.
     "dist_timeout": 1800,
+    # new: the validation result that picks DIR/*_best.pth: "mean_iou" (default),
+    # "pixel_accuracy", "mean_class_accuracy", "frequency_weighted_iou",
+    # "mean_f1", "overall_score", or one class's IoU as "iou:NAME" (a class-table
+    # name, e.g. iou:car) or "iou:K" (0-based class index). Higher is better.
+    "best_metric": "mean_iou",
+    # new: stop training after this many validations in a row without a better
+    # TRAIN.best_metric (needs TRAIN.eval_every); 0 = never stop early.
+    "early_stop": 0,
+    # new: loss weight of each class (DATASET.num_class numbers, class order of
+    # the class table), e.g. [0.5, 2.0, 1.0]; empty = unweighted (the original).
+    "class_weights": [],
+    # new: compute the class weights from the training list's class pixel
+    # shares when training starts: "median_frequency", "inverse" or
+    # "inverse_sqrt" (docs/training.md); "" = none. Not with TRAIN.class_weights.
+    "class_weight_rule": "",
 })
 
 
@@ -214,6 +232,9 @@ _C.VAL = CN({
     # new: DataLoader worker processes reading validation images, per evaluation
     # process (the original used 5 in eval.py, 2 in eval_multipro.py).
     "workers": 4,
+    # new: intra-op CPU threads of eval.py (torch.set_num_threads); 0 = PyTorch's
+    # default (one per core). On small shared CPUs 1 can be several times faster.
+    "num_threads": 0,
 })
 
 # -----------------------------------------------------------------------------
@@ -235,6 +256,9 @@ _C.TEST = CN({
     **_inference_keys(),
     # new: DataLoader worker processes reading test images (the original used 5).
     "workers": 4,
+    # new: intra-op CPU threads of test.py (torch.set_num_threads); 0 = PyTorch's
+    # default (one per core). On small shared CPUs 1 can be several times faster.
+    "num_threads": 0,
 })
 
 # Keys of earlier versions of this project (TRAIN.fast, TRAIN.channels_last,

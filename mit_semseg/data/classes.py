@@ -39,7 +39,7 @@ import numpy as np
 from .io import LABEL_FORMATS, DatasetError, LabelFormat
 
 __all__ = ["ClassTable", "ClassTableError", "read_class_table", "resolve_table_path",
-           "class_table", "generated_palette", "label_format", "write_class_table",
+           "class_table", "generated_palette", "label_format", "ignore_colors", "write_class_table",
            "ade20k_colors", "ade20k_names", "class_colors", "class_names", "colorEncode", "unique"]
 
 
@@ -50,13 +50,16 @@ class ClassTableError(DatasetError):
 @dataclass(frozen=True)
 class ClassTable:
     """``names[k]`` / ``colors[k]`` describe 0-based class k. ``unlabeled_colors``
-    (M x 3) are the colours of unlabeled pixels in colour-coded masks."""
+    (M x 3) are the colours of unlabeled pixels in colour-coded masks.
+    ``first_idx``: how the file's ``Idx`` column numbers the classes (0 or 1;
+    None without that column)."""
 
     names: tuple[str, ...]
     colors: np.ndarray
     unlabeled_colors: np.ndarray
     source: str = ""
     has_colors: bool = True
+    first_idx: int | None = None
 
     @property
     def num_class(self) -> int:
@@ -223,6 +226,7 @@ def read_class_table(path: str, num_class: int | None = None) -> ClassTable:
         raise ClassTableError(f"{path}: no class rows below the header")
 
     unlabeled = []
+    first_idx = None
     if idx_col:
         numbers = [idx for _, idx, _, _ in records]
         ones = [r for r in records if r[1] != 0]
@@ -237,6 +241,7 @@ def read_class_table(path: str, num_class: int | None = None) -> ClassTable:
                 f"{path}: Idx must number the rows 1..N (optionally with Idx 0 rows for "
                 f"unlabeled pixels) or 0..N-1 in order; got {numbers[:12]}"
                 f"{' ...' if len(numbers) > 12 else ''}")
+        first_idx = records[0][1]
     if num_class is not None and len(records) != num_class:
         raise ClassTableError(f"{path}: {len(records)} classes in the table but "
                               f"DATASET.num_class is {num_class}")
@@ -246,7 +251,7 @@ def read_class_table(path: str, num_class: int | None = None) -> ClassTable:
     else:
         colors = generated_palette(len(records))
     unl = np.asarray([r[3] for r in unlabeled if r[3] is not None], np.uint8).reshape(-1, 3)
-    return ClassTable(tuple(r[2] for r in records), colors, unl, path, has_colors)
+    return ClassTable(tuple(r[2] for r in records), colors, unl, path, has_colors, first_idx)
 
 
 def write_class_table(path: str, names: Any, colors: Any) -> None:
@@ -345,4 +350,21 @@ def label_format(opt: Any) -> LabelFormat:
     if not table.has_colors:
         raise DatasetError(f"{table.source}: DATASET.label_format 'rgb' needs R,G,B columns "
                            f"in the class table")
-    return LabelFormat(kind, table.num_class, ignore, table.colors, table.unlabeled_colors)
+    unlabeled = np.concatenate([table.unlabeled_colors, ignore_colors(ds)])
+    return LabelFormat(kind, table.num_class, ignore, table.colors, unlabeled)
+
+
+def ignore_colors(opt: Any) -> np.ndarray:
+    """``DATASET.ignore_colors`` (cfg or DATASET node) as an M x 3 uint8 array:
+    colours read as unlabeled in colour-coded masks, besides the class table's
+    ``Idx 0`` rows. One colour ``[R, G, B]`` or a list of them."""
+    value = getattr(_dataset_node(opt), "ignore_colors", ()) or ()
+    rows = [value] if len(value) == 3 and all(isinstance(v, int) for v in value) else value
+    out = []
+    for row in rows:
+        if (not isinstance(row, (list, tuple)) or len(row) != 3
+                or not all(isinstance(v, int) and 0 <= v <= 255 for v in row)):
+            raise DatasetError(f"DATASET.ignore_colors must be a list of [R, G, B] colours with "
+                               f"values 0..255, e.g. [[0, 0, 0]]; got {list(value)}")
+        out.append(row)
+    return np.asarray(out, np.uint8).reshape(-1, 3)

@@ -29,8 +29,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import MitSemsegError
 
-__all__ = ["DatasetError", "LabelFormat", "LABEL_FORMATS", "read_image", "to_rgb",
-           "read_annotation", "IMAGE_EXTENSIONS", "find_recursive", "write_png"]
+__all__ = ["DatasetError", "UnknownColorsError", "LabelFormat", "LABEL_FORMATS", "read_image",
+           "to_rgb", "read_annotation", "IMAGE_EXTENSIONS", "find_recursive", "write_png"]
 
 LABEL_FORMATS = ("ade20k", "zero_based", "rgb")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -65,6 +65,23 @@ class DatasetError(MitSemsegError, ValueError):
     Constructed from a single message string, so a DataLoader worker can
     re-raise it in the main process with the same type.
     """
+
+
+class UnknownColorsError(DatasetError):
+    """A colour-coded annotation holds colours that are not in the class table.
+
+    ``colors``: ``[((r, g, b), pixels), ...]`` of every such colour, so a check
+    of many masks can report a colour once instead of once per mask.
+    """
+
+    colors: list[tuple[tuple[int, int, int], int]]
+
+
+# What to do about a colour that marks unlabeled pixels (``datatools check`` says it
+# once for all masks, fitted to the class table's layout).
+_UNLABELED_HINT = ("if it marks unlabeled pixels, add a row 'Idx 0' for it to the class "
+                        "table (e.g. 0,unlabeled,{r},{g},{b}, with the classes numbered 1..N) or "
+                        "set DATASET.ignore_colors [[{r}, {g}, {b}]]")
 
 
 def _open(path: str, what: str) -> Image.Image:
@@ -212,11 +229,17 @@ def _rgb(path: str, img: Image.Image, fmt: LabelFormat) -> np.ndarray:
     mapped = np.asarray([table.get(int(v), -1) for v in values], np.int32)
     unknown = mapped < 0
     if unknown.any():
-        shown = [f"({v >> 16}, {(v >> 8) & 255}, {v & 255}) ({int(n)} px)"
-                 for v, n in zip(values[unknown].tolist(), counts[unknown])][:8]
-        more = f" and {int(unknown.sum()) - 8} more" if unknown.sum() > 8 else ""
-        raise DatasetError(f"{path}: colours not in the class table (DATASET.label_format rgb): "
-                           f"{', '.join(shown)}{more}")
+        found = [((v >> 16, (v >> 8) & 255, v & 255), int(n))
+                 for v, n in zip(values[unknown].tolist(), counts[unknown])]
+        found.sort(key=lambda item: -item[1])
+        shown = [f"{rgb} ({n} px)" for rgb, n in found[:8]]
+        more = f" and {len(found) - 8} more" if len(found) > 8 else ""
+        exc = UnknownColorsError(
+            f"{path}: colours not in the class table (DATASET.label_format rgb): "
+            f"{', '.join(shown)}{more}; "
+            + _UNLABELED_HINT.format(r=found[0][0][0], g=found[0][0][1], b=found[0][0][2]))
+        exc.colors = found
+        raise exc
     labels = mapped[inverse.reshape(-1)].reshape(packed.shape)
     return labels.astype(np.uint8) if len(colors) <= 255 else labels
 

@@ -2,13 +2,15 @@
 
 The loop is here; the optimizer and learning rate in ``optim``, the data
 stream in ``stream``, checkpoints and resuming in ``resume`` / ``state``, the
-metrics file, TensorBoard and validation schedule in ``monitor``.
+metrics file, TensorBoard, validation schedule, best checkpoint and early
+stopping in ``monitor``, the loss and its class weights in ``loss``.
 
 Recipe (kept from the original): one SGD optimizer for the encoder and one
 for the decoder (momentum ``TRAIN.beta1``, weight decay ``TRAIN.weight_decay``
 on conv/linear weights only), poly learning rate updated every iteration,
-``NLLLoss(ignore_index=-1)`` plus ``TRAIN.deep_sup_scale`` times the auxiliary
-loss for ``*_deepsup`` decoders, ``TRAIN.epoch_iters`` iterations per epoch
+``NLLLoss(ignore_index=-1)`` (with class weights when ``TRAIN.class_weights``
+or ``TRAIN.class_weight_rule`` ask for them, see ``loss``) plus
+``TRAIN.deep_sup_scale`` times the auxiliary loss for ``*_deepsup`` decoders, ``TRAIN.epoch_iters`` iterations per epoch
 whatever the batch size, and checkpoints ``encoder/decoder/history_epoch_N.pth``
 in ``cfg.DIR`` (see :mod:`mit_semseg.training.state`).
 
@@ -55,6 +57,7 @@ from yacs.config import CfgNode
 from ..accel import fast_training_
 from ..checkpoints.files import atomic_write_text, remove_stale_temporaries
 from ..config import ConfigError
+from ..data.classes import class_names
 from ..data.datasets import TrainDataset
 from ..errors import MitSemsegError
 from ..evaluation import validate
@@ -65,7 +68,8 @@ from ..runtime.devices import device_names
 from ..runtime.log import AverageMeter, setup_logger
 from ..runtime.process import allocator_state, loader_workers, tune_allocator
 from . import distributed as D
-from .monitor import TrainingMonitor, validation_sizes
+from .loss import check_class_weights, class_weights, make_criterion
+from .monitor import TrainingMonitor, parse_best_metric, validation_sizes
 from .optim import adjust_learning_rate, create_optimizers
 from .resume import ResumePoint, restore, resume_point, write_checkpoint
 from .state import restore_rng_state
@@ -73,7 +77,8 @@ from .stream import (BN_STREAM, TRAIN_STREAM, DataNotFoundError, check_dataset, 
                      make_loader, segment_start)
 
 __all__ = ["DataNotFoundError", "NonFiniteLossError", "DeviceError", "TrainSummary", "Run",
-           "select_devices", "train_one_epoch", "precise_bn", "checkpoint", "end_epoch", "main"]
+           "select_devices", "train_one_epoch", "precise_bn", "checkpoint", "end_epoch",
+           "stop_early", "main"]
 
 logger = logging.getLogger("Logger")
 
@@ -168,11 +173,14 @@ class Run:
 @dataclass
 class TrainSummary:
     """What ``main`` returns: the history, the newest state file written, the
-    global iterations done."""
+    global iterations done, whether ``TRAIN.early_stop`` ended the run and the
+    best validated epoch (None without validation; rank 0 only)."""
 
     history: dict
     last_checkpoint: str
     global_iter: int
+    stopped_early: bool = False
+    best_epoch: int | None = None
 
 
 def _forward(run: Run, batches: list, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,9 +354,34 @@ def end_epoch(run: Run, epoch: int) -> dict | None:
     return val
 
 
+def stop_early(run: Run, epoch: int) -> bool:
+    """Whether ``TRAIN.early_stop`` ends the run after ``epoch`` (rank 0 decides,
+    every rank gets the answer; call it on every rank after ``end_epoch``). Logs
+    why and which epoch was best."""
+    if int(run.cfg.TRAIN.early_stop) <= 0 or not run.monitor.validation_due(epoch):
+        return False
+    stop = D.all_gather_objects(bool(run.env.is_main and run.monitor.should_stop))[0]
+    if stop and run.env.is_main:
+        _log_stop(run, epoch)
+    return stop
+
+
+def _log_stop(run: Run, epoch: int) -> None:
+    mon = run.monitor
+    count = f"{mon.since_best} validation{'' if mon.since_best == 1 else 's'}"
+    best = f"epoch {mon.best['epoch']}, {mon.metric.label} {mon.best['score']:.4f}"
+    if mon.metric.key != "mean_iou":
+        best += f" (mean IoU {mon.best['mean_iou']:.4f})"
+    logger.info("Early stop after epoch %d of %d: %s has not improved for %s (TRAIN.early_stop "
+                "%d). Best: %s, kept as %s/encoder_best.pth and decoder_best.pth "
+                "(VAL.checkpoint best.pth)", epoch, int(run.cfg.TRAIN.num_epoch),
+                mon.metric.label, count, mon.patience, best, run.cfg.DIR)
+
+
 # ============================================================================ main
 
-def _build_module(cfg: CfgNode, point: ResumePoint | None, env: D.DistEnv) -> SegmentationModule:
+def _build_module(cfg: CfgNode, point: ResumePoint | None, env: D.DistEnv,
+                  loss_weights: torch.Tensor | None = None) -> SegmentationModule:
     enc_weights = point.encoder if point and isinstance(point.encoder, str) else \
         ("" if point else cfg.MODEL.weights_encoder)
     dec_weights = point.decoder if point and isinstance(point.decoder, str) else \
@@ -376,7 +409,7 @@ def _build_module(cfg: CfgNode, point: ResumePoint | None, env: D.DistEnv) -> Se
                 load_weights(net, weights, f"{name} weights in {point.source}")
     deep_sup = cfg.TRAIN.deep_sup_scale if str(cfg.MODEL.arch_decoder).lower().endswith("deepsup") \
         else None
-    return SegmentationModule(encoder, decoder, nn.NLLLoss(ignore_index=-1), deep_sup)
+    return SegmentationModule(encoder, decoder, make_criterion(loss_weights), deep_sup)
 
 
 def _wrap(module: SegmentationModule, device: torch.device, gpu_ids: list[int],
@@ -400,9 +433,16 @@ def _check_cfg(cfg: CfgNode) -> None:
     for key in ("epoch_iters", "num_epoch", "batch_size_per_gpu"):
         if int(t[key]) < 1:
             raise ConfigError(f"TRAIN.{key} must be >= 1, got {t[key]}")
-    for key in ("workers", "checkpoint_every", "precise_bn_iters", "num_threads", "eval_every"):
+    for key in ("workers", "checkpoint_every", "precise_bn_iters", "num_threads", "eval_every",
+                "early_stop"):
         if int(t[key]) < 0:
             raise ConfigError(f"TRAIN.{key} must be >= 0, got {t[key]}")
+    if int(t.early_stop) > 0 and int(t.eval_every) == 0:
+        raise ConfigError(f"TRAIN.early_stop {t.early_stop} counts validations, but TRAIN."
+                          f"eval_every is 0 (no validation): set TRAIN.eval_every 1 (or N)")
+    names = class_names(cfg)
+    parse_best_metric(t.best_metric, [names[k] for k in range(len(names))])
+    check_class_weights(cfg)
 
 
 def _seed_everything(seed: int) -> None:
@@ -450,9 +490,10 @@ def _train(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: list[int
 
     if device.type == "cpu" and int(cfg.TRAIN.num_threads) > 0:
         torch.set_num_threads(int(cfg.TRAIN.num_threads))
+    loss_weights = class_weights(cfg, env.is_main)
     seed = int(cfg.TRAIN.seed)
     _seed_everything(seed)
-    module = _build_module(cfg, point, env)
+    module = _build_module(cfg, point, env, loss_weights)
     module.to(device)
     if not cfg.TRAIN.exact:
         fast_training_(module)
@@ -476,10 +517,12 @@ def _train(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: list[int
     logger.info("1 Epoch = %d iters; global batch = %d images (%d per device x %d devices)",
                 epoch_iters, cfg.TRAIN.batch_size_per_gpu * run.per_iter * env.world_size,
                 cfg.TRAIN.batch_size_per_gpu, run.per_iter * env.world_size)
-    if first_epoch > num_epoch:
-        logger.info("Nothing to do: %d of %d epochs already trained", first_epoch - 1, num_epoch)
+    if first_epoch > num_epoch or _stopped_before(run):
+        if first_epoch > num_epoch:
+            logger.info("Nothing to do: %d of %d epochs already trained", first_epoch - 1,
+                        num_epoch)
         run.monitor.close()
-        return TrainSummary(run.history, run.last_checkpoint, run.global_iter)
+        return _summary(run, stopped_early=first_epoch <= num_epoch)
 
     every = int(cfg.TRAIN.checkpoint_every)
     loader, placeholders = make_loader(
@@ -498,12 +541,34 @@ def _train(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: list[int
         restore_rng_state(states[env.rank] if len(states) == env.world_size else states[0])
 
     # log lines go through tqdm.write so they do not break the progress bar
+    stopped = False
     with logging_redirect_tqdm([logger]) if env.is_main else nullcontext():
         for epoch in range(first_epoch, num_epoch + 1):
             train_one_epoch(run, epoch, start_iter if epoch == first_epoch else 0)
             checkpoint(run, epoch, epoch_iters)
             end_epoch(run, epoch)
+            if stop_early(run, epoch):
+                stopped = True
+                break
     run.monitor.close()
     run.batches = None  # stops the loader workers
     logger.info("Training Done!")
-    return TrainSummary(run.history, run.last_checkpoint, run.global_iter)
+    return _summary(run, stopped)
+
+
+def _stopped_before(run: Run) -> bool:
+    """A resumed run whose records up to the resume point already met
+    ``TRAIN.early_stop``: nothing to train (logged)."""
+    stop = D.all_gather_objects(bool(run.env.is_main and run.monitor.should_stop))[0]
+    if stop and run.env.is_main:
+        mon = run.monitor
+        logger.info("Nothing to do: the run stopped early (TRAIN.early_stop %d); best: epoch "
+                    "%d, %s %.4f", mon.patience, mon.best["epoch"], mon.metric.label,
+                    mon.best["score"])
+    return stop
+
+
+def _summary(run: Run, stopped_early: bool) -> TrainSummary:
+    best = run.monitor.best if run.monitor is not None else None
+    return TrainSummary(run.history, run.last_checkpoint, run.global_iter, stopped_early,
+                        best["epoch"] if best else None)

@@ -65,6 +65,13 @@ def test_best_epoch_is_the_best_validated_one(validated_run):
     assert iters[0]["lr_encoder"] == pytest.approx(0.05)
     assert epochs[0]["loss"] == pytest.approx(sum(r["loss"] for r in iters[:3]) / 3)
     assert "Validation after epoch 4: mean IoU" in (out / "log.txt").read_text()
+    # per-class IoU and the other summary numbers in every validated record
+    for r in epochs:
+        assert list(r["val_class_iou"]) == ["water", "boat", "pier"]
+        assert sum(r["val_class_iou"].values()) / 3 == pytest.approx(r["val_mean_iou"])
+        assert 0 <= r["val_frequency_weighted_iou"] <= 1 and r["best_metric"] == "mean_iou"
+    assert best["metric"] == "mean_iou" and best["score"] == best["mean_iou"]
+    assert "lowest IoU: " in (out / "log.txt").read_text()
 
 
 def test_eval_every_two_validates_even_and_last_epochs(data, tmp_path):
@@ -91,8 +98,33 @@ def test_curves_png(validated_run, tmp_path, capsys):
     assert main([str(validated_run), "-o", str(png)]) == 0
     img = Image.open(png)
     assert img.format == "PNG" and img.size[0] > 400
+    assert img.size[1] > img.size[0] * 0.8  # three rows: the per-class panels too
+    assert main([str(validated_run), "-o", str(png), "--classes", "boat", "pier"]) == 0
+    assert main([str(validated_run), "-o", str(png), "--classes", "car"]) == 1
+    assert "--classes: no class 'car'" in capsys.readouterr().err
     assert main([str(tmp_path / "none")]) == 1
     assert "metrics file not found" in capsys.readouterr().err
+
+
+def test_curves_of_many_classes_and_old_files(tmp_path):
+    """150 classes: the best/worst five as lines, the 20 lowest as bars; a metrics
+    file of an earlier version (no per-class IoU) still draws."""
+    pytest.importorskip("matplotlib")
+    from mit_semseg.training.curves import _class_lines, plot_curves
+    names = [f"class {k}" for k in range(150)]
+    records = [{"type": "iter", "epoch": e, "iter": 1, "global_iter": e, "loss": 1.0 / e,
+                "acc": 0.5, "lr_encoder": 0.01, "lr_decoder": 0.01} for e in (1, 2)]
+    records += [{"type": "epoch", "epoch": e, "global_iter": e, "loss": 1.0, "acc": 0.5,
+                 "val_mean_iou": 0.1 * e, "val_pixel_accuracy": 0.5, "best_epoch": e,
+                 "best_metric": "iou:class 7", "val_score": 0.2 * e,
+                 "val_class_iou": {n: (k % 10) / 10 for k, n in enumerate(names)}}
+                for e in (1, 2)]
+    lines, title = _class_lines([r for r in records if r["type"] == "epoch"], None)
+    assert len(lines) == 10 and "best 5 and worst 5 of 150" in title
+    assert plot_curves(records, str(tmp_path / "many.png")) == str(tmp_path / "many.png")
+    old = [{k: v for k, v in r.items() if k not in ("val_class_iou", "best_metric", "val_score")}
+           for r in records]
+    plot_curves(old, str(tmp_path / "old.png"))
 
 
 def test_tensorboard_events(data, tmp_path):
@@ -143,3 +175,16 @@ def test_custom_template_config():
     assert cfg.TRAIN.precise_bn_iters > 0 and cfg.MODEL.bn_momentum < 0
     assert cfg.TRAIN.eval_every == 1 and cfg.VAL.checkpoint == "best.pth"
     assert cfg.DATASET.label_format == "zero_based" and cfg.MODEL.reinit_classifier
+
+
+def test_custom_cpu_config():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = load_cfg(os.path.join(root, "config", "custom-cpu.yaml"))
+    template = load_cfg(os.path.join(root, "config", "custom-template.yaml"))
+    assert cfg.MODEL.arch_encoder == "mobilenetv2dilated" and cfg.MODEL.fc_dim == 320
+    assert max(cfg.DATASET.imgSizes) < max(template.DATASET.imgSizes)
+    assert cfg.TRAIN.epoch_iters * cfg.TRAIN.num_epoch < \
+        template.TRAIN.epoch_iters * template.TRAIN.num_epoch
+    assert cfg.TRAIN.workers <= 2 and cfg.TRAIN.eval_every == 1 and cfg.VAL.checkpoint == "best.pth"
+    # the same dataset keys, so a config made from one template moves to the other
+    assert cfg.DATASET.label_format == template.DATASET.label_format
