@@ -192,8 +192,9 @@ def make_backend(name: str, onnx_path: str, num_class: int | None = None, *,
                  trust: str = "config", section: str = "TEST") -> OnnxBackend | None:
     """None for ``"pytorch"`` (the engine runs encoder + decoder); an ``OnnxBackend``
     for ``"onnxruntime"``. ``trust="config"``: the file must have ``num_class``
-    classes and agree with ``claims`` (``config_claims``; ``check_metadata``);
-    ``"file"``: nothing is compared, the caller takes ``file_settings``. ``name``,
+    classes and agree with ``claims`` (``config_claims``; ``check_metadata``; not
+    compared when neither is given); ``"file"``: nothing is compared, the caller
+    takes ``file_settings``. ``name``,
     ``onnx_path`` and ``trust`` come from the config keys ``<section>.backend`` /
     ``.onnx`` / ``.onnx_trust``; bad values raise ``ConfigError`` (a missing file
     FileNotFoundError)."""
@@ -210,7 +211,7 @@ def make_backend(name: str, onnx_path: str, num_class: int | None = None, *,
         backend = OnnxBackend(onnx_path)
     except (ImportError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
-    if trust == "config":
+    if trust == "config" and (claims or num_class is not None):
         claims = dict(claims or {})
         if num_class is not None:
             claims.setdefault("num_class", ("DATASET.num_class", int(num_class)))

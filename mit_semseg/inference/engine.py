@@ -54,7 +54,8 @@ from ..data.classes import ClassTable
 from ..data.transforms import Preprocess
 from ..errors import MitSemsegError
 from ..runtime.devices import resolve_device
-from .backends import TorchBackend, config_claims, file_settings, make_backend
+from .backends import (TorchBackend, check_metadata, config_claims, file_settings,
+                       make_backend)
 from .fusion import DEFAULT_BAND_BYTES, Prediction, fuse
 from .slide import SlideWindow, predict_slide, slide_options
 
@@ -256,14 +257,13 @@ def build_engine(cfg: Any, encoder_weights: str, decoder_weights: str, *,
     ``section``: the config section named in messages."""
     preprocess = Preprocess.from_config(cfg.DATASET)
     trust = str(onnx_trust or "config").lower()
-    claims = config_claims(cfg, sizes=window is None) \
-        if str(backend or "").lower() == "onnxruntime" and trust == "config" else None
-    runner = make_backend(backend, onnx_path, cfg.DATASET.num_class, claims=claims,
-                          trust=trust, section=section)
+    runner = make_backend(backend, onnx_path, trust=trust, section=section)
     if runner is not None:
         classes = None
         if trust == "file":
             preprocess, classes = file_settings(runner, section)
+        else:
+            check_metadata(runner, config_claims(cfg, sizes=window is None), section)
         return InferenceEngine(None, None, device=device, flip=flip, precision=precision,
                                band_bytes=band_bytes, backend=runner, preprocess=preprocess,
                                window=window, classes=classes)
