@@ -2,7 +2,8 @@
 
 Sections (``--sections``): peak (matmul GFLOP/s), single and multi
 (inference, inference.py), train (training.py), data (data.py), metrics
-(metrics.py) and, opt-in, testpy (test.py whole process, testpy.py). Weights
+(metrics.py) and, opt-in, testpy (test.py whole process, testpy.py) and slide
+(sliding-window inference and its stitching overhead, slide.py). Weights
 follow the parity rule (harness.rule_tensor; no download). The report's
 header names the device and what this machine's kernels guarantee
 (``fused_conv_exact``, ``banding_exact``).
@@ -31,6 +32,7 @@ from .harness import REPO_ROOT, Bench, bench_device, bf16_supported, cpu_name, l
 from .inference import check_methods, run_multi, run_single
 from .metrics import run_metrics
 from .report import format_report
+from .slide import add_arguments as add_slide_arguments, format_slide, run_slide
 from .testpy import run_testpy
 from .training import run_train
 
@@ -40,7 +42,7 @@ TARGET_SINGLE_PAIRS = ("mobilenetv2dilated+c1_deepsup", "resnet50dilated+ppm_dee
                        "resnet50+upernet", "hrnetv2+c1")
 DEFAULT_SCALES = (300, 375, 450, 525, 600)
 RUNNERS = {"peak": run_peak, "single": run_single, "multi": run_multi, "train": run_train,
-           "testpy": run_testpy, "data": run_data, "metrics": run_metrics}
+           "testpy": run_testpy, "data": run_data, "metrics": run_metrics, "slide": run_slide}
 SECTIONS = tuple(RUNNERS)
 DEFAULT_SECTIONS = ("peak", "single", "multi", "train", "data", "metrics")
 
@@ -78,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take pairs, class count and multi-scale settings from config files")
     p.add_argument("--sections", type=_csv, default=None,
                    help=f"what to measure, some of {','.join(SECTIONS)}; unset: all but "
-                        "testpy, which times test.py as whole processes")
+                        "testpy, which times test.py as whole processes, and slide")
     p.add_argument("--methods", type=_csv, default=["plain", "exact", "default"],
                    help="inference methods: plain (this package's modules, the original's "
                         "procedure), exact (InferenceEngine(exact=True)), default "
@@ -128,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="testpy: photo-like images of --photo size that test.py segments")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_slide_arguments(p)
     return p
 
 
@@ -251,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results = bench.results
     results["settings"] = {k: (list(v) if isinstance(v, tuple) else v)
                            for k, v in vars(args).items()}
-    print(format_report(results))
+    print(format_report(results) + format_slide(results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["fuse", "Prediction", "banding_exact", "release_workspace", "DEFAULT_BAND_BYTES",
-           "RowPlan", "row_plan", "SMALL_OUTPUT_SIDES", "confidence_uint8"]
+           "RowPlan", "row_plan", "SMALL_OUTPUT_SIDES", "horizontal_cl_exact", "confidence_uint8"]
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def _find_row_plan(in_size: int, out_size: int, device: torch.device) -> RowPlan
 _cl_checked: dict[tuple, bool] = {}
 
 
-def _horizontal_cl_exact(channels: int, in_w: int, out_w: int, device: torch.device) -> bool:
+def horizontal_cl_exact(channels: int, in_w: int, out_w: int, device: torch.device) -> bool:
     """Whether the channels-last bilinear kernel resizes rows (height kept) to the
     same bits as the NCHW kernel for this size on this device (probe, cached)."""
     key = (channels, in_w, out_w, str(device), torch.get_num_threads())
@@ -227,7 +227,7 @@ class _Horizontal:
         self.chunk_rows = chunk_rows
         self.slot = slot
         C, _, w = x.shape[1:]
-        self.use_cl = _horizontal_cl_exact(C, w, width, x.device)
+        self.use_cl = horizontal_cl_exact(C, w, width, x.device)
         self.xcl = x.contiguous(memory_format=torch.channels_last) if self.use_cl else None
         self.lo = self.hi = -1
         self.rows: torch.Tensor | None = None
