@@ -152,9 +152,10 @@ class _StepBar:
     """``progress(done, total)`` of one photo, shown as a second bar under the image
     bar once the photo has taken ``delay`` seconds; removed when the photo is done."""
 
-    def __init__(self, unit: str, file: TextIO, delay: float = STEP_BAR_DELAY_S,
+    def __init__(self, unit: str, file: TextIO, delay: float | None = None,
                  disable: bool = False) -> None:
-        self.unit, self.file, self.delay, self.disable = unit, file, delay, disable
+        self.unit, self.file, self.disable = unit, file, disable
+        self.delay = STEP_BAR_DELAY_S if delay is None else delay
         self.bar: tqdm | None = None
 
     def __call__(self, done: int, total: int) -> None:

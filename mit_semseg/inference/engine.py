@@ -227,7 +227,7 @@ class InferenceEngine:
                 "full class probabilities for now: ask for the probabilities too "
                 "(TEST.save_probs True, return_probs=True; C x H x W float32 in memory), "
                 "or use mode whole")
-        pred = predict_slide(self, pixels, self.window, return_probs, flip)  # TODO progress
+        pred = predict_slide(self, pixels, self.window, return_probs, flip, progress)
         if return_confidence and pred.confidence is None:
             pred.confidence = pred.probs.max(dim=0).values.numpy()
         if not return_confidence:

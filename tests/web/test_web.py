@@ -390,7 +390,6 @@ def test_slide_mode_model_reports_tiles(ckpt):
     assert np.array_equal(labels_of(out), slide.segmenter.predict(photo()))
     slide.segmenter.predict(photo(), progress=lambda d, t: seen.append((d, t)))
     assert out["steps"] == seen[-1][1] == 3 * 3  # 64 x 80 photo: 3 x 3 tiles of 32 at 24
-    del seen
 
 
 def test_idle_runner_gives_memory_back(model, monkeypatch):
