@@ -123,13 +123,13 @@ def run_slide(bench: Bench) -> None:
     def network(x: torch.Tensor) -> torch.Tensor:
         sync(dev)
         c0, t0 = time.process_time(), time.perf_counter()
-        out = engine._logits(x)
+        out = engine.scores(x)
         sync(dev)
         spent["wall_s"] += time.perf_counter() - t0
         spent["cpu_s"] += time.process_time() - c0
         return out
 
-    noop = _NoOp(engine._logits, dev)
+    noop = _NoOp(engine.scores, dev)
     with torch.inference_mode():
         noop.prepare(sorted({(1, 3) + t for t in tiles}))  # also warms the network up
 

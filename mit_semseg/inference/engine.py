@@ -60,13 +60,9 @@ from .fusion import DEFAULT_BAND_BYTES, Prediction, fuse
 from .slide import SlideWindow, predict_slide, slide_options
 
 __all__ = ["InferenceEngine", "Prediction", "Progress", "build_engine", "engine_from_config",
-           "DEFAULT_BAND_BYTES", "SlideConfidenceUnavailable"]
+           "DEFAULT_BAND_BYTES"]
 
 Progress = Callable[[int, int], None]  # progress(done, total): see the module docstring
-
-
-class SlideConfidenceUnavailable(MitSemsegError, NotImplementedError):
-    """Sliding-window mode computes confidence maps only from the full probabilities."""
 
 
 class InferenceEngine:
@@ -219,20 +215,8 @@ class InferenceEngine:
 
     def _slide(self, pixels: np.ndarray, return_probs: bool, return_confidence: bool,
                flip: bool | None = None, progress: Progress | None = None) -> Prediction:
-        # TODO(slide): banded confidence in slide.py, as fusion computes it; until then
-        # it is the maximum of the full probabilities, which must be asked for too.
-        if return_confidence and not return_probs:
-            raise SlideConfidenceUnavailable(
-                "confidence maps in sliding-window mode (mode slide) are computed from the "
-                "full class probabilities for now: ask for the probabilities too "
-                "(TEST.save_probs True, return_probs=True; C x H x W float32 in memory), "
-                "or use mode whole")
-        pred = predict_slide(self, pixels, self.window, return_probs, flip, progress)
-        if return_confidence and pred.confidence is None:
-            pred.confidence = pred.probs.max(dim=0).values.numpy()
-        if not return_confidence:
-            pred.confidence = None
-        return pred
+        return predict_slide(self, pixels, self.window, return_probs, flip,
+                             return_confidence=return_confidence, progress=progress)
 
 
 def _report(progress: Progress | None, done: int, total: int) -> None:

@@ -421,12 +421,14 @@ def slide_predict(score_fn: ScoreFn, image: np.ndarray, window: SlideWindow, num
                   flip: bool = False, return_probs: bool = False,
                   device: torch.device | str = "cpu",
                   band_bytes: int = DEFAULT_SLIDE_BAND_BYTES,
+                  return_confidence: bool = False,
                   progress: Callable[[int, int], None] | None = None) -> Prediction:
     """Sliding-window prediction of an ``H x W x 3`` uint8 RGB photo (see the module
     docstring). ``score_fn``: normalised ``[1, 3, h, w]`` -> ``[1, C, h', w']`` scores
-    (``InferenceEngine.scores``). Returns an ``inference.Prediction`` at ``H x W``.
-    ``progress(done, total)``: called with ``(0, tiles)``, then after each tile
-    (with its mirrored run)."""
+    (``InferenceEngine.scores``). Returns an ``inference.Prediction`` at ``H x W``;
+    ``return_confidence``: with the top-class probability of every pixel (H x W
+    float32, computed band by band: no C x H x W buffer). ``progress(done, total)``:
+    called with ``(0, tiles)``, then after each tile (with its mirrored run)."""
     pixels = np.asarray(image)
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 uint8 image, got {pixels.dtype} {pixels.shape}")
@@ -445,9 +447,10 @@ def slide_predict(score_fn: ScoreFn, image: np.ndarray, window: SlideWindow, num
                            _band_rows(W, num_class, band_bytes))
     labels = np.empty((H, W), dtype=np.int64)
     probs = torch.empty((H, W, num_class), dtype=torch.float32) if return_probs else None
+    confidence = np.empty((H, W), dtype=np.float32) if return_confidence else None
     piece = max(1, _PIECE_BYTES // (W * num_class * 4))
     for r0, r1, copies in bands:  # the band buffers are ours to overwrite
-        if len(copies) == 1 and probs is None:
+        if len(copies) == 1 and probs is None and confidence is None:
             best = torch.max(copies[0], dim=-1).indices  # = argmax (first of ties), faster
             labels[r0:r1] = best.cpu().numpy()
             continue
@@ -461,17 +464,22 @@ def slide_predict(score_fn: ScoreFn, image: np.ndarray, window: SlideWindow, num
             p = copies[0][a:b]
             for x in copies[1:]:
                 p.add_(x[a:b])
-            labels[r0 + a:r0 + b] = torch.max(p, dim=-1).indices.cpu().numpy()
+            best = torch.max(p, dim=-1)
+            labels[r0 + a:r0 + b] = best.indices.cpu().numpy()
+            if confidence is not None:
+                confidence[r0 + a:r0 + b] = best.values.cpu().numpy()
             if probs is not None:
                 probs[r0 + a:r0 + b] = p.cpu()
-    return Prediction(labels, probs.permute(2, 0, 1) if probs is not None else None)
+    return Prediction(labels, probs.permute(2, 0, 1) if probs is not None else None,
+                      confidence)
 
 
 def predict_slide(engine: Any, image: np.ndarray, window: SlideWindow, return_probs: bool = False,
-                  flip: bool | None = None,
+                  flip: bool | None = None, return_confidence: bool = False,
                   progress: Callable[[int, int], None] | None = None) -> Prediction:
     """``slide_predict`` with an ``InferenceEngine``: its network (``scores``: PyTorch
     or onnxruntime), device, class count and ``flip`` default."""
     return slide_predict(engine.scores, image, window, engine.num_class,
                          flip=engine.flip if flip is None else bool(flip),
-                         return_probs=return_probs, device=engine.device, progress=progress)
+                         return_probs=return_probs, device=engine.device,
+                         return_confidence=return_confidence, progress=progress)
