@@ -124,8 +124,8 @@ def run_load(base: str, *, concurrency: int = 20, size: tuple[int, int] = (640, 
             raise SystemExit(f"{name}: warm-up upload answered {status}: {out.get('detail')}")
         entry["burst"] = _burst(base, name, photo, concurrency)
         entry["burst"]["rss_mb_after"] = _get(base, "api/health")["rss_mb"]
-        log(f"   {concurrency} concurrent uploads: {entry['burst']['status_counts']}"
-            f"{'' if entry['burst']['ok'] else '  UNEXPECTED: ' + str(entry['burst']['unexpected'])}"
+        unexpected = "" if entry["burst"]["ok"] else f"  UNEXPECTED: {entry['burst']['unexpected']}"
+        log(f"   {concurrency} concurrent uploads: {entry['burst']['status_counts']}{unexpected}"
             f"; server RSS after the burst {entry['burst']['rss_mb_after']} MiB")
         rows = []
         for _ in range(runs):

@@ -52,7 +52,6 @@ from PIL import Image
 from ..checkpoints.files import CheckpointNotFoundError, checkpoint_paths
 from ..data.classes import ClassTable
 from ..data.transforms import Preprocess
-from ..errors import MitSemsegError
 from ..runtime.devices import resolve_device
 from .backends import (TorchBackend, check_metadata, config_claims, file_settings,
                        make_backend)

@@ -16,7 +16,7 @@ from PIL import Image
 from ..config import load_cfg
 from ..data.classes import class_colors, class_names, colorEncode
 from ..data.io import read_image
-from .engine import DEFAULT_BAND_BYTES, InferenceEngine, engine_from_config
+from .engine import DEFAULT_BAND_BYTES, InferenceEngine, Progress, engine_from_config
 from .slide import SlideWindow
 
 __all__ = ["Segmenter", "ClassShare", "describe_labels"]
@@ -175,7 +175,7 @@ class Segmenter:
     # ---------------------------------------------------------------- predict
     def predict(self, image: ImageInput, return_probs: bool = False, *,
                 imgSizes: Sequence[int] | None = None, flip: bool | None = None,
-                return_confidence: bool = False, progress: Any = None):
+                return_confidence: bool = False, progress: Progress | None = None):
         """Labels (H x W int64 numpy), in every mode, backend and precision.
 
         ``return_probs``: also the averaged class probabilities, a [C, H, W] float32

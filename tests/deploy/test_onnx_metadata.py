@@ -108,12 +108,12 @@ def test_class_names_and_preprocessing_are_compared(files, tmp_path):
 
 
 def test_trust_the_file_uses_its_preprocessing_and_classes(tmp_path):
-    meta = {k: json.loads(v) for k, v in metadata(load_cfg(CFG, opts_for("resnet18dilated"))).items()}
+    cfg = load_cfg(CFG, opts_for("resnet18dilated"))
+    meta = {k: json.loads(v) for k, v in metadata(cfg).items()}
     meta.update(imgSizes=[48, 64], imgMaxSize=96, padding_constant=16,
                 class_names=[f"file{k}" for k in range(NUM_CLASS)],
                 class_colors=[[k, 2 * k, 3 * k] for k in range(NUM_CLASS)])
-    path = export_tiny(load_cfg(CFG, opts_for("resnet18dilated")), str(tmp_path / "own.onnx"),
-                       {k: json.dumps(v) for k, v in meta.items()})
+    path = export_tiny(cfg, str(tmp_path / "own.onnx"), {k: json.dumps(v) for k, v in meta.items()})
     with pytest.raises(OnnxMismatchError, match="imgSizes"):
         onnx_engine(path, "mobilenetv2dilated")
     # the config's architecture, class count and sizes are not the file's: the file decides
@@ -129,7 +129,8 @@ def test_trust_the_file_uses_its_preprocessing_and_classes(tmp_path):
     # a dataset sample prepared by the config's sizes is re-prepared by the file's
     from PIL import Image
     photo = np.random.default_rng(1).integers(0, 256, (45, 70, 3), dtype=np.uint8)
-    sample = {"img_ori": photo, "img_data": Preprocess((40, 56), 120, 8).scales(Image.fromarray(photo))}
+    copies = Preprocess((40, 56), 120, 8).scales(Image.fromarray(photo))
+    sample = {"img_ori": photo, "img_data": copies}
     by_sample = engine.predict_sample(sample, return_probs=True)
     by_image = engine.predict_image(photo, return_probs=True)
     assert torch.equal(by_sample.probs, by_image.probs)
@@ -139,7 +140,8 @@ def test_trust_the_file_uses_its_mean_and_std(files, tmp_path):
     cfg = load_cfg(CFG, opts_for("mobilenetv2dilated"))
     meta = {k: json.loads(v) for k, v in metadata(cfg).items()}
     meta.update(mean=[0.5, 0.5, 0.5], std=[0.25, 0.5, 1.0])
-    path = export_tiny(cfg, str(tmp_path / "norm.onnx"), {k: json.dumps(v) for k, v in meta.items()})
+    path = export_tiny(cfg, str(tmp_path / "norm.onnx"),
+                       {k: json.dumps(v) for k, v in meta.items()})
     with pytest.raises(OnnxMismatchError, match=r"the file's mean \[0.5, 0.5, 0.5\] vs config "
                                                 r"the preprocessing rule's mean"):
         onnx_engine(path, "mobilenetv2dilated")

@@ -381,8 +381,8 @@ def test_progress_of_a_running_request(model, monkeypatch):
 
 
 def test_slide_mode_model_reports_tiles(ckpt):
-    slide = WebModel.from_config(CFG, checkpoint_dir=ckpt, device="cpu", name="slide", opts=OPTS + [
-        "TEST.mode", "slide", "TEST.crop_size", "[32, 32]", "TEST.stride", "[24, 24]"])
+    opts = OPTS + ["TEST.mode", "slide", "TEST.crop_size", "[32, 32]", "TEST.stride", "[24, 24]"]
+    slide = WebModel.from_config(CFG, checkpoint_dir=ckpt, device="cpu", name="slide", opts=opts)
     seen = []
     with TestClient(create_app([slide])) as c:
         out = post(c, encode(photo()), scales="multi").json()  # scales do not apply
