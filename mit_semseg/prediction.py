@@ -6,6 +6,10 @@ predicted by the engine (:mod:`mit_semseg.inference`) in the mode ``TEST.mode``
 says, coloured with the class table and written as PNGs; unreadable images are
 reported and skipped.
 
+A photo that takes more than ``STEP_BAR_DELAY_S`` seconds also gets a bar of
+its own steps under the image bar (tiles in sliding-window mode; network runs
+and the fusion in whole-image mode; see ``inference.engine``'s progress).
+
 Beside each ``NAME.png``, on request: ``NAME_confidence.png`` (``TEST.confidence``:
 the probability of each pixel's predicted class, 8-bit grayscale, value
 ``round(255 p)``, ``inference.fusion.confidence_uint8``) and ``NAME_probs.npz``
@@ -24,7 +28,7 @@ import torch
 from tqdm import tqdm
 from yacs.config import CfgNode
 
-from .data.classes import class_colors, class_names, colorEncode
+from .data.classes import class_table, colorEncode
 from .data.datasets import TestDataset, inference_loader
 from .data.io import IMAGE_EXTENSIONS, DatasetError, find_recursive, write_png
 from .errors import InputNotFoundError
@@ -32,7 +36,11 @@ from .inference.engine import engine_from_config
 from .inference.fusion import confidence_uint8
 from .inference.segmenter import describe_labels
 
-__all__ = ["run_test", "result_names", "list_test_images", "write_probs", "companion_names"]
+__all__ = ["run_test", "result_names", "list_test_images", "write_probs", "companion_names",
+           "STEP_BAR_DELAY_S"]
+
+# a photo's own bar of steps appears once it has run this long (none for quick photos)
+STEP_BAR_DELAY_S = 5.0
 
 
 def result_names(paths: Sequence[str], base: str | None = None) -> list[str]:
@@ -140,6 +148,28 @@ class _Readable(torch.utils.data.Dataset):
             return {"error": msg[msg.find(path):] if path in msg else msg, "info": path}
 
 
+class _StepBar:
+    """``progress(done, total)`` of one photo, shown as a second bar under the image
+    bar once the photo has taken ``delay`` seconds; removed when the photo is done."""
+
+    def __init__(self, unit: str, file: TextIO, delay: float | None = None,
+                 disable: bool = False) -> None:
+        self.unit, self.file, self.disable = unit, file, disable
+        self.delay = STEP_BAR_DELAY_S if delay is None else delay
+        self.bar: tqdm | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=f"  {self.unit}s", unit=self.unit, position=1,
+                            leave=False, delay=self.delay, file=self.file, disable=self.disable)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = True,
              stream: TextIO | None = None, err: TextIO | None = None) -> int:
     """Segment the images named by ``imgs`` (see ``list_test_images``) with
@@ -163,10 +193,11 @@ def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = 
     taken = inputs | {os.path.abspath(p) for p in outputs}
     conf_paths = companion_names(outputs, "_confidence.png", taken) if want_conf else []
     prob_paths = companion_names(outputs, "_probs.npz", taken) if want_probs else []
-    colors = class_colors(cfg)
-    class_name = class_names(cfg)
+    table = engine.classes or class_table(cfg)  # the model file's own, when it decides
+    colors, class_name = table.colors, table.name_dict()
     dataset = _Readable(TestDataset([{"fpath_img": p} for p in paths], cfg.DATASET))
     skipped = 0
+    steps = _StepBar("tile" if engine.mode == "slide" else "step", err, disable=not progress)
     with tqdm(total=len(paths), disable=not progress, file=err) as bar:
         for i, batch in enumerate(inference_loader(dataset, cfg.TEST.workers)):
             sample = batch[0]
@@ -175,7 +206,11 @@ def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = 
                 bar.write(f"Skipping unreadable image {sample['error']}", file=err)
                 bar.update(1)
                 continue
-            pred = engine.predict_sample(sample, want_probs, return_confidence=want_conf)
+            try:
+                pred = engine.predict_sample(sample, want_probs, return_confidence=want_conf,
+                                             progress=steps)
+            finally:
+                steps.close()
             labels = pred.labels
             print(f"Predictions in [{sample['info']}]:", file=stream)
             for share in describe_labels(labels, class_name, min_percent=0.1):

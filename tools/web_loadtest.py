@@ -11,8 +11,10 @@ tool of the repository, not installed with the package).
 Per model: ``--concurrency`` simultaneous uploads (each must be answered 200
 or 503 "busy, retry"), then the single-scale latency of a ``--size`` photo
 (median of ``--runs``), then optionally one ``--big`` photo; at the end the
-server must still answer /api/health, whose peak resident memory is reported.
-Exit status 1 if any check fails.
+server must still answer /api/health. Memory (the server's resident set, from
+/api/health): at the start, after each model's burst of uploads, at the end,
+and after ``--idle`` seconds without requests (what the server keeps), plus
+the peak. Exit status 1 if any check fails.
 """
 from __future__ import annotations
 
@@ -104,11 +106,15 @@ def _burst(base: str, model: str, data: bytes, n: int) -> dict[str, Any]:
 
 def run_load(base: str, *, concurrency: int = 20, size: tuple[int, int] = (640, 480),
              runs: int = 5, big: tuple[int, int] | None = None,
-             models: Sequence[str] | None = None, log=print) -> dict[str, Any]:
-    """Run the checks against the server at ``base`` (ending in '/'); returns the report."""
+             models: Sequence[str] | None = None, idle: float = 30.0,
+             log=print) -> dict[str, Any]:
+    """Run the checks against the server at ``base`` (ending in '/'); returns the report.
+    ``idle``: seconds to wait without requests at the end before reading the server's
+    memory once more (0: no wait)."""
     listing = _get(base, "api/models")
     names = list(models) if models else [m["name"] for m in listing["models"]]
     report: dict[str, Any] = {"url": base, "start": _get(base, "api/health"), "models": {}}
+    log(f"server RSS at the start: {report['start']['rss_mb']} MiB")
     photo = _photo(*size)
     for name in names:
         log(f"== {name}")
@@ -117,8 +123,10 @@ def run_load(base: str, *, concurrency: int = 20, size: tuple[int, int] = (640, 
         if status != 200:
             raise SystemExit(f"{name}: warm-up upload answered {status}: {out.get('detail')}")
         entry["burst"] = _burst(base, name, photo, concurrency)
-        log(f"   {concurrency} concurrent uploads: {entry['burst']['status_counts']}"
-            f"{'' if entry['burst']['ok'] else '  UNEXPECTED: ' + str(entry['burst']['unexpected'])}")
+        entry["burst"]["rss_mb_after"] = _get(base, "api/health")["rss_mb"]
+        unexpected = "" if entry["burst"]["ok"] else f"  UNEXPECTED: {entry['burst']['unexpected']}"
+        log(f"   {concurrency} concurrent uploads: {entry['burst']['status_counts']}{unexpected}"
+            f"; server RSS after the burst {entry['burst']['rss_mb_after']} MiB")
         rows = []
         for _ in range(runs):
             status, out, rtt = _post(base, photo, model=name, scales="single")
@@ -134,17 +142,24 @@ def run_load(base: str, *, concurrency: int = 20, size: tuple[int, int] = (640, 
         if big:
             before = _get(base, "api/health")["peak_rss_mb"]
             status, out, rtt = _post(base, _photo(*big), model=name, scales="single")
-            after = _get(base, "api/health")["peak_rss_mb"]
+            health = _get(base, "api/health")
+            after = health["peak_rss_mb"]
             entry["big"] = {"size": f"{big[0]}x{big[1]}", "status": status,
                             "round_trip_ms": round(rtt * 1000, 1),
                             "peak_rss_mb_before": before, "peak_rss_mb_after": after,
-                            "detail": out.get("detail")}
+                            "rss_mb_after": health["rss_mb"], "detail": out.get("detail")}
             log(f"   {big[0]}x{big[1]} ({big[0] * big[1] / 1e6:.1f} MP): status {status}, "
-                f"{rtt:.1f} s, server peak RSS {before} -> {after} MiB")
+                f"{rtt:.1f} s, server peak RSS {before} -> {after} MiB, RSS after it "
+                f"{health['rss_mb']} MiB")
         report["models"][name] = entry
     report["end"] = _get(base, "api/health")
     log(f"server still answering: {report['end']['status']}; peak RSS "
-        f"{report['end']['peak_rss_mb']} MiB (current {report['end']['rss_mb']} MiB)")
+        f"{report['end']['peak_rss_mb']} MiB; RSS after the burst (all requests answered) "
+        f"{report['end']['rss_mb']} MiB")
+    if idle > 0:
+        time.sleep(idle)
+        report["idle"] = {"seconds": idle, **_get(base, "api/health")}
+        log(f"RSS after {idle:g} s idle: {report['idle']['rss_mb']} MiB")
     report["ok"] = all(e["burst"]["ok"] and e.get("big", {}).get("status", 200) == 200
                        for e in report["models"].values())
     return report
@@ -209,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", type=_size, default=(640, 480), help="latency photo (default 640x480)")
     p.add_argument("--runs", type=int, default=5, help="latency uploads per model (median)")
     p.add_argument("--big", type=_size, help="also upload one photo of this size, e.g. 4000x3000")
+    p.add_argument("--idle", type=float, default=30.0,
+                   help="seconds without requests at the end before the last memory reading "
+                        "(default 30; 0: none)")
     p.add_argument("--json", help="write the report here")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for --cfg")
     args = p.parse_args(argv)
@@ -224,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 base = args.url if args.url.endswith("/") else args.url + "/"
             report = run_load(base, concurrency=args.concurrency, size=args.size,
-                              runs=args.runs, big=args.big, models=args.model)
+                              runs=args.runs, big=args.big, models=args.model,
+                              idle=args.idle)
             if proc is not None:
                 report["server_alive"] = proc.poll() is None
                 report["ok"] = report["ok"] and report["server_alive"]

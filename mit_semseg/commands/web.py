@@ -6,6 +6,7 @@ import sys
 from typing import Sequence
 
 from ..runtime.command import EXIT_USAGE, command_parser, parse_command, run_command
+from ..runtime.process import release_memory
 
 EPILOG = """examples:
   python -m mit_semseg web --cfg config/synthetic-demo.yaml          # after bash demo.sh
@@ -80,23 +81,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..web.app import create_app
         from ..web.models import WebModel
         sock = _listen(args.host, args.port)  # before loading: a port in use fails fast
-        dirs = args.checkpoint_dir or [None] * len(args.cfg)
-        models = []
-        for cfg, folder in zip(args.cfg, dirs):
-            models.append(WebModel.from_config(cfg, checkpoint_dir=folder, opts=args.opts,
-                                               device=args.gpus))
-            print(f"loaded model {models[-1].name!r} ({cfg}, weights in {models[-1].source})",
-                  file=sys.stderr)
-        app = create_app(models, max_upload_mb=args.max_upload_mb, queue=args.queue)
-        url = f"http://{args.host}:{args.port}/"
+        with sock:  # closed however loading or serving ends
+            dirs = args.checkpoint_dir or [None] * len(args.cfg)
+            models = []
+            for cfg, folder in zip(args.cfg, dirs):
+                models.append(WebModel.from_config(cfg, checkpoint_dir=folder, opts=args.opts,
+                                                   device=args.gpus))
+                print(f"loaded model {models[-1].name!r} ({cfg}, weights in "
+                      f"{models[-1].source})", file=sys.stderr)
+            app = create_app(models, max_upload_mb=args.max_upload_mb, queue=args.queue)
+            release_memory()  # what loading freed (checkpoints, the models' first copies)
+            url = f"http://{args.host}:{args.port}/"
 
-        class _Server(uvicorn.Server):
-            async def startup(self, sockets=None) -> None:
-                await super().startup(sockets=sockets)
-                if self.started:
-                    print(f"serving on {url}  (API docs: {url}docs; Ctrl-C stops)",
-                          file=sys.stderr, flush=True)
+            class _Server(uvicorn.Server):
+                async def startup(self, sockets=None) -> None:
+                    await super().startup(sockets=sockets)
+                    if self.started:
+                        print(f"serving on {url}  (API docs: {url}docs; Ctrl-C stops)",
+                              file=sys.stderr, flush=True)
 
-        server = _Server(uvicorn.Config(app, log_level="info"))
-        server.run(sockets=[sock])
+            server = _Server(uvicorn.Config(app, log_level="info"))
+            server.run(sockets=[sock])
     return run_command(body)

@@ -197,6 +197,12 @@ def _inference_keys() -> dict:
         "backend": "pytorch",
         # new: path of the .onnx file for backend "onnxruntime" (unused otherwise).
         "onnx": "",
+        # new: what decides for backend "onnxruntime": "config" checks the file's
+        # metadata (architecture, class count and names, mean/std, and in mode whole
+        # imgSizes / imgMaxSize / padding_constant) against this config and refuses
+        # a mismatch; "file" runs on the file's own recorded preprocessing and class
+        # table (MODEL, DATASET.num_class/class_table and the resize keys unused).
+        "onnx_trust": "config",
         # new: "whole" resizes the photo to each DATASET.imgSizes copy (the
         # original's way); "slide" tiles the photo at full (or slide_scale)
         # resolution and averages the scores of overlapping tiles

@@ -11,12 +11,18 @@ scores.
 Both are callables ``backend(img)``: ``[1, 3, h, w]`` float32 -> ``[1, C, h', w']``
 float32 scores before the softmax, with a ``num_class`` attribute; the engine
 keeps everything else (multi-scale copies, flip, fusion, sliding windows).
+
+An exported file records what it was made for (``export.onnx.metadata``:
+architecture, classes, preprocessing). ``config_claims`` lists what a config
+says about the same things and ``check_metadata`` refuses a file that says
+otherwise (``TEST.onnx_trust config``, the default); ``file_settings`` reads
+the file's own preprocessing and class table for ``TEST.onnx_trust file``.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import contextlib
 import warnings
@@ -28,11 +34,21 @@ import torch.nn as nn
 from ..accel import (mkldnn_bf16_available, optimize_for_inference, precision_dtype,
                      prepare_input)
 from ..config import ConfigError
+from ..data.classes import ClassTable, class_table
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ..errors import InputNotFoundError
 
-__all__ = ["TorchBackend", "OnnxBackend", "BACKENDS", "decode_metadata", "make_backend"]
+__all__ = ["TorchBackend", "OnnxBackend", "BACKENDS", "TRUST", "OnnxMismatchError",
+           "decode_metadata", "make_backend", "config_claims", "check_metadata",
+           "file_settings"]
 
 BACKENDS = ("pytorch", "onnxruntime")
+# who decides the preprocessing and classes of an exported file (TEST.onnx_trust)
+TRUST = ("config", "file")
+
+
+class OnnxMismatchError(ConfigError):
+    """An exported model's metadata disagrees with the config it is run with."""
 
 
 class TorchBackend:
@@ -96,6 +112,8 @@ class OnnxBackend:
     ``threads``: onnxruntime intra-op threads (default: ``torch.get_num_threads()``,
     so both backends use the same cores). ``providers``: onnxruntime execution
     providers (default: CPU). ``metadata``: the file's metadata, JSON decoded.
+    ``normalisation(mean, std)`` makes it feed the graph pixels normalised with the
+    file's own mean/std instead of the ImageNet values the engine applies.
     """
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
@@ -122,6 +140,7 @@ class OnnxBackend:
             raise ValueError(f"{self.path}: expected one input and one output, got "
                              f"{len(inputs)} and {len(outputs)}")
         self._input, self._output = inputs[0].name, outputs[0].name
+        self._affine: tuple[torch.Tensor, torch.Tensor] | None = None
         self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
         channels = outputs[0].shape[1] if len(outputs[0].shape) == 4 else None
         if "num_class" in self.metadata:
@@ -132,10 +151,24 @@ class OnnxBackend:
             raise ValueError(f"{self.path}: no num_class in the metadata and no fixed class "
                              "axis in the output; was it written by mit_semseg.export?")
 
+    def normalisation(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Feed the graph ``(pixel - mean) / std`` (RGB in [0, 1]) although its input
+        arrives ImageNet-normalised: an affine map per channel; none for ImageNet's."""
+        if np.allclose(mean, IMAGENET_MEAN, rtol=0, atol=1e-7) and \
+                np.allclose(std, IMAGENET_STD, rtol=0, atol=1e-7):
+            self._affine = None
+            return
+        m0, s0 = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        m1, s1 = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        self._affine = ((s0 / s1).view(1, 3, 1, 1), ((m0 - m1) / s1).view(1, 3, 1, 1))
+
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         if img.dim() != 4 or img.shape[0] != 1 or img.shape[1] != 3:
             raise ValueError(f"expected an image of shape [1, 3, h, w], got {tuple(img.shape)}")
-        x = np.ascontiguousarray(img.detach().to("cpu", torch.float32).numpy())
+        img = img.detach().to("cpu", torch.float32)
+        if self._affine is not None:
+            img = img * self._affine[0] + self._affine[1]
+        x = np.ascontiguousarray(img.numpy())
         (scores,) = self.session.run([self._output], {self._input: x})
         return torch.from_numpy(scores)
 
@@ -154,14 +187,21 @@ def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def make_backend(name: str, onnx_path: str, num_class: int | None = None) -> OnnxBackend | None:
+def make_backend(name: str, onnx_path: str, num_class: int | None = None, *,
+                 claims: Mapping[str, tuple[str, Any]] | None = None,
+                 trust: str = "config", section: str = "TEST") -> OnnxBackend | None:
     """None for ``"pytorch"`` (the engine runs encoder + decoder); an ``OnnxBackend``
-    for ``"onnxruntime"``, checked to have ``num_class`` classes. ``name`` and
-    ``onnx_path`` come from the config keys ``TEST.backend``/``TEST.onnx`` (or VAL.*);
-    bad values raise ``ConfigError`` (a missing file FileNotFoundError)."""
+    for ``"onnxruntime"``. ``trust="config"``: the file must have ``num_class``
+    classes and agree with ``claims`` (``config_claims``; ``check_metadata``; not
+    compared when neither is given); ``"file"``: nothing is compared, the caller
+    takes ``file_settings``. ``name``,
+    ``onnx_path`` and ``trust`` come from the config keys ``<section>.backend`` /
+    ``.onnx`` / ``.onnx_trust``; bad values raise ``ConfigError`` (a missing file
+    FileNotFoundError)."""
     key = str(name or "pytorch").lower()
     if key not in BACKENDS:
         raise ConfigError(f"backend: unknown backend {name!r}; expected one of {list(BACKENDS)}")
+    trust = _trust(trust, section)
     if key == "pytorch":
         return None
     if not onnx_path:
@@ -171,7 +211,102 @@ def make_backend(name: str, onnx_path: str, num_class: int | None = None) -> Onn
         backend = OnnxBackend(onnx_path)
     except (ImportError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
-    if num_class is not None and backend.num_class != int(num_class):
-        raise ConfigError(f"{onnx_path}: the model has {backend.num_class} classes, the config "
-                          f"DATASET.num_class {num_class}")
+    if trust == "config" and (claims or num_class is not None):
+        claims = dict(claims or {})
+        if num_class is not None:
+            claims.setdefault("num_class", ("DATASET.num_class", int(num_class)))
+        check_metadata(backend, claims, section)
     return backend
+
+
+def _trust(value: str, section: str) -> str:
+    trust = str(value or "config").lower()
+    if trust not in TRUST:
+        raise ConfigError(f"{section}.onnx_trust: expected one of {list(TRUST)}, got {value!r}")
+    return trust
+
+
+def config_claims(cfg: Any, *, sizes: bool = True) -> dict[str, tuple[str, Any]]:
+    """What ``cfg`` says about the keys an exported file records: metadata key ->
+    (config key, value). ``sizes``: include the whole-image resize rule (imgSizes,
+    imgMaxSize, padding_constant), which sliding-window mode does not use."""
+    table = class_table(cfg)
+    claims: dict[str, tuple[str, Any]] = {
+        "arch_encoder": ("MODEL.arch_encoder", str(cfg.MODEL.arch_encoder).lower()),
+        "arch_decoder": ("MODEL.arch_decoder", str(cfg.MODEL.arch_decoder).lower()),
+        "fc_dim": ("MODEL.fc_dim", int(cfg.MODEL.fc_dim)),
+        "num_class": ("DATASET.num_class", int(cfg.DATASET.num_class)),
+        "mean": ("the preprocessing rule's mean (ImageNet's)", list(IMAGENET_MEAN)),
+        "std": ("the preprocessing rule's std (ImageNet's)", list(IMAGENET_STD)),
+    }
+    own = table.source not in ("", "ADE20K")
+    claims["class_names"] = (f"DATASET.class_table {table.source!r}" if own else
+                             f"the config's default class names ({table.source or 'class_k'}; "
+                             f"DATASET.class_table empty)", list(table.names))
+    if sizes:
+        rule = Preprocess.from_config(cfg.DATASET)
+        claims.update(imgSizes=("DATASET.imgSizes", list(rule.img_sizes)),
+                      imgMaxSize=("DATASET.imgMaxSize", rule.max_size),
+                      padding_constant=("DATASET.padding_constant", rule.padding))
+    return claims
+
+
+def _disagreement(key: str, have: Any, where: str, want: Any) -> str | None:
+    """One phrase naming the file's value and the config's, or None when they agree."""
+    if key in ("mean", "std"):
+        if np.shape(have) == np.shape(want) and np.allclose(have, want, rtol=0, atol=1e-7):
+            return None
+    elif key == "class_names":
+        if not isinstance(have, list) or len(have) != len(want):
+            return f"the file's {len(have)} class_names vs {len(want)} of {where}"
+        k = next((k for k, (a, b) in enumerate(zip(have, want)) if a != b), None)
+        return None if k is None else \
+            f"the file's class_names[{k}] {have[k]!r} vs {where}: {want[k]!r}"
+    elif have == want:
+        return None
+    return f"the file's {key} {have!r} vs config {where} {want!r}"
+
+
+def check_metadata(backend: OnnxBackend, claims: Mapping[str, tuple[str, Any]],
+                   section: str = "TEST") -> None:
+    """Raise ``OnnxMismatchError`` (one line naming every disagreement: the file's
+    value vs the config key and its value) when the file's metadata contradicts
+    ``claims`` (``config_claims``). Keys the file does not record are not compared;
+    the class count is compared with the file's output channels when not recorded."""
+    meta = dict(backend.metadata)
+    meta.setdefault("num_class", backend.num_class)
+    if "num_class" in claims and meta["num_class"] != claims["num_class"][1]:
+        claims = {k: v for k, v in claims.items() if k != "class_names"}  # follows from it
+    found = [_disagreement(key, meta[key], where, want)
+             for key, (where, want) in claims.items() if key in meta]
+    found = [f for f in found if f]
+    if found:
+        raise OnnxMismatchError(
+            f"{backend.path} was exported for another model or preprocessing than the config "
+            f"describes: {'; '.join(found)} (run it with the config it was exported with, or "
+            f"set {section}.onnx_trust file to use the file's own preprocessing and classes)")
+
+
+_FILE_KEYS = ("num_class", "class_names", "class_colors", "mean", "std", "imgSizes",
+              "imgMaxSize", "padding_constant")
+
+
+def file_settings(backend: OnnxBackend, section: str = "TEST") -> tuple[Preprocess, ClassTable]:
+    """The file's own resize rule and class table (``TEST.onnx_trust file``); also
+    sets the backend to the file's mean/std. A file without this metadata (not
+    written by ``python -m mit_semseg export``) raises ConfigError."""
+    meta = backend.metadata
+    missing = [k for k in _FILE_KEYS if k not in meta]
+    if missing:
+        raise ConfigError(f"{backend.path}: {section}.onnx_trust file needs the metadata "
+                          f"python -m mit_semseg export writes; missing {', '.join(missing)} "
+                          f"(set {section}.onnx_trust config to run it with the config's)")
+    n = int(meta["num_class"])
+    names, colors = list(meta["class_names"]), np.asarray(meta["class_colors"])
+    if len(names) != n or colors.shape != (n, 3):
+        raise ConfigError(f"{backend.path}: the metadata's class_names ({len(names)}) and "
+                          f"class_colors {colors.shape} do not describe its {n} classes")
+    backend.normalisation(meta["mean"], meta["std"])
+    table = ClassTable(tuple(str(x) for x in names), colors.astype(np.uint8),
+                       np.zeros((0, 3), np.uint8), source=backend.path)
+    return Preprocess(meta["imgSizes"], meta["imgMaxSize"], meta["padding_constant"]), table

@@ -32,11 +32,17 @@ tensor (4 C H W bytes: 150 classes on a 640x480 photo = 184 MB);
 ``return_confidence``: each pixel's probability of its label, an ``H x W``
 float32 array (4 H W bytes), computed with the labels without a ``C x H x W``
 buffer in whole-image mode.
+
+Progress (``progress``, a ``Progress``: ``progress(done, total)``): called with
+``(0, total)`` before the first step and after every step, the last call
+``(total, total)``. A step is one network run and the fusion in whole-image
+mode (``copies x (1 + flip) + 1`` steps), one tile (and its mirrored run) in
+sliding-window mode. For callers that show how far a long photo is.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -44,15 +50,18 @@ import torch.nn as nn
 from PIL import Image
 
 from ..checkpoints.files import CheckpointNotFoundError, checkpoint_paths
+from ..data.classes import ClassTable
 from ..data.transforms import Preprocess
-from ..errors import MitSemsegError
 from ..runtime.devices import resolve_device
-from .backends import TorchBackend, make_backend
+from .backends import (TorchBackend, check_metadata, config_claims, file_settings,
+                       make_backend)
 from .fusion import DEFAULT_BAND_BYTES, Prediction, fuse
 from .slide import SlideWindow, predict_slide, slide_options
 
-__all__ = ["InferenceEngine", "Prediction", "build_engine", "engine_from_config",
+__all__ = ["InferenceEngine", "Prediction", "Progress", "build_engine", "engine_from_config",
            "DEFAULT_BAND_BYTES"]
+
+Progress = Callable[[int, int], None]  # progress(done, total): see the module docstring
 
 
 class InferenceEngine:
@@ -67,7 +76,8 @@ class InferenceEngine:
     (``backends.OnnxBackend``; encoder and decoder None). ``preprocess``: the resize
     rule of whole-image copies (default: ``Preprocess()``, the ADE20K presets').
     ``window``: a ``slide.SlideWindow`` for sliding-window mode, None for whole
-    images.
+    images. ``classes``: the class table the model itself declares (an exported
+    file's, with ``onnx_trust file``), None when the config's applies.
     """
 
     def __init__(self, encoder: nn.Module | None, decoder: nn.Module | None, *,
@@ -75,7 +85,7 @@ class InferenceEngine:
                  band_bytes: int = DEFAULT_BAND_BYTES, exact: bool = False,
                  channels_last: bool = True, fuse: bool = True, backend: Any = None,
                  preprocess: Preprocess | None = None,
-                 window: SlideWindow | None = None) -> None:
+                 window: SlideWindow | None = None, classes: ClassTable | None = None) -> None:
         self.device = resolve_device(device)
         if backend is not None:
             if (precision or "fp32").lower() not in ("fp32", "float32"):
@@ -91,6 +101,7 @@ class InferenceEngine:
         self.exact = bool(exact)
         self.preprocess = preprocess or Preprocess()
         self.window = window
+        self.classes = classes
 
     @property
     def num_class(self) -> int:
@@ -120,18 +131,24 @@ class InferenceEngine:
         return self.backend(img.to(self.device, non_blocking=True)).to(self.device).float()
 
     @torch.inference_mode()
-    def scale_logits(self, img_data: Sequence[torch.Tensor],
-                     flip: bool | None = None) -> list[torch.Tensor]:
+    def scale_logits(self, img_data: Sequence[torch.Tensor], flip: bool | None = None,
+                     progress: Progress | None = None, total: int | None = None
+                     ) -> list[torch.Tensor]:
         """Class scores ``[1, C, h, w]`` for every resized copy in ``img_data`` (each
         ``[1, 3, h, w]``, normalised); with ``flip`` (default: the engine's) each copy
-        is followed by its mirrored run, mirrored back."""
+        is followed by its mirrored run, mirrored back. ``progress`` is called after
+        each run, ``(done, total)``; ``total`` defaults to the number of runs."""
         flip = self.flip if flip is None else bool(flip)
+        runs = len(img_data) * (2 if flip else 1)
+        total = runs if total is None else int(total)
         out = []
         for img in img_data:
             img = img.to(self.device, non_blocking=True)
             out.append(self.scores(img))
             if flip:
+                _report(progress, len(out), total)
                 out.append(self.scores(img.flip(-1)).flip(-1))
+            _report(progress, len(out), total)
         return out
 
     @torch.inference_mode()
@@ -144,44 +161,66 @@ class InferenceEngine:
     # ---------------------------------------------------------------- whole image
     def predict(self, img_data: Sequence[torch.Tensor], out_size: tuple[int, int],
                 return_probs: bool = False, flip: bool | None = None, *,
-                return_confidence: bool = False) -> Prediction:
+                return_confidence: bool = False, progress: Progress | None = None
+                ) -> Prediction:
         """Whole-image prediction from prepared copies: ``fuse(scale_logits(img_data,
-        flip), out_size)``."""
-        logits = self.scale_logits(img_data, flip)
-        return self.fuse(logits, out_size, return_probs, return_confidence)
+        flip), out_size)``; ``progress``: every network run and the fusion are steps."""
+        flip = self.flip if flip is None else bool(flip)
+        total = len(img_data) * (2 if flip else 1) + 1
+        _report(progress, 0, total)
+        logits = self.scale_logits(img_data, flip, progress, total)
+        pred = self.fuse(logits, out_size, return_probs, return_confidence)
+        _report(progress, total, total)
+        return pred
 
     # ---------------------------------------------------------------- entry points
     def predict_image(self, image: Image.Image | np.ndarray, return_probs: bool = False, *,
                       sizes: Sequence[int] | None = None, flip: bool | None = None,
-                      return_confidence: bool = False) -> Prediction:
+                      return_confidence: bool = False,
+                      progress: Progress | None = None) -> Prediction:
         """Labels (and probabilities, confidence) of an RGB photo (PIL image or
         ``H x W x 3`` uint8 array) at its own size, in the engine's mode: whole-image
         copies at ``sizes`` (short sides; default: the preprocessing's ``imgSizes``),
-        or sliding windows."""
+        or sliding windows. ``progress(done, total)``: see the module docstring."""
         if self.window is not None:
             if sizes is not None:
                 raise ValueError("imgSizes does not apply in sliding-window mode (the tiles "
                                  "are cut at slide_scale resolution); leave it None")
-            return self._slide(np.asarray(image), return_probs, return_confidence, flip)
+            return self._slide(np.asarray(image), return_probs, return_confidence, flip,
+                               progress)
         pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
         copies = self.preprocess.scales(pil, sizes)
         return self.predict(copies, (pil.size[1], pil.size[0]), return_probs, flip,
-                            return_confidence=return_confidence)
+                            return_confidence=return_confidence, progress=progress)
 
     def predict_sample(self, sample: Mapping[str, Any], return_probs: bool = False, *,
-                       return_confidence: bool = False) -> Prediction:
+                       return_confidence: bool = False,
+                       progress: Progress | None = None) -> Prediction:
         """Predict a ValDataset/TestDataset item at its ``img_ori`` size, in the engine's
-        mode (whole: its prepared ``img_data`` copies; slide: tiles of ``img_ori``)."""
+        mode (whole: its prepared ``img_data`` copies when they have the sizes of the
+        engine's preprocessing, else copies of ``img_ori`` made by it; slide: tiles of
+        ``img_ori``). ``progress(done, total)``: see the module docstring."""
         if self.window is not None:
-            return self._slide(sample["img_ori"], return_probs, return_confidence)
+            return self._slide(sample["img_ori"], return_probs, return_confidence,
+                               progress=progress)
         h, w = sample["img_ori"].shape[:2]
-        return self.predict(sample["img_data"], (h, w), return_probs,
-                            return_confidence=return_confidence)
+        copies = sample["img_data"]
+        if [tuple(c.shape[-2:]) for c in copies] != \
+                [self.preprocess.copy_size(h, w, s) for s in self.preprocess.img_sizes]:
+            # prepared by another rule (the dataset's config; the file's own decides)
+            copies = self.preprocess.scales(Image.fromarray(sample["img_ori"]))
+        return self.predict(copies, (h, w), return_probs,
+                            return_confidence=return_confidence, progress=progress)
 
     def _slide(self, pixels: np.ndarray, return_probs: bool, return_confidence: bool,
-               flip: bool | None = None) -> Prediction:
+               flip: bool | None = None, progress: Progress | None = None) -> Prediction:
         return predict_slide(self, pixels, self.window, return_probs, flip,
-                             return_confidence=return_confidence)
+                             return_confidence=return_confidence, progress=progress)
+
+
+def _report(progress: Progress | None, done: int, total: int) -> None:
+    if progress is not None:
+        progress(done, total)
 
 
 # ============================================================================ building
@@ -189,19 +228,28 @@ class InferenceEngine:
 def build_engine(cfg: Any, encoder_weights: str, decoder_weights: str, *,
                  device: Any = "auto", flip: bool = False, precision: str = "fp32",
                  band_bytes: int = DEFAULT_BAND_BYTES, exact: bool = False,
-                 backend: str = "pytorch", onnx_path: str = "",
-                 window: SlideWindow | None = None) -> InferenceEngine:
+                 backend: str = "pytorch", onnx_path: str = "", onnx_trust: str = "config",
+                 window: SlideWindow | None = None, section: str = "TEST") -> InferenceEngine:
     """Build the model described by ``cfg.MODEL`` / ``cfg.DATASET.num_class`` with
     the given weight files and wrap it in an InferenceEngine that preprocesses as
     ``cfg.DATASET`` says (``exact``: the original's operations instead of the
     inference copy). ``backend="onnxruntime"``: run the exported graph
-    ``onnx_path`` instead (weights unused)."""
+    ``onnx_path`` instead (weights unused), checked against the config
+    (``onnx_trust="config"``: a file whose metadata disagrees is refused) or on
+    the file's own preprocessing and class table (``"file"``; ``engine.classes``).
+    ``section``: the config section named in messages."""
     preprocess = Preprocess.from_config(cfg.DATASET)
-    runner = make_backend(backend, onnx_path, cfg.DATASET.num_class)
+    trust = str(onnx_trust or "config").lower()
+    runner = make_backend(backend, onnx_path, trust=trust, section=section)
     if runner is not None:
+        classes = None
+        if trust == "file":
+            preprocess, classes = file_settings(runner, section)
+        else:
+            check_metadata(runner, config_claims(cfg, sizes=window is None), section)
         return InferenceEngine(None, None, device=device, flip=flip, precision=precision,
                                band_bytes=band_bytes, backend=runner, preprocess=preprocess,
-                               window=window)
+                               window=window, classes=classes)
     from ..models import ModelBuilder
     encoder = ModelBuilder.build_encoder(
         arch=cfg.MODEL.arch_encoder.lower(), fc_dim=cfg.MODEL.fc_dim, weights=encoder_weights,
@@ -221,13 +269,15 @@ def engine_from_config(cfg: Any, section: str = "TEST", device: Any = "auto", *,
     """The engine a config section (``"TEST"`` or ``"VAL"``) describes: the PyTorch
     model with ``weights`` (encoder file, decoder file) if given, else
     ``<checkpoint_dir or DIR>/{encoder,decoder}_<checkpoint or <section>.checkpoint>``;
-    or the onnxruntime graph ``<section>.onnx`` (no weights read). Flip, precision,
-    exact, backend and mode come from the section; ``overrides`` (keyword arguments
+    or the onnxruntime graph ``<section>.onnx`` (no weights read; checked against
+    the config, or trusted: ``<section>.onnx_trust``). Flip, precision, exact,
+    backend and mode come from the section; ``overrides`` (keyword arguments
     of ``build_engine``) replace them."""
     node = cfg[section]
     options: dict[str, Any] = dict(flip=node.flip, precision=node.precision, exact=node.exact,
                                    backend=node.backend, onnx_path=node.onnx,
-                                   window=slide_options(node, section))
+                                   onnx_trust=node.onnx_trust,
+                                   window=slide_options(node, section), section=section)
     options.update(overrides)
     enc = dec = ""
     if str(options["backend"]).lower() == "onnxruntime":

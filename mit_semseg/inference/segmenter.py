@@ -16,7 +16,7 @@ from PIL import Image
 from ..config import load_cfg
 from ..data.classes import class_colors, class_names, colorEncode
 from ..data.io import read_image
-from .engine import DEFAULT_BAND_BYTES, InferenceEngine, engine_from_config
+from .engine import DEFAULT_BAND_BYTES, InferenceEngine, Progress, engine_from_config
 from .slide import SlideWindow
 
 __all__ = ["Segmenter", "ClassShare", "describe_labels"]
@@ -56,6 +56,9 @@ class Segmenter:
         # DATASET.class_table (via dataset_opt) when it describes this model's classes
         table = dataset_opt if getattr(dataset_opt, "num_class", None) == engine.num_class \
             else engine.num_class
+        if engine.classes is not None:  # the model file's own (onnx_trust file)
+            names = engine.classes.name_dict() if names is None else names
+            colors = engine.classes.colors if colors is None else colors
         self.names = dict(names) if names is not None else class_names(table)
         self.colors = np.asarray(colors) if colors is not None else class_colors(table)
 
@@ -172,7 +175,7 @@ class Segmenter:
     # ---------------------------------------------------------------- predict
     def predict(self, image: ImageInput, return_probs: bool = False, *,
                 imgSizes: Sequence[int] | None = None, flip: bool | None = None,
-                return_confidence: bool = False):
+                return_confidence: bool = False, progress: Progress | None = None):
         """Labels (H x W int64 numpy), in every mode, backend and precision.
 
         ``return_probs``: also the averaged class probabilities, a [C, H, W] float32
@@ -184,9 +187,11 @@ class Segmenter:
         Returns ``labels``, ``(labels, probs)``, ``(labels, confidence)`` or
         ``(labels, probs, confidence)``. ``imgSizes`` (short sides, e.g. ``[450]``
         for single scale) and ``flip`` override the configured ones for this call.
+        ``progress(done, total)``: called as the steps (network runs, tiles) finish.
         """
         pred = self.engine.predict_image(self._to_pil(image), return_probs, sizes=imgSizes,
-                                         flip=flip, return_confidence=return_confidence)
+                                         flip=flip, return_confidence=return_confidence,
+                                         progress=progress)
         out = (pred.labels,) + ((pred.probs,) if return_probs else ()) \
             + ((pred.confidence,) if return_confidence else ())
         return out if len(out) > 1 else out[0]

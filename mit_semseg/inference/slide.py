@@ -253,11 +253,13 @@ class _Tiles:
     horizontally resized source rows (``_TileRows``)."""
 
     def __init__(self, score_fn: ScoreFn, pixels: np.ndarray, window: SlideWindow,
-                 flip: bool, device: torch.device) -> None:
+                 flip: bool, device: torch.device,
+                 progress: Callable[[int, int], None] | None = None) -> None:
         h, w = pixels.shape[:2]
         self.rows = tile_windows(h, window.crop_size[0], window.stride[0])
         self.cols = tile_windows(w, window.crop_size[1], window.stride[1])
         self.score_fn, self.pixels, self.flip, self.device = score_fn, pixels, flip, device
+        self.progress, self.finished = progress, 0  # progress(tiles run, tiles)
         self.done: dict[int, list[list[_TileRows]]] = {}
         self.weights: dict[tuple[int, int], _RowWeights] = {}
         # tiles covering each row / column; their product is the per-pixel count
@@ -287,6 +289,9 @@ class _Tiles:
                 if self.flip:
                     runs.append(self.score_fn(img.flip(-1)).float().flip(-1))
                 out.append([self._tile(s, (y1 - y0, x1 - x0)) for s in runs])
+                self.finished += 1
+                if self.progress is not None:
+                    self.progress(self.finished, len(self.rows) * len(self.cols))
             self.done[i] = out
         return self.done[i]
 
@@ -416,12 +421,14 @@ def slide_predict(score_fn: ScoreFn, image: np.ndarray, window: SlideWindow, num
                   flip: bool = False, return_probs: bool = False,
                   device: torch.device | str = "cpu",
                   band_bytes: int = DEFAULT_SLIDE_BAND_BYTES,
-                  return_confidence: bool = False) -> Prediction:
+                  return_confidence: bool = False,
+                  progress: Callable[[int, int], None] | None = None) -> Prediction:
     """Sliding-window prediction of an ``H x W x 3`` uint8 RGB photo (see the module
     docstring). ``score_fn``: normalised ``[1, 3, h, w]`` -> ``[1, C, h', w']`` scores
     (``InferenceEngine.scores``). Returns an ``inference.Prediction`` at ``H x W``;
     ``return_confidence``: with the top-class probability of every pixel (H x W
-    float32, computed band by band: no C x H x W buffer)."""
+    float32, computed band by band: no C x H x W buffer). ``progress(done, total)``:
+    called with ``(0, tiles)``, then after each tile (with its mirrored run)."""
     pixels = np.asarray(image)
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 uint8 image, got {pixels.dtype} {pixels.shape}")
@@ -431,7 +438,9 @@ def slide_predict(score_fn: ScoreFn, image: np.ndarray, window: SlideWindow, num
         size = (max(1, int(W * window.scale + 0.5)), max(1, int(H * window.scale + 0.5)))
         pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
     h, w = pixels.shape[:2]
-    tiles = _Tiles(score_fn, pixels, window, flip, device)
+    tiles = _Tiles(score_fn, pixels, window, flip, device, progress)
+    if progress is not None:
+        progress(0, len(tiles.rows) * len(tiles.cols))
     bands = _score_bands(tiles, (h, w), num_class, _band_rows(w, num_class, band_bytes),
                          _GROUP_ROWS)
     bands = _resized_bands(bands, (h, w), (H, W), num_class, device,
@@ -466,10 +475,11 @@ def slide_predict(score_fn: ScoreFn, image: np.ndarray, window: SlideWindow, num
 
 
 def predict_slide(engine: Any, image: np.ndarray, window: SlideWindow, return_probs: bool = False,
-                  flip: bool | None = None, return_confidence: bool = False) -> Prediction:
+                  flip: bool | None = None, return_confidence: bool = False,
+                  progress: Callable[[int, int], None] | None = None) -> Prediction:
     """``slide_predict`` with an ``InferenceEngine``: its network (``scores``: PyTorch
     or onnxruntime), device, class count and ``flip`` default."""
     return slide_predict(engine.scores, image, window, engine.num_class,
                          flip=engine.flip if flip is None else bool(flip),
                          return_probs=return_probs, device=engine.device,
-                         return_confidence=return_confidence)
+                         return_confidence=return_confidence, progress=progress)

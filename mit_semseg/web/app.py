@@ -4,12 +4,14 @@
 with FastAPI's TestClient and no network. Endpoints (see docs/web.md and /docs):
 
 * ``GET /``: the page. ``GET /api/health``, ``GET /api/models``.
-* ``POST /api/segment?model=&scales=&flip=&confidence=``: a multipart upload
+* ``POST /api/segment?model=&scales=&flip=&confidence=&job=``: a multipart upload
   (field ``file``) or the raw image bytes -> size, classes present, times and
   the label map as a base64 PNG, plus URLs of the label PNG and of the
   image|labels PNG that test.py writes; with ``confidence=true`` also the
   confidence map (8-bit grayscale PNG, 255 = probability 1), its URL, the
   mean confidence and each class's.
+* ``GET /api/progress/{job}``: how far the request sent with ``job=`` is
+  (receiving, queued, running: steps done of total; tiles in slide mode).
 * ``GET /api/results/{id}/labels.png``, ``.../result.png`` and
   ``.../confidence.png``: the last ``keep`` results.
 
@@ -40,6 +42,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response  # noqa: E402
 from fastapi.staticfiles import StaticFiles  # noqa: E402
 from starlette.formparsers import MultiPartException, MultiPartParser  # noqa: E402
 
+from ..inference.fusion import release_workspace  # noqa: E402
+from ..runtime.process import release_memory  # noqa: E402
 from .images import (UploadError, confidence_png, decode_upload, label_png,  # noqa: E402
                      label_png_rgb, read_label_png, result_png)
 from .models import Busy, Runner, WebModel, hex_color, parse_scales  # noqa: E402
@@ -78,9 +82,10 @@ def create_app(models: Sequence[WebModel], *, max_upload_mb: float = 20, queue: 
     if len(by_name) != len(models):
         raise ValueError(f"model names must differ, got {[m.name for m in models]}")
     limit = int(max_upload_mb * 2 ** 20)
-    runners = {m.name: Runner(m.name, queue) for m in models}
-    downloads = Runner("downloads", queue)
+    runners = {m.name: Runner(m.name, queue, _give_back_memory) for m in models}
+    downloads = Runner("downloads", queue, _give_back_memory)
     store = _ResultStore(keep)
+    jobs = _Jobs()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -131,6 +136,9 @@ def create_app(models: Sequence[WebModel], *, max_upload_mb: float = 20, queue: 
             flip: bool = Query(False, description="also average the left-right mirrored image"),
             confidence: bool = Query(False, description="also return the confidence map: "
                                      "each pixel's probability of its class"),
+            job: str | None = Query(None, pattern=_JOB_ID, description="a name of the "
+                                    "client's choosing (8-64 letters, digits, - or _) under "
+                                    "which GET /api/progress/{job} reports this request"),
     ) -> dict[str, Any]:
         """Segment the photo sent as multipart field ``file`` (or as the raw body).
         Returns width, height, classes present (id, name, colour, pixels, share in
@@ -140,7 +148,9 @@ def create_app(models: Sequence[WebModel], *, max_upload_mb: float = 20, queue: 
         ``confidence``: ``confidence_png`` (base64 8-bit grayscale PNG, value
         round(255 p) for the probability p of the pixel's class), its URL
         ``confidence_url``, ``mean_confidence`` and per class ``confidence``
-        (mean over its pixels)."""
+        (mean over its pixels). ``mode``: "whole" (``scales`` used) or "slide" (the
+        model's sliding window; ``scales`` empty); ``steps``: network runs and the
+        fusion, or tiles in slide mode (``step_unit``), as GET /api/progress counts."""
         t0 = time.perf_counter()
         chosen = _model(by_name, model)
         try:
@@ -150,14 +160,18 @@ def create_app(models: Sequence[WebModel], *, max_upload_mb: float = 20, queue: 
         runner = runners[chosen.name]
         if runner.pending >= runner.capacity:  # refuse before reading the upload
             raise _busy()
-        data, name = await _read_upload(request, limit)
+        progress = jobs.open(job, chosen)
         try:
+            data, name = await _read_upload(request, limit)
+            progress.state = "queued"
             out = await runner.run(_segment_job, chosen, data, name, sizes, flip, max_pixels,
-                                   confidence)
+                                   confidence, progress)
         except Busy:
             raise _busy() from None
         except UploadError as exc:
             raise HTTPException(exc.status, exc.message) from None
+        finally:
+            jobs.close(job)
         labels_bytes = out.pop("labels_png")
         conf_bytes = out.pop("confidence_png", None)
         rid = store.put(chosen.name, data, name, labels_bytes, conf_bytes)
@@ -169,6 +183,15 @@ def create_app(models: Sequence[WebModel], *, max_upload_mb: float = 20, queue: 
                        confidence_url=f"api/results/{rid}/confidence.png")
         out["time_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         return out
+
+    @app.get("/api/progress/{job}", summary="How far a segment request is",
+             responses={404: {"description": "no such request running (unknown or done)"}})
+    async def job_progress(job: str) -> dict[str, Any]:
+        """The request sent with ``job=``: ``state`` receiving (the upload), queued
+        (waiting for the model) or running; ``done`` of ``total`` steps (``unit``:
+        "step", a network run or the fusion; "tile" in slide mode; total 0 until the
+        network starts); ``elapsed_s`` since it arrived. 404 once answered."""
+        return jobs.get(job).describe()
 
     @app.get("/api/results/{rid}/labels.png", summary="Raw label map of a result",
              response_class=Response, responses={200: {"content": {"image/png": {}}}})
@@ -218,11 +241,17 @@ def create_app(models: Sequence[WebModel], *, max_upload_mb: float = 20, queue: 
 # ---------------------------------------------------------------------------- jobs
 
 def _segment_job(model: WebModel, data: bytes, name: str, sizes: tuple[int, ...], flip: bool,
-                 max_pixels: int | None, confidence: bool = False) -> dict[str, Any]:
+                 max_pixels: int | None, confidence: bool = False,
+                 progress: "_Progress | None" = None) -> dict[str, Any]:
+    progress = progress or _Progress(model)
+    progress.state = "running"
     photo = decode_upload(data, name, max_pixels)
     t0 = time.perf_counter()
-    out = model.segmenter.predict(photo, imgSizes=list(sizes), flip=flip,
-                                  return_confidence=confidence)
+    slide = model.segmenter.engine.mode == "slide"
+    if slide:
+        sizes = ()  # the model's sliding window decides
+    out = model.segmenter.predict(photo, imgSizes=None if slide else list(sizes), flip=flip,
+                                  return_confidence=confidence, progress=progress)
     labels, conf = out if confidence else (out, None)
     inference_ms = (time.perf_counter() - t0) * 1000
     height, width = labels.shape
@@ -233,7 +262,9 @@ def _segment_job(model: WebModel, data: bytes, name: str, sizes: tuple[int, ...]
                 "percent": round(s.percent, 2)}
                for s in model.segmenter.describe(labels)]
     result = {"model": model.name, "width": width, "height": height, "scales": list(sizes),
-              "flip": flip, "classes": classes, "inference_ms": round(inference_ms, 1),
+              "flip": flip, "mode": "slide" if slide else "whole", "steps": progress.total,
+              "step_unit": progress.unit, "classes": classes,
+              "inference_ms": round(inference_ms, 1),
               "labels_png": label_png(labels, model.num_class)}
     if conf is not None:
         sums = np.bincount(labels.ravel(), weights=conf.ravel().astype(np.float64),
@@ -251,6 +282,65 @@ def _pair_job(model: WebModel, entry: "_Result", max_pixels: int | None) -> byte
 
 
 # ---------------------------------------------------------------------------- helpers
+
+def _give_back_memory() -> None:
+    """Run by a runner's thread when it goes idle: its fusion buffers (kept per
+    thread for the next photo) are dropped and the heap's free pages go back to
+    the system, so a burst of large photos does not stay resident."""
+    release_workspace()
+    release_memory()
+
+
+_JOB_ID = r"^[A-Za-z0-9_-]{8,64}$"
+
+
+class _Progress:
+    """One request's progress: ``progress(done, total)`` as the engine calls it."""
+
+    def __init__(self, model: WebModel) -> None:
+        self.state = "receiving"
+        self.done = self.total = 0
+        self.unit = "tile" if model.segmenter.engine.mode == "slide" else "step"
+        self.start = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done, self.total = int(done), int(total)
+
+    def describe(self) -> dict[str, Any]:
+        return {"state": self.state, "done": self.done, "total": self.total, "unit": self.unit,
+                "elapsed_s": round(time.monotonic() - self.start, 1)}
+
+
+class _Jobs:
+    """Progress of the requests that named a ``job``, while they are served."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, _Progress] = {}
+        self._lock = threading.Lock()
+
+    def open(self, job: str | None, model: WebModel) -> _Progress:
+        progress = _Progress(model)
+        if job is not None:
+            with self._lock:
+                if job in self._items:
+                    raise HTTPException(409, f"job {job!r} is already running; name each "
+                                             f"request differently")
+                self._items[job] = progress
+        return progress
+
+    def close(self, job: str | None) -> None:
+        if job is not None:
+            with self._lock:
+                self._items.pop(job, None)
+
+    def get(self, job: str) -> _Progress:
+        with self._lock:
+            progress = self._items.get(job)
+        if progress is None:
+            raise HTTPException(404, f"no request {job!r} is running (unknown, or answered "
+                                     f"already)")
+        return progress
+
 
 class _Result(collections.namedtuple("_Result", "model upload name labels_png confidence_png")):
     """A kept result: model name, uploaded bytes, upload name, label PNG bytes,

@@ -3,7 +3,8 @@
 ``WebModel`` is a ``Segmenter`` plus what the page needs to know about it
 (name, configured test scales). ``Runner`` runs one job at a time per model in
 its own worker thread (never on the event loop) and admits at most
-``1 + queue`` jobs; one more is refused with ``Busy``.
+``1 + queue`` jobs; one more is refused with ``Busy``; when its last job ends
+it runs ``on_idle`` in that thread (the server gives memory back there).
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ MAX_SCALES = 8
 
 @dataclass
 class WebModel:
-    """``img_sizes``: the config's DATASET.imgSizes (multi-scale); ``max_size``: imgMaxSize."""
+    """``img_sizes``: the model's multi-scale short sides (DATASET.imgSizes, or an
+    exported file's own with TEST.onnx_trust file); ``max_size``: imgMaxSize."""
     name: str
     segmenter: Segmenter
     img_sizes: tuple[int, ...]
@@ -46,8 +48,9 @@ class WebModel:
         {encoder,decoder}_<TEST.checkpoint>``, as test.py does."""
         cfg = load_cfg(config, opts)
         seg = Segmenter.from_config(cfg, checkpoint_dir=checkpoint_dir, device=device)
+        rule = seg.engine.preprocess  # the config's, or the model file's when it decides
         return cls(name or os.path.splitext(os.path.basename(config))[0], seg,
-                   tuple(cfg.DATASET.imgSizes), int(cfg.DATASET.imgMaxSize),
+                   rule.img_sizes, rule.max_size,
                    source=os.path.abspath(checkpoint_dir or cfg.DIR))
 
     @property
@@ -94,12 +97,16 @@ class Busy(RuntimeError):
 
 class Runner:
     """Runs jobs for one model in a dedicated thread, one at a time; at most
-    ``1 + queue`` jobs are admitted (running or waiting), further ones raise Busy."""
+    ``1 + queue`` jobs are admitted (running or waiting), further ones raise Busy.
+    ``on_idle``: called in the worker thread after a job when no other job is
+    admitted (after the job's answer is handed over; skipped if one arrived)."""
 
-    def __init__(self, name: str, queue: int) -> None:
+    def __init__(self, name: str, queue: int,
+                 on_idle: Callable[[], None] | None = None) -> None:
         if queue < 0:
             raise ValueError(f"queue must be >= 0, got {queue}")
         self.capacity = 1 + int(queue)
+        self.on_idle = on_idle
         self._admitted = 0
         self._lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"semseg-{name}")
@@ -127,11 +134,20 @@ class Runner:
         try:
             return fn(*args)
         finally:
-            self._release()
+            if self._release() == 0 and self.on_idle is not None:
+                try:  # queued behind this job: its answer is not delayed
+                    self._pool.submit(self._idle)
+                except RuntimeError:  # shut down
+                    pass
 
-    def _release(self) -> None:
+    def _idle(self) -> None:
+        if self._admitted == 0 and self.on_idle is not None:
+            self.on_idle()
+
+    def _release(self) -> int:
         with self._lock:
             self._admitted -= 1
+            return self._admitted
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -170,7 +170,7 @@ def test_backend_config_errors(exported, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.onnx"):
         Segmenter.from_config(CFG, device="cpu", backend="onnxruntime",
                               onnx_path=str(tmp_path / "nope.onnx"), opts=opts)
-    with pytest.raises(ConfigError, match="model has 8 classes, the config DATASET.num_class 5"):
+    with pytest.raises(ConfigError, match="the file's num_class 8 vs config DATASET.num_class 5"):
         Segmenter.from_config(CFG, device="cpu", backend="onnxruntime", onnx_path=path,
                               opts=opts + ["DATASET.num_class", "5"])
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
@@ -207,6 +207,7 @@ def test_evaluate_with_onnxruntime_in_both_modes(exported, capsys):
     for mode in ("whole", "slide"):
         for backend in ("pytorch", "onnxruntime"):
             cfg = load_cfg(CFG, tiny_opts(ckpt, base / "data") + [
+                "DATASET.class_table", "",  # the class_k names the file was exported with
                 "VAL.backend", backend, "VAL.onnx", path, "VAL.mode", mode,
                 "VAL.crop_size", "[48, 48]", "VAL.stride", "[32, 32]"])
             results[mode, backend] = evaluate(cfg, "cpu", progress=False)

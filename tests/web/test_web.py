@@ -289,6 +289,28 @@ def test_cli_errors(tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
 
 
+def test_cli_closes_its_socket_when_loading_fails(tmp_path, capsys):
+    """The port is bound before the models load; a failed load frees it at once
+    (not when the garbage collector finds the error's frames)."""
+    import gc
+    import socket
+    from mit_semseg.commands.web import main
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gc.disable()
+    try:
+        assert main(["--cfg", CFG, "--checkpoint-dir", str(tmp_path), "--device", "cpu",
+                     "--port", str(port)]) == 1
+        assert "checkpoint not found" in capsys.readouterr().err
+        with socket.socket() as again:
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            again.bind(("127.0.0.1", port))  # EADDRINUSE while a listener is open
+            again.listen(1)
+    finally:
+        gc.enable()
+
+
 # ---------------------------------------------------------------- confidence
 
 def test_confidence_map(client, model):
@@ -315,3 +337,90 @@ def test_confidence_map(client, model):
     assert_error(client.get(f"api/results/{plain['id']}/confidence.png"), 404,
                  "no confidence map", "confidence=true")
     assert_error(post(client, encode(arr), confidence="sometimes"), 400, "confidence")
+
+
+# ---------------------------------------------------------------- progress and memory
+
+def test_progress_of_a_running_request(model, monkeypatch):
+    """GET /api/progress/{job} reports the steps of the request sent with job=;
+    the answer counts them too; 404 before and after."""
+    started, release = threading.Event(), threading.Event()
+    engine = model.segmenter.engine
+    real = engine.scores
+    calls = []
+
+    def blocking(img):
+        calls.append(1)
+        if len(calls) == 2:  # hold the second network run
+            started.set()
+            assert release.wait(60)
+        return real(img)
+
+    monkeypatch.setattr(engine, "scores", blocking)
+    job = "job-0123456789"
+    with TestClient(create_app([model])) as c:
+        assert c.get(f"/api/progress/{job}").status_code == 404
+        first = {}
+        worker = threading.Thread(target=lambda: first.update(
+            res=post(c, encode(photo()), scales="multi", flip="true", job=job)))
+        worker.start()
+        try:
+            assert started.wait(60)
+            now = c.get(f"/api/progress/{job}").json()
+            # 2 scales x (photo + mirrored) runs and the fusion; the first run is done
+            assert {k: now[k] for k in ("state", "done", "total", "unit")} == \
+                {"state": "running", "done": 1, "total": 5, "unit": "step"}
+            assert_error(post(c, encode(photo()), job=job), 409, "already running")
+        finally:
+            release.set()
+            worker.join(60)
+        out = first["res"].json()
+        assert (out["mode"], out["steps"], out["step_unit"]) == ("whole", 5, "step")
+        assert c.get(f"/api/progress/{job}").status_code == 404
+        assert_error(post(c, encode(photo()), job="bad id!"), 400, "job")
+
+
+def test_slide_mode_model_reports_tiles(ckpt):
+    opts = OPTS + ["TEST.mode", "slide", "TEST.crop_size", "[32, 32]", "TEST.stride", "[24, 24]"]
+    slide = WebModel.from_config(CFG, checkpoint_dir=ckpt, device="cpu", name="slide", opts=opts)
+    seen = []
+    with TestClient(create_app([slide])) as c:
+        out = post(c, encode(photo()), scales="multi").json()  # scales do not apply
+    assert (out["mode"], out["scales"], out["step_unit"]) == ("slide", [], "tile")
+    assert np.array_equal(labels_of(out), slide.segmenter.predict(photo()))
+    slide.segmenter.predict(photo(), progress=lambda d, t: seen.append((d, t)))
+    assert out["steps"] == seen[-1][1] == 3 * 3  # 64 x 80 photo: 3 x 3 tiles of 32 at 24
+
+
+def test_idle_runner_gives_memory_back(model, monkeypatch):
+    """After the last queued request a model's worker thread drops its fusion
+    buffers and trims the heap (mit_semseg.runtime.process.release_memory)."""
+    import mit_semseg.web.app as app_module
+    idle = threading.Event()
+    calls = []
+    monkeypatch.setattr(app_module, "release_memory", lambda: (calls.append(
+        threading.current_thread().name), idle.set()))
+    with TestClient(create_app([model])) as c:
+        assert post(c, encode(photo())).status_code == 200
+        assert idle.wait(60)
+    assert calls and calls[0].startswith("semseg-" + NAME)
+
+
+def test_runner_idle_hook_waits_for_the_queue():
+    from mit_semseg.web.models import Runner
+    calls = []
+    runner = Runner("t", queue=2, on_idle=lambda: calls.append(runner.pending))
+    gate = threading.Event()
+
+    async def main():
+        first = asyncio.ensure_future(runner.run(gate.wait, 60))
+        second = asyncio.ensure_future(runner.run(lambda: None))
+        await asyncio.sleep(0.05)
+        assert calls == []  # busy
+        gate.set()
+        await asyncio.gather(first, second)
+        await asyncio.get_running_loop().run_in_executor(runner._pool, lambda: None)
+
+    asyncio.run(main())
+    runner.close()
+    assert calls == [0]  # once, when the queue was empty

@@ -35,6 +35,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                                 reason="needs Debian's chromium and chromium-driver")
 WAIT_S = 120
+SERVED = {}  # name -> WebModel of the server fixture
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,7 @@ def server(tmp_path_factory):
         write_rule_checkpoint(str(folder), opts)
         models.append(WebModel.from_config(CFG, checkpoint_dir=str(folder), opts=opts,
                                            device="cpu", name=name))
+    SERVED.update((m.name, m) for m in models)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)  # connections wait in the backlog until uvicorn accepts them
@@ -326,3 +328,30 @@ def test_confidence_layer(server, browser, tmp_path):
     assert not scale.is_displayed()
     assert browser.execute_script(pixel, overlay, x, y) == \
         [int(first["color"][i:i + 2], 16) for i in (1, 3, 5)] + [255]
+
+
+def test_page_shows_the_progress_of_a_long_request(server, browser, tmp_path, monkeypatch):
+    """While the network is held after its first run, the status line counts the
+    steps (api/progress); once answered it is cleared."""
+    engine = next(iter(SERVED.values())).segmenter.engine
+    real, gate = engine.scores, threading.Event()
+
+    def held(img):
+        out = real(img)
+        assert gate.wait(WAIT_S)
+        return out
+
+    monkeypatch.setattr(engine, "scores", held)
+    path = tmp_path / "scene.png"
+    Image.fromarray(photo(120, 160)).save(path)
+    browser.get(server)
+    WebDriverWait(browser, WAIT_S).until(
+        lambda d: d.execute_script("return document.querySelectorAll('#model option').length") > 0)
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    status = browser.find_element(By.ID, "status")
+    try:  # single scale: one network run, then the fusion
+        WebDriverWait(browser, WAIT_S).until(lambda d: "Segmenting… 0/2 steps" in status.text)
+    finally:
+        gate.set()
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#legend li"))
+    assert status.text == "" and "scales 56" in browser.find_element(By.ID, "timing").text

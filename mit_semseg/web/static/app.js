@@ -114,11 +114,14 @@ async function segment() {
     flip: $("flip").checked ? "true" : "false",
     confidence: $("confidence").checked ? "true" : "false",
   });
+  const job = newJobId();
+  params.set("job", job);
   const form = new FormData();
   form.append("file", state.file, state.file.name || "pasted.png");
   setStatus("Segmenting…");
   document.body.classList.add("working");
   const t0 = performance.now();
+  const poll = watchProgress(job);
   try {
     const res = await fetch(`api/segment?${params}`, { method: "POST", body: form });
     let body;
@@ -130,10 +133,37 @@ async function segment() {
     setStatus("");
     setError(err.message);
   } finally {
+    poll.stop();
     state.busy = false;
     document.body.classList.remove("working");
     if (state.again) { state.again = false; segment(); }
   }
+}
+
+function newJobId() {
+  if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 12)}`;
+}
+
+// While a long request runs, show how far it is (api/progress: tiles in slide
+// mode, network runs and the fusion otherwise); nothing for quick ones.
+function watchProgress(job) {
+  let stopped = false;
+  let timer = null;
+  const tick = async () => {
+    try {
+      const res = await fetch(`api/progress/${job}`);
+      if (res.ok && !stopped) {
+        const p = await res.json();
+        const what = p.state === "running" && p.total > 0
+          ? `${p.done}/${p.total} ${p.unit}s` : p.state;
+        setStatus(`Segmenting… ${what} (${p.elapsed_s.toFixed(0)} s)`);
+      }
+    } catch (err) { /* the answer itself reports errors */ }
+    if (!stopped) timer = setTimeout(tick, 1000);
+  };
+  timer = setTimeout(tick, 1000);
+  return { stop() { stopped = true; clearTimeout(timer); } };
 }
 
 async function decodeLabels(result, numClass) {
@@ -190,10 +220,11 @@ async function showResult(result, roundTripMs) {
   buildLegend();
   $("dl-result").href = result.result_url;
   $("dl-labels").href = result.labels_url;
-  const scales = result.scales.join(", ");
+  const how = result.mode === "slide" ? `slide mode, ${result.steps} tiles`
+    : `scales ${result.scales.join(", ")}`;
   const sure = result.mean_confidence === undefined ? ""
     : ` · mean confidence ${(result.mean_confidence * 100).toFixed(1)}%`;
-  $("timing").textContent = `${result.width}×${result.height} px · ${result.model} · scales ${scales}`
+  $("timing").textContent = `${result.width}×${result.height} px · ${result.model} · ${how}`
     + `${result.flip ? " + flip" : ""} · ${(result.time_ms / 1000).toFixed(2)} s on the server`
     + ` (inference ${(result.inference_ms / 1000).toFixed(2)} s), ${(roundTripMs / 1000).toFixed(2)} s in all`
     + sure;
