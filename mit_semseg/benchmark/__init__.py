@@ -2,8 +2,8 @@
 
 Modules: harness (timing, memory, the parity weight rule, the original's
 procedures, pairs, scenes), flops, inference, training, testpy, data,
-metrics, report, cli. Measuring side by side with the original
-(``--compare-original``) uses the repository's ``tools/original_worker.py``
+metrics, slide (the cost of slide mode's stitching, opt-in), report, cli.
+Measuring side by side with the original (``--compare-original``) uses the repository's ``tools/original_worker.py``
 and ``tools/cpu_shim.py``, which are not installed with the package.
 """
 from .cli import build_parser, main
