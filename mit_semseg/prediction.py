@@ -12,9 +12,9 @@ and the fusion in whole-image mode; see ``inference.engine``'s progress).
 
 Beside each ``NAME.png``, on request: ``NAME_confidence.png`` (``TEST.confidence``:
 the probability of each pixel's predicted class, 8-bit grayscale, value
-``round(255 p)``, ``inference.fusion.confidence_uint8``) and ``NAME_probs.npz``
+``round(255 p)``, ``data.io.confidence_uint8``) and ``NAME_probs.npz``
 (``TEST.save_probs``: key ``probs``, the averaged class probabilities as
-``[num_class, H, W]`` float16 at the photo's size; ``write_probs``).
+``[num_class, H, W]`` float16 at the photo's size; ``data.io.write_probs``).
 """
 from __future__ import annotations
 
@@ -30,13 +30,13 @@ from yacs.config import CfgNode
 
 from .data.classes import class_table, colorEncode
 from .data.datasets import TestDataset, inference_loader
-from .data.io import IMAGE_EXTENSIONS, DatasetError, find_recursive, write_png
+from .data.io import (IMAGE_EXTENSIONS, DatasetError, confidence_uint8, find_recursive, write_png,
+                      write_probs)
 from .errors import InputNotFoundError
 from .inference.engine import engine_from_config
-from .inference.fusion import confidence_uint8
 from .inference.segmenter import describe_labels
 
-__all__ = ["run_test", "result_names", "list_test_images", "write_probs", "companion_names",
+__all__ = ["run_test", "result_names", "list_test_images", "companion_names",
            "STEP_BAR_DELAY_S"]
 
 # a photo's own bar of steps appears once it has run this long (none for quick photos)
@@ -106,15 +106,6 @@ def companion_names(outputs: Sequence[str], suffix: str, taken: set[str]) -> lis
         taken.add(os.path.abspath(candidate))
         out.append(candidate)
     return out
-
-
-def write_probs(probs: Any, path: str) -> None:
-    """``np.savez(path, probs=[C, H, W] float16)`` (uncompressed: written at disk
-    speed; about 2 C H W bytes), creating the folder."""
-    arr = probs.numpy() if torch.is_tensor(probs) else np.asarray(probs)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "wb") as fh:  # a file object: savez adds no second extension
-        np.savez(fh, probs=np.ascontiguousarray(arr, dtype=np.float16))
 
 
 # TestDataset options for reading an odgt list without loading images
@@ -193,11 +184,11 @@ def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = 
     taken = inputs | {os.path.abspath(p) for p in outputs}
     conf_paths = companion_names(outputs, "_confidence.png", taken) if want_conf else []
     prob_paths = companion_names(outputs, "_probs.npz", taken) if want_probs else []
+    steps = _StepBar("tile" if engine.mode == "slide" else "step", err, disable=not progress)
+    dataset = _Readable(TestDataset([{"fpath_img": p} for p in paths], cfg.DATASET))
     table = engine.classes or class_table(cfg)  # the model file's own, when it decides
     colors, class_name = table.colors, table.name_dict()
-    dataset = _Readable(TestDataset([{"fpath_img": p} for p in paths], cfg.DATASET))
     skipped = 0
-    steps = _StepBar("tile" if engine.mode == "slide" else "step", err, disable=not progress)
     with tqdm(total=len(paths), disable=not progress, file=err) as bar:
         for i, batch in enumerate(inference_loader(dataset, cfg.TEST.workers)):
             sample = batch[0]

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import MitSemsegError
 
 __all__ = ["DatasetError", "UnknownColorsError", "LabelFormat", "LABEL_FORMATS", "read_image",
-           "to_rgb", "read_annotation", "IMAGE_EXTENSIONS", "find_recursive", "write_png"]
+           "to_rgb", "read_annotation", "IMAGE_EXTENSIONS", "find_recursive", "write_png", "write_probs", "confidence_uint8"]
 
 LABEL_FORMATS = ("ade20k", "zero_based", "rgb")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -285,3 +286,18 @@ def write_png(array: np.ndarray, path: str) -> None:
     percent larger."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     Image.fromarray(array).save(path, compress_level=1)
+
+
+def confidence_uint8(confidence: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] -> uint8 ``round(255 p)`` (255 = 1.0): how confidence
+    maps are stored as 8-bit grayscale PNGs (test.py, the web API)."""
+    return np.clip(np.rint(np.asarray(confidence, np.float32) * 255), 0, 255).astype(np.uint8)
+
+
+def write_probs(probs: Any, path: str) -> None:
+    """``np.savez(path, probs=[C, H, W] float16)`` (uncompressed: written at disk
+    speed; about 2 C H W bytes), creating the folder."""
+    arr = probs.numpy() if torch.is_tensor(probs) else np.asarray(probs)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "wb") as fh:  # a file object: savez adds no second extension
+        np.savez(fh, probs=np.ascontiguousarray(arr, dtype=np.float16))

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["fuse", "Prediction", "banding_exact", "release_workspace", "DEFAULT_BAND_BYTES",
-           "RowPlan", "row_plan", "SMALL_OUTPUT_SIDES", "horizontal_cl_exact", "confidence_uint8"]
+           "RowPlan", "row_plan", "SMALL_OUTPUT_SIDES", "horizontal_cl_exact"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +86,6 @@ class Prediction:
     labels: np.ndarray
     probs: torch.Tensor | None = None
     confidence: np.ndarray | None = None
-
-
-def confidence_uint8(confidence: np.ndarray) -> np.ndarray:
-    """Probabilities in [0, 1] -> uint8 ``round(255 p)`` (255 = 1.0): how confidence
-    maps are stored as 8-bit grayscale PNGs (test.py, the web API)."""
-    return np.clip(np.rint(np.asarray(confidence, np.float32) * 255), 0, 255).astype(np.uint8)
 
 
 # ============================================================================ buffers

@@ -13,8 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..data.classes import colorEncode
-from ..inference.fusion import confidence_uint8
-from ..data.io import DatasetError, to_rgb
+from ..data.io import DatasetError, confidence_uint8, to_rgb
 
 __all__ = ["UploadError", "decode_upload", "label_png", "label_png_rgb", "read_label_png",
            "result_png", "confidence_png"]

@@ -19,7 +19,8 @@ from mit_semseg.config import load_cfg
 from mit_semseg.data.classes import class_colors
 from mit_semseg.data.transforms import Preprocess
 from mit_semseg.inference import InferenceEngine, Segmenter, SlideWindow
-from mit_semseg.inference.fusion import confidence_uint8, fuse
+from mit_semseg.data.io import confidence_uint8
+from mit_semseg.inference.fusion import fuse
 from mit_semseg.models import ModelBuilder
 from mit_semseg.prediction import companion_names, run_test
 

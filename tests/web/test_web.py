@@ -314,7 +314,7 @@ def test_cli_closes_its_socket_when_loading_fails(tmp_path, capsys):
 # ---------------------------------------------------------------- confidence
 
 def test_confidence_map(client, model):
-    from mit_semseg.inference.fusion import confidence_uint8
+    from mit_semseg.data.io import confidence_uint8
     arr = photo()
     out = post(client, encode(arr), name="scene.png", scales="multi", confidence="true").json()
     labels, conf = model.segmenter.predict(arr, imgSizes=[40, 56], return_confidence=True)
