@@ -98,3 +98,19 @@ def run_script(script, *args, cwd=ROOT):
         [os.path.join(ROOT, script)]
     return subprocess.run([sys.executable, *command, *map(str, args)],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+class TinyNet(torch.nn.Module):
+    """Stride-8 class scores from a 15-pixel receptive field (so tiles differ from the
+    whole image): a fast stand-in network for inference tests."""
+
+    def __init__(self, num_class: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                  nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                                  nn.Conv2d(16, num_class, 3, stride=2, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) * 3

@@ -1,4 +1,11 @@
-"""``python -m mit_semseg curves DIR``: draw a training run's curves to a PNG."""
+"""``python -m mit_semseg curves DIR``: draw a training run's curves to a PNG.
+
+Draw loss, accuracy, learning rates, validation mean IoU (and
+TRAIN.best_metric) and per-class validation IoU of a training run
+(DIR/metrics.jsonl) to a PNG (needs matplotlib: the [plot] extra). With many
+classes the per-class panel shows the best and worst five, and the lowest IoUs
+of the best epoch as bars.
+"""
 from __future__ import annotations
 
 import os
@@ -6,17 +13,14 @@ from typing import Sequence
 
 from ..runtime.command import command_parser, parse_command, run_command
 
+_DESCRIPTION = __doc__.split("\n\n", 1)[1]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    parser = command_parser(
-        "python -m mit_semseg curves",
-        "Draw loss, accuracy, learning rates, validation mean IoU (and TRAIN.best_metric) and "
-        "per-class validation IoU of a training run (DIR/metrics.jsonl) to a PNG (needs "
-        "matplotlib: the [plot] extra). With many classes the per-class panel shows the best "
-        "and worst five, and the lowest IoUs of the best epoch as bars.",
-        "Exit status: 0 written, 1 error (one line on stderr), 2 usage error.",
-        overrides=False)
+    parser = command_parser("python -m mit_semseg curves", _DESCRIPTION,
+                            "Exit status: 0 written, 1 error (one line on stderr), 2 usage error.",
+                            overrides=False)
     parser.add_argument("run", metavar="DIR", help="the run folder (cfg.DIR) or its metrics.jsonl")
     parser.add_argument("-o", "--output", help="PNG to write (default: DIR/curves.png)")
     parser.add_argument("--title", default=None, help="figure title (default: the folder name)")

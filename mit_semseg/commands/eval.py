@@ -1,5 +1,12 @@
 """``python eval.py`` / ``python -m mit_semseg eval``: evaluate a checkpoint on
-DATASET.list_val on one device."""
+DATASET.list_val on one device.
+
+Evaluate DIR/encoder_<VAL.checkpoint> + DIR/decoder_<VAL.checkpoint> on
+DATASET.list_val with multi-scale inference (DATASET.imgSizes): per-class IoU,
+mean IoU and pixel accuracy, also written to DIR/eval_<checkpoint>.json, and a
+report page DIR/eval_<checkpoint>.html (per-class table, confusion matrix,
+worst images).
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -16,14 +23,11 @@ examples:
 Exit status: 0 done, 1 error (one line on stderr), 2 usage error, 130 interrupted.
 """
 
+_DESCRIPTION = __doc__.split("\n\n", 1)[1]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = command_parser(
-        "python eval.py",
-        "Evaluate DIR/encoder_<VAL.checkpoint> + DIR/decoder_<VAL.checkpoint> on "
-        "DATASET.list_val with multi-scale inference (DATASET.imgSizes): per-class IoU, mean "
-        "IoU and pixel accuracy, also written to DIR/eval_<checkpoint>.json, and a report page "
-        "DIR/eval_<checkpoint>.html (per-class table, confusion matrix, worst images).",
+    parser = command_parser("python eval.py", _DESCRIPTION,
         EPILOG, config="optional", config_default="config/ade20k-resnet50dilated-ppm_deepsup.yaml",
         devices="one", device_aliases=("--gpu",))
     args = parse_command(parser, argv)

@@ -1,5 +1,9 @@
 """``python eval_multipro.py`` / ``python -m mit_semseg eval_multipro``: eval.py with the
-validation list split over several processes; the merged numbers equal eval.py's."""
+validation list split over several processes; the merged numbers equal eval.py's.
+
+eval.py with the validation list split over several processes (one per GPU, or
+--workers CPU processes); the merged numbers equal eval.py's.
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -14,12 +18,11 @@ examples:
 Exit status: 0 done, 1 error (one line on stderr), 2 usage error, 130 interrupted.
 """
 
+_DESCRIPTION = __doc__.split("\n\n", 1)[1]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = command_parser(
-        "python eval_multipro.py",
-        "eval.py with the validation list split over several processes (one per GPU, or "
-        "--workers CPU processes); the merged numbers equal eval.py's.",
+    parser = command_parser("python eval_multipro.py", _DESCRIPTION,
         EPILOG, config="optional", config_default="config/ade20k-resnet50dilated-ppm_deepsup.yaml",
         devices="many", device_default="auto")
     parser.add_argument("--workers", type=int, default=2,

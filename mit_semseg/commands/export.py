@@ -1,5 +1,11 @@
 """``python -m mit_semseg export``: export encoder + decoder as one ONNX graph, then
-check it in onnxruntime against PyTorch."""
+check it in onnxruntime against PyTorch.
+
+Export encoder + decoder as one ONNX graph (input: normalised image [1,3,H,W],
+dynamic H and W; output: class scores before softmax at feature resolution;
+class table and preprocessing in the metadata), then check it in onnxruntime
+against PyTorch.
+"""
 from __future__ import annotations
 
 import os
@@ -15,15 +21,12 @@ example:
 Exit status: 0 written and checked, 1 error (one line on stderr; also when the
 onnxruntime scores differ by more than --tolerance), 2 usage error."""
 
+_DESCRIPTION = __doc__.split("\n\n", 1)[1]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ..export.onnx import DEFAULT_OPSET, DEFAULT_TOLERANCE, EXPORTERS
-    parser = command_parser(
-        "python -m mit_semseg export",
-        "Export encoder + decoder as one ONNX graph (input: normalised image [1,3,H,W], "
-        "dynamic H and W; output: class scores before softmax at feature resolution; class "
-        "table and preprocessing in the metadata), then check it in onnxruntime against "
-        "PyTorch.", EPILOG, config="required")
+    parser = command_parser("python -m mit_semseg export", _DESCRIPTION, EPILOG, config="required")
     parser.add_argument("--checkpoint-dir", metavar="DIR",
                         help="folder with encoder_<TEST.checkpoint> and decoder_<TEST.checkpoint> "
                              "(.pth or .safetensors), or a model folder (models save; its "

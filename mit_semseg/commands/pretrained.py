@@ -1,6 +1,10 @@
 """``python -m mit_semseg pretrained NAME``: download a model MIT released for ADE20K
 into ckpt/<name>/ (resuming, from the MIT host or mirrors, SHA-256 checked), or
-check a folder's files against its SHA256SUMS (``--verify``)."""
+check a folder's files against its SHA256SUMS (``--verify``).
+
+Download a released ADE20K model into ckpt/<name>/, or check a folder against
+its SHA256SUMS.
+"""
 from __future__ import annotations
 
 import os
@@ -24,13 +28,12 @@ its first download and checked on every later load (docs/models.md).
 Exit status: 0 done, 1 error (one line on stderr, or the list of sources tried
 when every one failed), 2 usage error."""
 
+_DESCRIPTION = __doc__.split("\n\n", 1)[1]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ..checkpoints.released import RELEASED_MODELS, canonical_name, download, fetch_model
-    parser = command_parser(
-        "python -m mit_semseg pretrained",
-        "Download a released ADE20K model into ckpt/<name>/, or check a folder against "
-        "its SHA256SUMS.", EPILOG, overrides=False)
+    parser = command_parser("python -m mit_semseg pretrained", _DESCRIPTION, EPILOG, overrides=False)
     parser.add_argument("names", nargs="*", help="released model name(s), see --list")
     parser.add_argument("--dest", default="ckpt", help="parent folder (default: ckpt)")
     parser.add_argument("--list", action="store_true", help="show the released models")

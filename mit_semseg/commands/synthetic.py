@@ -1,18 +1,22 @@
 """``python -m mit_semseg synthetic``: write the small synthetic scene-parsing data set
-of the offline demo."""
+of the offline demo.
+
+Write a small synthetic scene-parsing data set (images, masks, odgt lists,
+class table).
+"""
 from __future__ import annotations
 
 from typing import Sequence
 
 from ..runtime.command import command_parser, parse_command, run_command
 
+_DESCRIPTION = __doc__.split("\n\n", 1)[1]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
     from ..data.synthetic import CLASS_NAMES, MAX_CLASSES, make_synthetic_dataset
-    parser = command_parser("python -m mit_semseg synthetic",
-                            "Write a small synthetic scene-parsing data set (images, masks, "
-                            "odgt lists, class table).", overrides=False)
+    parser = command_parser("python -m mit_semseg synthetic", _DESCRIPTION, overrides=False)
     parser.add_argument("--root", default="data/synthetic", help="output folder")
     parser.add_argument("--num-train", type=int, default=200)
     parser.add_argument("--num-val", type=int, default=50)

@@ -1,5 +1,10 @@
 """``python test.py`` / ``python -m mit_semseg test``: segment photos (a file, a folder
-searched recursively, or an odgt list) and write image | prediction PNGs."""
+searched recursively, or an odgt list) and write image | prediction PNGs.
+
+Segment photos with DIR/encoder_<TEST.checkpoint> +
+DIR/decoder_<TEST.checkpoint>: writes an image | prediction PNG per input into
+TEST.result and prints the classes found.
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -18,13 +23,11 @@ Unreadable images are reported and skipped (the exit status stays 0).
 Exit status: 0 done, 1 error (one line on stderr), 2 usage error, 130 interrupted.
 """
 
+_DESCRIPTION = __doc__.split("\n\n", 1)[1]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = command_parser(
-        "python test.py",
-        "Segment photos with DIR/encoder_<TEST.checkpoint> + DIR/decoder_<TEST.checkpoint>: "
-        "writes an image | prediction PNG per input into TEST.result and prints the classes "
-        "found.", EPILOG, config="optional",
+    parser = command_parser("python test.py", _DESCRIPTION, EPILOG, config="optional",
         config_default="config/ade20k-resnet50dilated-ppm_deepsup.yaml",
         devices="one", device_aliases=("--gpu",))
     parser.add_argument("--imgs", required=True,

@@ -1,4 +1,8 @@
-"""``python train.py`` / ``python -m mit_semseg train``: train a scene-parsing model."""
+"""``python train.py`` / ``python -m mit_semseg train``: train a scene-parsing model.
+
+Train a semantic-segmentation model (encoder + decoder) with SGD and a poly
+learning rate, as configured by a YAML file (see docs/training.md).
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -17,12 +21,11 @@ Checkpoints, log.txt and the effective config.yaml are written to the config's D
 Exit status: 0 done, 1 error (one line on stderr), 2 usage error, 130 interrupted.
 """
 
+_DESCRIPTION = __doc__.split("\n\n", 1)[1]
+
 
 def build_parser():
-    parser = command_parser(
-        "python train.py",
-        "Train a semantic-segmentation model (encoder + decoder) with SGD and a poly "
-        "learning rate, as configured by a YAML file (see docs/training.md).",
+    parser = command_parser("python train.py", _DESCRIPTION,
         EPILOG, config="optional", config_default="config/ade20k-resnet50dilated-ppm_deepsup.yaml",
         devices="many")
     for action in parser._actions:

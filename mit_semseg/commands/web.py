@@ -1,4 +1,9 @@
-"""``python -m mit_semseg web``: serve the web demo (a page and a JSON API)."""
+"""``python -m mit_semseg web``: serve the web demo (a page and a JSON API).
+
+Web demo: upload a photo in the browser and see it parsed by one or more models
+(a page and a JSON API). Weights: <DIR>/{encoder,decoder}_<TEST.checkpoint>, as
+test.py.
+"""
 from __future__ import annotations
 
 import socket
@@ -19,12 +24,11 @@ The "serving on" line is printed once the server accepts connections.
 Exit status: 0 stopped, 1 error (one line on stderr: weights, config, port in use),
 2 usage error, 130 interrupted."""
 
+_DESCRIPTION = __doc__.split("\n\n", 1)[1]
+
 
 def build_parser():
-    p = command_parser(
-        "python -m mit_semseg web",
-        "Web demo: upload a photo in the browser and see it parsed by one or more models (a "
-        "page and a JSON API). Weights: <DIR>/{encoder,decoder}_<TEST.checkpoint>, as test.py.",
+    p = command_parser("python -m mit_semseg web", _DESCRIPTION,
         EPILOG, config="append", devices="one", device_aliases=("--device",))
     for action in p._actions:
         if action.dest == "cfg":

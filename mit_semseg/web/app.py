@@ -334,12 +334,8 @@ class _Jobs:
                 self._items.pop(job, None)
 
     def get(self, job: str) -> _Progress:
-        with self._lock:
-            progress = self._items.get(job)
-        if progress is None:
-            raise HTTPException(404, f"no request {job!r} is running (unknown, or answered "
-                                     f"already)")
-        return progress
+        return _locked_get(self._lock, self._items, job, f"no request {job!r} is running "
+                                                          f"(unknown, or answered already)")
 
 
 class _Result(collections.namedtuple("_Result", "model upload name labels_png confidence_png")):
@@ -365,12 +361,18 @@ class _ResultStore:
         return rid
 
     def get(self, rid: str) -> _Result:
-        with self._lock:
-            entry = self._items.get(rid)
-        if entry is None:
-            raise HTTPException(404, f"result {rid!r} not found (only the last {self.keep} "
-                                     f"results are kept); segment the photo again")
-        return entry
+        return _locked_get(self._lock, self._items, rid, f"result {rid!r} not found (only "
+                                                         f"the last {self.keep} results are "
+                                                         f"kept); segment the photo again")
+
+
+def _locked_get(lock: threading.Lock, items: dict, key: str, missing: str) -> Any:
+    """``items[key]`` read under ``lock``; a 404 saying ``missing`` when absent."""
+    with lock:
+        value = items.get(key)
+    if value is None:
+        raise HTTPException(404, missing)
+    return value
 
 
 def _model(by_name: dict[str, WebModel], name: str | None) -> WebModel:

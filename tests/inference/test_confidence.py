@@ -24,8 +24,8 @@ from mit_semseg.inference.fusion import fuse
 from mit_semseg.models import ModelBuilder
 from mit_semseg.prediction import companion_names, run_test
 
-from _support import (CFG, NUM_CLASS, PARITY_DIR, assert_same_labels_up_to_ties, load_case,
-                      make_tiny_checkpoint, rule_state_dict, tiny_opts)
+from _support import (CFG, NUM_CLASS, PARITY_DIR, TinyNet, assert_same_labels_up_to_ties,
+                      load_case, make_tiny_checkpoint, rule_state_dict, tiny_opts)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -119,7 +119,7 @@ def test_segmenter_with_onnxruntime(tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from mit_semseg.inference.backends import OnnxBackend
-    net = _TinyNet(NUM_CLASS).eval()
+    net = TinyNet(NUM_CLASS).eval()
     path = str(tmp_path / "tiny.onnx")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -142,18 +142,6 @@ def test_segmenter_with_onnxruntime(tmp_path):
         assert torch.allclose(probs, ref, atol=1e-5)
 
 
-class _TinyNet(nn.Module):
-    """Stride-8 class scores from a 15-pixel receptive field."""
-
-    def __init__(self, num_class: int) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-                                  nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-                                  nn.Conv2d(16, num_class, 3, stride=2, padding=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x) * 3
 
 
 class _Scores:
@@ -227,7 +215,7 @@ def test_slide_and_whole_agree_away_from_tile_seams():
     receptive field (plus the resize's reach) from every tile edge."""
     from mit_semseg.data.synthetic import make_scene
     from mit_semseg.inference.slide import tile_windows
-    net = _TinyNet(NUM_CLASS).eval()
+    net = TinyNet(NUM_CLASS).eval()
     image = np.asarray(make_scene(np.random.default_rng(3), 160, 200)[0])
     pre = Preprocess((160,), 1000, 8)
     window = SlideWindow(crop_size=(96, 96), stride=(64, 64))

@@ -5,26 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from mit_semseg.inference.fusion import banding_exact
 from mit_semseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mit_semseg.inference.slide import SlideWindow, slide_options, slide_predict, tile_windows
 
+from _support import TinyNet
 
-class _TinyNet(nn.Module):
-    """Stride-8 scores with spatial context (so tiles differ from the whole image)."""
 
-    def __init__(self, num_class: int) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-                                  nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-                                  nn.Conv2d(16, num_class, 3, stride=2, padding=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x) * 3
 
 
 def _reference(score_fn, image: np.ndarray, window: SlideWindow, num_class: int,
@@ -81,7 +70,7 @@ def test_tile_windows_cover_the_side_mmseg_style():
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_slide_equals_full_buffer_implementation(flip):
-    net, C = _TinyNet(12).eval(), 12
+    net, C = TinyNet(12).eval(), 12
     image = _photo(150, 203)
     window = SlideWindow(crop_size=(72, 96), stride=(48, 61))
     with torch.no_grad():
@@ -100,7 +89,7 @@ def test_slide_equals_full_buffer_implementation(flip):
 def test_slide_is_bit_identical_where_banding_is_exact(scale, size):
     """Bit for bit where the run-time probe says banded resizing reproduces this
     platform's F.interpolate (fusion.banding_exact), else to float32 rounding."""
-    net, C = _TinyNet(12).eval(), 12
+    net, C = TinyNet(12).eval(), 12
     image = _photo(*size, seed=1)
     window = SlideWindow(crop_size=(72, 96), stride=(48, 61), scale=scale)
     with torch.no_grad():
@@ -117,7 +106,7 @@ def test_slide_is_bit_identical_where_banding_is_exact(scale, size):
 
 
 def test_photo_smaller_than_the_crop_is_one_whole_tile():
-    net, C = _TinyNet(12).eval(), 12
+    net, C = TinyNet(12).eval(), 12
     image = _photo(40, 57, seed=3)
     got = slide_predict(net, image, SlideWindow((512, 512), (341, 341)), C, return_probs=True)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

@@ -132,14 +132,6 @@ def test_best_metric_errors_list_the_choices():
         T.main(load_cfg(None, ["TRAIN.early_stop", "3"]), "cpu")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("rgb") / "data")
-    layout = make_rgb(root)
-    assert datatools.main(["odgt", "--images", os.path.join(root, "images"), "--masks",
-                           os.path.join(root, "masks"), "--root", root,
-                           "--val-fraction", "0.25"]) == 0
-    return root, layout
 
 
 @pytest.mark.usefixtures("one_thread")

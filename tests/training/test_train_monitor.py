@@ -20,14 +20,6 @@ from mit_semseg.training.monitor import read_metrics
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("rgb") / "data")
-    layout = make_rgb(root)
-    assert datatools.main(["odgt", "--images", os.path.join(root, "images"), "--masks",
-                           os.path.join(root, "masks"), "--root", root,
-                           "--val-fraction", "0.25"]) == 0
-    return root, layout
 
 
 def _cfg(data, out, *extra):

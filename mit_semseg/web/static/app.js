@@ -170,14 +170,8 @@ async function decodeLabels(result, numClass) {
   // The label PNG holds class id + 1 per pixel: 8-bit grayscale up to 255 classes
   // (red = value), else fetched packed in RGB (value = red + 256 * green).
   const packed = numClass > 255;
-  const img = await loadImage(packed ? `${result.labels_url}?encoding=rgb`
-                                     : `data:image/png;base64,${result.labels_png}`);
-  const canvas = document.createElement("canvas");
-  canvas.width = result.width;
-  canvas.height = result.height;
-  const ctx = canvas.getContext("2d", { willReadFrequently: true });
-  ctx.drawImage(img, 0, 0);
-  const rgba = ctx.getImageData(0, 0, result.width, result.height).data;
+  const rgba = await pixelsOf(packed ? `${result.labels_url}?encoding=rgb`
+                                     : `data:image/png;base64,${result.labels_png}`, result);
   const labels = new Int32Array(result.width * result.height);
   for (let i = 0, j = 0; i < labels.length; i++, j += 4) {
     labels[i] = (packed ? rgba[j] + 256 * rgba[j + 1] : rgba[j]) - 1;
@@ -185,16 +179,21 @@ async function decodeLabels(result, numClass) {
   return labels;
 }
 
-async function decodeConfidence(result) {
-  // 8-bit grayscale PNG, value round(255 * probability)
-  if (!result.confidence_png) return null;
-  const img = await loadImage(`data:image/png;base64,${result.confidence_png}`);
+async function pixelsOf(url, result) {
+  // the RGBA bytes of the PNG at url, drawn at the result's size
+  const img = await loadImage(url);
   const canvas = document.createElement("canvas");
   canvas.width = result.width;
   canvas.height = result.height;
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
   ctx.drawImage(img, 0, 0);
-  const rgba = ctx.getImageData(0, 0, result.width, result.height).data;
+  return ctx.getImageData(0, 0, result.width, result.height).data;
+}
+
+async function decodeConfidence(result) {
+  // 8-bit grayscale PNG, value round(255 * probability)
+  if (!result.confidence_png) return null;
+  const rgba = await pixelsOf(`data:image/png;base64,${result.confidence_png}`, result);
   const conf = new Uint8Array(result.width * result.height);
   for (let i = 0, j = 0; i < conf.length; i++, j += 4) conf[i] = rgba[j];
   return conf;
