@@ -58,7 +58,7 @@ from ..errors import MitSemsegError
 from ._atomic import atomic_write_stream, fsync_dir
 
 __all__ = ["MIT_HOST", "MIRRORS_ENV", "SUMS_NAME", "DownloadError", "HashMismatchError",
-           "download", "resolve_sources", "fetch_file", "fetch_url", "released_sha256",
+           "download", "resolve_sources", "configure_mirrors", "fetch_file", "fetch_url", "released_sha256",
            "sha256_file", "read_sums", "record_sha256", "forget_sha256", "verify_file",
            "verify_folder"]
 
@@ -372,14 +372,26 @@ def _as_list(value: str | Iterable[str] | None) -> list[str]:
     return [v.strip() for v in value if v and v.strip()]
 
 
+_CONFIGURED: list[str] = []  # the config's mirrors (MODEL.mirrors), see configure_mirrors
+
+
+def configure_mirrors(sources: str | Iterable[str] | None) -> None:
+    """Set the config's mirrors (``MODEL.mirrors``), the last sources ``resolve_sources``
+    tries when it is given no ``config`` itself; training and the commands that read a
+    config call it."""
+    _CONFIGURED[:] = _as_list(sources)
+
+
 def resolve_sources(mirrors: str | Iterable[str] | None = None,
                     env: Mapping[str, str] | None = None,
                     config: str | Iterable[str] | None = None, *,
                     primary: str | None = None) -> list[str]:
     """The sources to try, in order: ``primary`` (default: the MIT host), ``mirrors``,
-    ``env[MIT_SEMSEG_MIRRORS]`` (``env`` defaults to ``os.environ``), then ``config``.
-    Strings are split on commas and os.pathsep; duplicates are dropped (first kept)."""
+    ``env[MIT_SEMSEG_MIRRORS]`` (``env`` defaults to ``os.environ``), then ``config``
+    (default: the mirrors set by ``configure_mirrors``). Strings are split on commas and
+    os.pathsep; duplicates are dropped (first kept)."""
     env = os.environ if env is None else env
+    config = _CONFIGURED if config is None else config
     ordered = [primary or MIT_HOST, *_as_list(mirrors), *_as_list(env.get(MIRRORS_ENV)),
                *_as_list(config)]
     seen: set[str] = set()

@@ -43,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--verify", action="append", default=[], metavar="FOLDER",
                         help="check the files listed in FOLDER/SHA256SUMS (a downloaded or "
                              "saved model); repeatable")
+    parser.add_argument("--cfg", metavar="FILE",
+                        help="a config whose MODEL.mirrors are tried last (after --mirror and "
+                             "MIT_SEMSEG_MIRRORS)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--url", help="download this URL instead (with --out)")
     parser.add_argument("--out", help="destination file for --url")
@@ -55,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args.list else EXIT_USAGE
 
     def body() -> None:
+        if args.cfg:
+            from ..checkpoints.download import configure_mirrors
+            from ..config import load_cfg
+            configure_mirrors(load_cfg(args.cfg).MODEL.mirrors)
         for folder in args.verify:
             _verify(folder)
         if args.url:

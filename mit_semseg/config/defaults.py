@@ -75,6 +75,10 @@ _C.MODEL = CN({
     "pretrained": True,
     # new: cache folder for downloaded ImageNet weights.
     "pretrained_dir": "./pretrained",
+    # new: more places to fetch weights from (URL prefixes, folders, .zip/.tar
+    # archives holding the files under the host's paths), tried after the MIT host,
+    # --mirror and MIT_SEMSEG_MIRRORS (docs/models.md).
+    "mirrors": [],
     # new: when loading MODEL.weights_decoder, skip the class layers (the layers
     # whose output has num_class channels) so a checkpoint made for another class
     # count can be fine-tuned. Every other key is still loaded strictly.

@@ -261,3 +261,27 @@ def test_shipped_manifest_is_well_formed():
         assert re.fullmatch(r"ade20k-[\w.-]+/(encoder|decoder)_epoch_\d+\.pth", relpath)
         assert re.fullmatch(r"[0-9a-f]{64}", digest)
     assert module.released_sha256(REL) == data["sha256"].get(REL)
+
+
+def test_config_mirrors_come_last_and_reach_the_pretrained_command(tmp_path, monkeypatch):
+    """MODEL.mirrors (configure_mirrors) are tried after the host, --mirror and the
+    environment variable; the pretrained command reads them from --cfg."""
+    from mit_semseg.checkpoints import download as dl
+    monkeypatch.setattr(dl, "_CONFIGURED", [])
+    dl.configure_mirrors(["http://cfg.example/a", str(tmp_path)])
+    sources = dl.resolve_sources(["http://flag.example"], env={dl.MIRRORS_ENV: "http://env.example"})
+    assert sources == [dl.MIT_HOST, "http://flag.example", "http://env.example",
+                       "http://cfg.example/a", str(tmp_path)]
+    assert dl.resolve_sources(env={}, config=[]) == [dl.MIT_HOST]  # an explicit config wins
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("MODEL:\n  mirrors: ['http://from-yaml.example']\n")
+    seen = {}
+
+    def fetch_model(key, dest, mirrors=(), progress=True):
+        seen["sources"] = dl.resolve_sources(mirrors, env={})
+        raise dl.DownloadError("stop here")
+
+    monkeypatch.setattr("mit_semseg.checkpoints.released.fetch_model", fetch_model)
+    from mit_semseg.commands.pretrained import main
+    assert main(["ade20k-hrnetv2-c1", "--cfg", str(cfg), "--quiet"]) == 1
+    assert seen["sources"][-1] == "http://from-yaml.example"
