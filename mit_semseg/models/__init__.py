@@ -1,9 +1,17 @@
-"""Models: ``ModelBuilder`` (lookup by name), ``SegmentationModule``, a file per
-encoder family (``resnet``, ``resnext``, ``mobilenet``, ``hrnet``), the
-decoders, weight loading (``weights``) and what each family declares fusable
-for :mod:`mit_semseg.accel` (``fusable``)."""
-from .builder import DECODERS, ENCODERS, ModelBuilder, SegmentationModule, set_bn_momentum
+"""Models: one network object built from a config (``build_model`` ->
+``SegmentationNetwork``), the registry every family registers itself in
+(``register_encoder`` / ``register_decoder``, with what the acceleration passes
+may fuse), a file per family (``resnet``, ``resnext``, ``mobilenet``, ``hrnet``,
+``decoders``), weight loading (``weights``), model folders (``folder``) and the
+original's ``ModelBuilder`` / ``SegmentationModule``."""
+# the families register themselves when imported
+from . import decoders, hrnet, mobilenet, resnet, resnext  # noqa: F401
+from .builder import ModelBuilder, SegmentationModule
+from .network import SegmentationNetwork, build_model, build_network, set_bn_momentum
+from .registry import (DECODERS, ENCODERS, EncoderSpec, UnknownArchError, register_decoder,
+                       register_encoder)
 from .weights import WeightsError
 
-__all__ = ["DECODERS", "ENCODERS", "ModelBuilder", "SegmentationModule", "WeightsError",
-           "set_bn_momentum"]
+__all__ = ["DECODERS", "ENCODERS", "EncoderSpec", "ModelBuilder", "SegmentationModule",
+           "SegmentationNetwork", "UnknownArchError", "WeightsError", "build_model",
+           "build_network", "register_decoder", "register_encoder", "set_bn_momentum"]

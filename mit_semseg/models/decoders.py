@@ -7,6 +7,12 @@ encoder's list of feature maps (the last one has ``fc_dim`` channels). With
 ``*_deepsup`` decoders return ``(main, deepsup)`` where ``deepsup`` is
 predicted from the second-to-last map (``fc_dim // 2`` channels).
 
+``in_channels`` (every decoder; optional): the channels of each feature map,
+as an encoder that declares ``out_channels`` reports them. Given, it replaces
+``fc_dim`` (the last entry) and the widths the original derives from it (the
+deep-supervision input, UPerNet's ``fpn_inplanes``); the state-dict keys stay
+the same.
+
 ``factorized_pyramid`` (PPM and UPerNet; off in a freshly built decoder, so
 the module computes the original's operations; switched on by the inference
 copy and by the default training step, off with ``VAL/TEST/TRAIN.exact``)
@@ -23,7 +29,8 @@ import torch.nn.functional as F
 from mit_semseg.nn import SynchronizedBatchNorm2d
 
 from ._layers import conv3x3_bn_relu
-from .fusable import Fusable, register_fusable
+from .fusable import Fusable
+from .registry import register_decoder
 
 PPM_CHANNELS = 512  # width of every pyramid-pooling branch
 
@@ -145,7 +152,17 @@ def pyramid_conv(conv: nn.Module, top: torch.Tensor,
     return y + term
 
 
-class _Decoder(nn.Module):
+def _widths(fc_dim: int, in_channels: Sequence[int] | None) -> tuple[int, int]:
+    """(channels of the last map, of the second-to-last map) for deep supervision."""
+    if in_channels is None:
+        return fc_dim, fc_dim // 2
+    if len(in_channels) < 1:
+        raise ValueError("in_channels must list at least one feature map")
+    last = int(in_channels[-1])
+    return last, int(in_channels[-2]) if len(in_channels) > 1 else last
+
+
+class Decoder(nn.Module):
     """Turns raw class scores into the contract's outputs.
 
     Subclasses implement ``logits(conv_out)`` (scores at feature resolution)
@@ -180,16 +197,21 @@ class _Decoder(nn.Module):
         return x
 
 
-class C1(_Decoder):
+_Decoder = Decoder  # the name of earlier versions
+
+
+@register_decoder("c1")
+class C1(Decoder):
     """One 3x3 conv-BN-ReLU on the last feature map, then a 1x1 class layer."""
 
     def __init__(self, num_class: int = 150, fc_dim: int = 2048, use_softmax: bool = False,
-                 deep_sup: bool = False) -> None:
+                 deep_sup: bool = False, in_channels: Sequence[int] | None = None) -> None:
+        fc_dim, below = _widths(fc_dim, in_channels)
         super().__init__(num_class, fc_dim, use_softmax, deep_sup)
         width = fc_dim // 4
         self.cbr = conv3x3_bn_relu(fc_dim, width)
         if deep_sup:
-            self.cbr_deepsup = conv3x3_bn_relu(fc_dim // 2, width)
+            self.cbr_deepsup = conv3x3_bn_relu(below, width)
         self.conv_last = nn.Conv2d(width, num_class, kernel_size=1)
         if deep_sup:
             self.conv_last_deepsup = nn.Conv2d(width, num_class, kernel_size=1)
@@ -202,14 +224,17 @@ class C1(_Decoder):
         return self.conv_last_deepsup(self.cbr_deepsup(conv_out[-2]))
 
 
+@register_decoder("c1_deepsup")
 class C1DeepSup(C1):
     """C1 with an auxiliary C1 head on the second-to-last feature map."""
 
-    def __init__(self, num_class: int = 150, fc_dim: int = 2048, use_softmax: bool = False) -> None:
-        super().__init__(num_class, fc_dim, use_softmax, deep_sup=True)
+    def __init__(self, num_class: int = 150, fc_dim: int = 2048, use_softmax: bool = False,
+                 in_channels: Sequence[int] | None = None) -> None:
+        super().__init__(num_class, fc_dim, use_softmax, deep_sup=True, in_channels=in_channels)
 
 
-class PPM(_Decoder):
+@register_decoder("ppm", fusable=Fusable(pyramid=True))
+class PPM(Decoder):
     """Pyramid pooling (PSPNet): pooled branches at 1, 2, 3, 6 joined to the map."""
 
     # True: the head's first convolution through ``pyramid_conv`` (same function,
@@ -217,13 +242,15 @@ class PPM(_Decoder):
     factorized_pyramid = False
 
     def __init__(self, num_class: int = 150, fc_dim: int = 4096, use_softmax: bool = False,
-                 pool_scales: Sequence[int] = (1, 2, 3, 6), deep_sup: bool = False) -> None:
+                 pool_scales: Sequence[int] = (1, 2, 3, 6), deep_sup: bool = False,
+                 in_channels: Sequence[int] | None = None) -> None:
+        fc_dim, below = _widths(fc_dim, in_channels)
         super().__init__(num_class, fc_dim, use_softmax, deep_sup)
         self.ppm = nn.ModuleList(
             nn.Sequential(nn.AdaptiveAvgPool2d(s), *_conv1x1_bn_relu(fc_dim, PPM_CHANNELS))
             for s in pool_scales)
         if deep_sup:
-            self.cbr_deepsup = conv3x3_bn_relu(fc_dim // 2, fc_dim // 4)
+            self.cbr_deepsup = conv3x3_bn_relu(below, fc_dim // 4)
         self.conv_last = nn.Sequential(
             *conv3x3_bn_relu(fc_dim + len(pool_scales) * PPM_CHANNELS, PPM_CHANNELS),
             nn.Dropout2d(0.1),
@@ -247,15 +274,20 @@ class PPM(_Decoder):
         return self.conv_last_deepsup(self.dropout_deepsup(self.cbr_deepsup(conv_out[-2])))
 
 
+@register_decoder("ppm_deepsup")
 class PPMDeepsup(PPM):
     """PPM with an auxiliary head on the second-to-last feature map."""
 
     def __init__(self, num_class: int = 150, fc_dim: int = 4096, use_softmax: bool = False,
-                 pool_scales: Sequence[int] = (1, 2, 3, 6)) -> None:
-        super().__init__(num_class, fc_dim, use_softmax, pool_scales, deep_sup=True)
+                 pool_scales: Sequence[int] = (1, 2, 3, 6),
+                 in_channels: Sequence[int] | None = None) -> None:
+        super().__init__(num_class, fc_dim, use_softmax, pool_scales, deep_sup=True,
+                         in_channels=in_channels)
 
 
-class UPerNet(_Decoder):
+@register_decoder("upernet", fpn_dim=512)
+@register_decoder("upernet_lite", fpn_dim=256, fusable=Fusable(pyramid=True))
+class UPerNet(Decoder):
     """Unified perceptual parsing: pyramid pooling on the top map + an FPN fused
     at the resolution of the first feature map."""
 
@@ -264,7 +296,10 @@ class UPerNet(_Decoder):
 
     def __init__(self, num_class: int = 150, fc_dim: int = 4096, use_softmax: bool = False,
                  pool_scales: Sequence[int] = (1, 2, 3, 6),
-                 fpn_inplanes: Sequence[int] = (256, 512, 1024, 2048), fpn_dim: int = 256) -> None:
+                 fpn_inplanes: Sequence[int] = (256, 512, 1024, 2048), fpn_dim: int = 256,
+                 in_channels: Sequence[int] | None = None) -> None:
+        if in_channels is not None:
+            fc_dim, fpn_inplanes = int(in_channels[-1]), tuple(int(c) for c in in_channels)
         super().__init__(num_class, fc_dim, use_softmax, deep_sup=False)
         # Unlike PPM, pooled maps are resized back before their 1x1 conv.
         self.ppm_pooling = nn.ModuleList(nn.AdaptiveAvgPool2d(s) for s in pool_scales)
@@ -303,6 +338,3 @@ class UPerNet(_Decoder):
         fused = [levels[0]] + [_resize(level, size) for level in levels[1:]]
         return self.conv_last(torch.cat(fused, dim=1))
 
-
-register_fusable(PPM, Fusable(pyramid=True))
-register_fusable(UPerNet, Fusable(pyramid=True))

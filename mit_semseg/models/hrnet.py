@@ -22,7 +22,8 @@ from mit_semseg.nn import SynchronizedBatchNorm2d
 from mit_semseg.models.resnet import conv3x3  # noqa: F401 (the original's name here)
 from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
 from mit_semseg.models.weights import load_url  # noqa: F401
-from mit_semseg.models.fusable import Fusable, register_fusable, residual_block
+from mit_semseg.models.fusable import Fusable, residual_block
+from mit_semseg.models.registry import EncoderSpec, register_encoder
 
 __all__ = ["BasicBlock", "Bottleneck", "HighResolutionModule", "HRNetV2", "hrnetv2"]
 
@@ -258,19 +259,20 @@ class HRNetV2(nn.Module):
         return [torch.cat(upsampled, dim=1)]
 
 
-# --------------------------------------------------------------------------- fusable blocks
-
-register_fusable(BasicBlock, residual_block(2))
-register_fusable(Bottleneck, residual_block(3))
-register_fusable(HRNetV2, Fusable(pairs=(("conv1", "bn1"), ("conv2", "bn2")),
-                                  stem=(("conv1", "bn1", "relu"), ("conv2", "bn2", "relu"))))
-
-
 # --------------------------------------------------------------------------- builder
 
-def hrnetv2(pretrained: bool = False, model_dir: str = DEFAULT_PRETRAINED_DIR) -> nn.Module:
+def hrnetv2(pretrained: bool = False, model_dir: str = DEFAULT_PRETRAINED_DIR,
+            mirrors: Sequence[str] = ()) -> nn.Module:
     """Build the HRNetV2-W48 encoder, optionally with ImageNet weights (cached in ``model_dir``)."""
     model = HRNetV2()
     if pretrained:
-        load_pretrained(model, IMAGENET_URL, model_dir)
+        load_pretrained(model, IMAGENET_URL, model_dir, mirrors=mirrors)
     return model
+
+
+@register_encoder("hrnetv2", fusable={
+    BasicBlock: residual_block(2), Bottleneck: residual_block(3),
+    HRNetV2: Fusable(pairs=(("conv1", "bn1"), ("conv2", "bn2")),
+                     stem=(("conv1", "bn1", "relu"), ("conv2", "bn2", "relu")))})
+def _hrnetv2(spec: EncoderSpec) -> nn.Module:
+    return hrnetv2(spec.pretrained, spec.model_dir, spec.mirrors)

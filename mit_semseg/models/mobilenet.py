@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -17,7 +18,8 @@ from mit_semseg.nn import SynchronizedBatchNorm2d
 from mit_semseg.models._layers import dilate_conv_
 from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
 from mit_semseg.models.weights import load_url  # noqa: F401 (the original's name here)
-from mit_semseg.models.fusable import Fusable, Residual, register_fusable
+from mit_semseg.models.fusable import Fusable, Residual
+from mit_semseg.models.registry import EncoderSpec, register_encoder
 
 BatchNorm2d = SynchronizedBatchNorm2d  # the original's name
 
@@ -173,17 +175,19 @@ class MobileNetV2Dilated(nn.Module):
         return maps
 
 
-# --------------------------------------------------------------------------- fusable blocks
+# --------------------------------------------------------------------------- builders
 
-register_fusable(InvertedResidual, Fusable(
-    residual=Residual(sequence="conv", activation="none", enabled_by="use_res_connect")))
-
-
-# --------------------------------------------------------------------------- builder
-
-def mobilenetv2(pretrained: bool = False, model_dir: str = DEFAULT_PRETRAINED_DIR) -> MobileNetV2:
+def mobilenetv2(pretrained: bool = False, model_dir: str = DEFAULT_PRETRAINED_DIR,
+                mirrors: Sequence[str] = ()) -> MobileNetV2:
     """MobileNetV2 (width 1.0), ImageNet weights if ``pretrained``."""
     model = MobileNetV2(n_class=1000)
     if pretrained:
-        load_pretrained(model, model_urls["mobilenetv2"], model_dir)
+        load_pretrained(model, model_urls["mobilenetv2"], model_dir, mirrors=mirrors)
     return model
+
+
+@register_encoder("mobilenetv2dilated", fusable={InvertedResidual: Fusable(
+    residual=Residual(sequence="conv", activation="none", enabled_by="use_res_connect"))})
+def _mobilenetv2dilated(spec: EncoderSpec) -> MobileNetV2Dilated:
+    net = mobilenetv2(spec.pretrained, spec.model_dir, spec.mirrors)
+    return MobileNetV2Dilated(net, dilate_scale=8)

@@ -17,7 +17,8 @@ from mit_semseg.nn import SynchronizedBatchNorm2d
 from mit_semseg.models._layers import dilate_conv_
 from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
 from mit_semseg.models.weights import load_url  # noqa: F401 (the original's name here)
-from mit_semseg.models.fusable import Fusable, register_fusable, residual_block
+from mit_semseg.models.fusable import Fusable, residual_block
+from mit_semseg.models.registry import EncoderSpec, register_encoder
 
 BatchNorm2d = SynchronizedBatchNorm2d  # the original's name
 
@@ -211,34 +212,50 @@ class ResnetDilated(Resnet):
         super().__init__(orig_resnet)
 
 
-# --------------------------------------------------------------------------- fusable blocks
-
-_STEM_LAYERS = tuple((f"conv{i}", f"bn{i}", f"relu{i}") for i in range(1, len(_STEM) + 1))
-register_fusable(BasicBlock, residual_block(2))
-register_fusable(Bottleneck, residual_block(3))
-for _net in (ResNet, Resnet):
-    register_fusable(_net, Fusable(pairs=tuple(s[:2] for s in _STEM_LAYERS), stem=_STEM_LAYERS))
-
 # --------------------------------------------------------------------------- builders
 
 def _build(block: type[_ResidualBlock], layers: Sequence[int], name: str, pretrained: bool,
-           model_dir: str) -> ResNet:
+           model_dir: str, mirrors: Sequence[str] = ()) -> ResNet:
     model = ResNet(block, layers)
     if pretrained:
-        load_pretrained(model, model_urls[name], model_dir)
+        load_pretrained(model, model_urls[name], model_dir, mirrors=mirrors)
     return model
 
 
-def resnet18(pretrained: bool = False, model_dir: str = DEFAULT_PRETRAINED_DIR) -> ResNet:
+def resnet18(pretrained: bool = False, model_dir: str = DEFAULT_PRETRAINED_DIR,
+             mirrors: Sequence[str] = ()) -> ResNet:
     """ResNet-18 (deep stem), ImageNet weights if ``pretrained``."""
-    return _build(BasicBlock, (2, 2, 2, 2), "resnet18", pretrained, model_dir)
+    return _build(BasicBlock, (2, 2, 2, 2), "resnet18", pretrained, model_dir, mirrors)
 
 
-def resnet50(pretrained: bool = False, model_dir: str = DEFAULT_PRETRAINED_DIR) -> ResNet:
+def resnet50(pretrained: bool = False, model_dir: str = DEFAULT_PRETRAINED_DIR,
+             mirrors: Sequence[str] = ()) -> ResNet:
     """ResNet-50 (deep stem), ImageNet weights if ``pretrained``."""
-    return _build(Bottleneck, (3, 4, 6, 3), "resnet50", pretrained, model_dir)
+    return _build(Bottleneck, (3, 4, 6, 3), "resnet50", pretrained, model_dir, mirrors)
 
 
-def resnet101(pretrained: bool = False, model_dir: str = DEFAULT_PRETRAINED_DIR) -> ResNet:
+def resnet101(pretrained: bool = False, model_dir: str = DEFAULT_PRETRAINED_DIR,
+              mirrors: Sequence[str] = ()) -> ResNet:
     """ResNet-101 (deep stem), ImageNet weights if ``pretrained``."""
-    return _build(Bottleneck, (3, 4, 23, 3), "resnet101", pretrained, model_dir)
+    return _build(Bottleneck, (3, 4, 23, 3), "resnet101", pretrained, model_dir, mirrors)
+
+
+# --------------------------------------------------------------------------- registration
+
+_STEM_LAYERS = tuple((f"conv{i}", f"bn{i}", f"relu{i}") for i in range(1, len(_STEM) + 1))
+_STEM_SPEC = Fusable(pairs=tuple(s[:2] for s in _STEM_LAYERS), stem=_STEM_LAYERS)
+_TRUNKS = {"resnet18": resnet18, "resnet50": resnet50, "resnet101": resnet101}
+
+
+@register_encoder("resnet18", "resnet50", "resnet101",
+                  fusable={BasicBlock: residual_block(2), Bottleneck: residual_block(3),
+                           ResNet: _STEM_SPEC, Resnet: _STEM_SPEC})
+def _resnet(spec: EncoderSpec) -> Resnet:
+    trunk = _TRUNKS[spec.arch](spec.pretrained, spec.model_dir, spec.mirrors)
+    return Resnet(trunk)
+
+
+@register_encoder("resnet18dilated", "resnet50dilated", "resnet101dilated")
+def _resnet_dilated(spec: EncoderSpec) -> ResnetDilated:
+    trunk = _TRUNKS[spec.arch[:-len("dilated")]](spec.pretrained, spec.model_dir, spec.mirrors)
+    return ResnetDilated(trunk, dilate_scale=8)

@@ -6,12 +6,15 @@ the segmentation encoder is the plain :class:`~mit_semseg.models.resnet.Resnet`.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch.nn as nn
 
 from mit_semseg.nn import SynchronizedBatchNorm2d  # noqa: F401 (the original's name here)
 from mit_semseg.models.resnet import BatchNorm2d, Bottleneck, ResNet, Resnet, conv3x3  # noqa: F401
 from mit_semseg.models.weights import DEFAULT_PRETRAINED_DIR, load_pretrained
 from mit_semseg.models.weights import load_url  # noqa: F401
+from mit_semseg.models.registry import EncoderSpec, register_encoder
 
 __all__ = ["GroupBottleneck", "ResNeXt", "Resnet", "resnext101"]
 
@@ -42,9 +45,16 @@ class ResNeXt(ResNet):
         super().__init__(block, layers, num_classes=num_classes, widths=_WIDTHS, groups=groups)
 
 
-def resnext101(pretrained: bool = False, model_dir: str = DEFAULT_PRETRAINED_DIR) -> ResNeXt:
+def resnext101(pretrained: bool = False, model_dir: str = DEFAULT_PRETRAINED_DIR,
+               mirrors: Sequence[str] = ()) -> ResNeXt:
     """ResNeXt-101 32-group, ImageNet weights if ``pretrained``."""
     model = ResNeXt(GroupBottleneck, (3, 4, 23, 3), groups=32)
     if pretrained:
-        load_pretrained(model, model_urls["resnext101"], model_dir)
+        load_pretrained(model, model_urls["resnext101"], model_dir, mirrors=mirrors)
     return model
+
+
+# GroupBottleneck and ResNeXt inherit the fusable declarations of Bottleneck and ResNet.
+@register_encoder("resnext101")
+def _resnext101(spec: EncoderSpec) -> Resnet:
+    return Resnet(resnext101(spec.pretrained, spec.model_dir, spec.mirrors))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -111,7 +111,8 @@ _BN_BOOKKEEPING = ("num_batches_tracked", "_tmp_running_mean", "_tmp_running_var
                    "_running_iter")
 
 
-def load_pretrained(model: nn.Module, url: str, model_dir: str = DEFAULT_PRETRAINED_DIR) -> None:
+def load_pretrained(model: nn.Module, url: str, model_dir: str = DEFAULT_PRETRAINED_DIR,
+                    mirrors: Sequence[str] = ()) -> None:
     """Load the ImageNet weights at ``url`` (cached in ``model_dir``) into ``model``.
 
     Files from 2018 may lack BatchNorm bookkeeping buffers (they keep their
