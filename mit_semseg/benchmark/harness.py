@@ -266,18 +266,21 @@ class Pair:
         self.enc_weights = os.path.join(workdir, f"{self.name}.encoder.pth")
         self.dec_weights = os.path.join(workdir, f"{self.name}.decoder.pth")
 
-    def build(self, use_softmax: bool = True) -> tuple[nn.Module, nn.Module]:
-        from ..models import ModelBuilder
+    def build(self, use_softmax: bool = True) -> nn.Module:
+        """The pair's ``SegmentationNetwork`` in eval mode, filled by the parity weight
+        rule (files written once); ``use_softmax``: the decoder's own forward returns
+        probabilities, as the original's inference modules do."""
+        from ..models import network_from_archs
         if not os.path.exists(self.dec_weights):
-            enc = ModelBuilder.build_encoder(self.enc_arch, self.fc_dim, pretrained=False)
-            dec = ModelBuilder.build_decoder(self.dec_arch, self.fc_dim, self.num_class)
-            for net, path in ((enc, self.enc_weights), (dec, self.dec_weights)):
-                torch.save({k: rule_tensor(k, v.shape) for k, v in net.state_dict().items()}, path)
-        enc = ModelBuilder.build_encoder(self.enc_arch, self.fc_dim, weights=self.enc_weights,
-                                         pretrained=False)
-        dec = ModelBuilder.build_decoder(self.dec_arch, self.fc_dim, self.num_class,
-                                         weights=self.dec_weights, use_softmax=use_softmax)
-        return enc.eval(), dec.eval()
+            net = network_from_archs(self.enc_arch, self.dec_arch, num_class=self.num_class,
+                                     fc_dim=self.fc_dim)
+            for part, path in ((net.encoder, self.enc_weights), (net.decoder, self.dec_weights)):
+                torch.save({k: rule_tensor(k, v.shape) for k, v in part.state_dict().items()},
+                           path)
+        net = network_from_archs(self.enc_arch, self.dec_arch, num_class=self.num_class,
+                                 fc_dim=self.fc_dim, weights=(self.enc_weights, self.dec_weights),
+                                 use_softmax=use_softmax)
+        return net.eval()
 
 
 def scene(height: int, width: int, seed: int = 0):
@@ -292,13 +295,10 @@ def scene(height: int, width: int, seed: int = 0):
 def write_rule_checkpoint(cfg: Any, folder: str) -> None:
     """``folder/{encoder,decoder}_<TEST.checkpoint>`` for the model of ``cfg``, filled
     by the parity weight rule (deterministic, no training or download)."""
-    from ..models import ModelBuilder
+    from ..models import build_model
     os.makedirs(folder, exist_ok=True)
-    fc_dim, arch = cfg.MODEL.fc_dim, cfg.MODEL
-    nets = {"encoder": ModelBuilder.build_encoder(arch.arch_encoder.lower(), fc_dim, "",
-                                                  pretrained=False),
-            "decoder": ModelBuilder.build_decoder(arch.arch_decoder.lower(), fc_dim,
-                                                  cfg.DATASET.num_class, "", use_softmax=True)}
+    network = build_model(cfg)
+    nets = {"encoder": network.encoder, "decoder": network.decoder}
     for role, net in nets.items():
         state = {k: rule_tensor(k, v.shape) for k, v in net.state_dict().items()}
         torch.save(state, os.path.join(folder, f"{role}_{cfg.TEST.checkpoint}"))

@@ -60,17 +60,17 @@ def reference_of(methods: list[str]) -> str | None:
     return next((m for m in ("original", "plain", "exact") if m in methods), None)
 
 
-def _engines(enc: torch.nn.Module, dec: torch.nn.Module, methods: list[str],
+def _engines(network: torch.nn.Module, methods: list[str],
              dev: torch.device) -> dict[str, Any]:
     from ..inference import InferenceEngine
     engines: dict[str, Any] = {}
     for m in methods:
         if m == "exact":
-            engines[m] = InferenceEngine(enc, dec, device=dev, exact=True)
+            engines[m] = InferenceEngine(network, device=dev, exact=True)
         elif m == "default":
-            engines[m] = InferenceEngine(enc, dec, device=dev)
+            engines[m] = InferenceEngine(network, device=dev)
         elif m.startswith("default-"):
-            engines[m] = InferenceEngine(enc, dec, device=dev, precision=m[len("default-"):])
+            engines[m] = InferenceEngine(network, device=dev, precision=m[len("default-"):])
     return engines
 
 
@@ -100,13 +100,13 @@ def infer_case(bench: Bench, kind: str, pair: Pair, imgs: list[torch.Tensor],
     """Time every method on the resized copies ``imgs`` of one image of ``size``
     (H, W); compare the labels of the last run with the reference's."""
     a, dev, worker = bench.args, bench.device, bench.worker
-    enc, dec = pair.build(use_softmax=True)
-    enc, dec = enc.to(dev), dec.to(dev)
+    network = pair.build(use_softmax=True).to(dev)
+    enc, dec = network.encoder, network.decoder
     imgs = [t.to(dev) for t in imgs]
     gflops = count_gflops(enc, dec, imgs)
     gflops_factorized = count_gflops(enc, dec, imgs, factorized=True)
     methods = methods_run(bench)
-    engines = _engines(enc, dec, methods, dev)
+    engines = _engines(network, methods, dev)
     key = f"{kind}:{pair.name}"
     labels_path = os.path.join(bench.workdir, "orig_labels.pt")
     if worker is not None:

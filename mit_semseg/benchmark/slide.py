@@ -109,8 +109,7 @@ def run_slide(bench: Bench) -> None:
     a, dev = bench.args, bench.device
     o = _options(a)
     pair = Pair(o["pair"], a.num_class, bench.workdir)
-    enc, dec = pair.build(use_softmax=True)
-    engine = InferenceEngine(enc.to(dev), dec.to(dev), device=dev)
+    engine = InferenceEngine(pair.build(use_softmax=True).to(dev), device=dev)
     window = SlideWindow(o["crop"], o["stride"], o["scale"])
     photo = np.asarray(scene(o["photo"][0], o["photo"][1], seed=7).convert("RGB"))
     tiles = _tiles(o["photo"], window)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..models import ModelBuilder, SegmentationModule
+from ..models import SegmentationModule, network_from_archs
 from ..accel import channels_last_, fast_training_
 from ..training.optim import group_weight, make_sgd
 from .harness import (Bench, MemoryProbe, Pair, Recorder, median,
@@ -31,11 +31,12 @@ def train_setup(pair: Pair, method: str, device: torch.device,
     """A SegmentationModule in training mode, its two SGD optimizers and the
     autocast context (or None) of ``method`` ("exact", "default", "default-bf16");
     ``weights``: (encoder, decoder) state-dict files, else a random init."""
-    enc_w, dec_w = weights or ("", "")
-    enc = ModelBuilder.build_encoder(pair.enc_arch, pair.fc_dim, weights=enc_w, pretrained=False)
-    dec = ModelBuilder.build_decoder(pair.dec_arch, pair.fc_dim, pair.num_class, weights=dec_w)
+    network = network_from_archs(pair.enc_arch, pair.dec_arch, num_class=pair.num_class,
+                                 fc_dim=pair.fc_dim, weights=weights)
+    enc, dec = network.encoder, network.decoder
     deep_sup = 0.4 if pair.dec_arch.endswith("deepsup") else None
-    module = SegmentationModule(enc, dec, nn.NLLLoss(ignore_index=-1), deep_sup).to(device).train()
+    module = SegmentationModule.from_network(network, nn.NLLLoss(ignore_index=-1),
+                                             deep_sup).to(device).train()
     if method == "exact":
         sgd: Any = torch.optim.SGD
         ctx = None
@@ -78,10 +79,10 @@ def _train_pair(bench: Bench, pair: Pair) -> dict[str, Any]:
     torch.manual_seed(0)
     init = (os.path.join(bench.workdir, f"train_{pair.name}.enc.pth"),
             os.path.join(bench.workdir, f"train_{pair.name}.dec.pth"))
-    torch.save(ModelBuilder.build_encoder(pair.enc_arch, pair.fc_dim, pretrained=False)
-               .state_dict(), init[0])
-    torch.save(ModelBuilder.build_decoder(pair.dec_arch, pair.fc_dim, pair.num_class)
-               .state_dict(), init[1])
+    fresh = network_from_archs(pair.enc_arch, pair.dec_arch, num_class=pair.num_class,
+                               fc_dim=pair.fc_dim)
+    torch.save(fresh.encoder.state_dict(), init[0])
+    torch.save(fresh.decoder.state_dict(), init[1])
     batches = _batches(bench, pair, 4)
     methods = train_methods(bench)
     state: dict[str, Any] = {}

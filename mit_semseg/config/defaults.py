@@ -145,6 +145,16 @@ _C.TRAIN = CN({
     # (mit_semseg/accel/training.py). True: the original's operations (NCHW,
     # resize+concat heads, PyTorch's default SGD). Checkpoints are the same.
     "exact": False,
+    # new: which batches each iteration gets. "resumable" (default): streams
+    # seeded from (TRAIN.seed, iteration), so a run resumed anywhere equals one
+    # that never stopped (docs/training.md). "original": the original
+    # train.py's sequence (NumPy seeded by the loader's first index, its walk
+    # and reshuffles, one stream per loader worker); with TRAIN.exact True a run
+    # on one device equals the original's iteration by iteration.
+    "stream": "resumable",
+    # new: extra trainer hooks by name (mit_semseg.training.hooks.register_hook),
+    # or "package.module:name" to import the module that registers it.
+    "hooks": [],
     # new: intra-op CPU threads for training on the CPU (torch.set_num_threads);
     # 0 keeps PyTorch's default (one per core). On small or shared CPUs fewer
     # threads can be faster: OpenMP threads that wait for each other stall.

@@ -272,6 +272,13 @@ class TrainDataset(BaseDataset):
         rng = self._stream()
         group = self._next_group(rng)
         short = self.imgSizes[int(rng.integers(len(self.imgSizes)))]
+        flips = [bool(self.random_flip and rng.integers(2)) for _ in group]
+        return self.make_batch(group, short, flips)
+
+    def make_batch(self, group: Sequence[int], short: int,
+                   flips: Sequence[bool]) -> dict[str, torch.Tensor]:
+        """The batch of samples ``group`` (indices into the list) scaled to short side
+        ``short``, each mirrored where ``flips`` says (the images decoded here)."""
         # Sizes come from the odgt width/height (as the original); checked against the file below.
         sizes = [self.scaled_size(self.list_sample[i]["height"], self.list_sample[i]["width"], short)
                  for i in group]
@@ -282,7 +289,7 @@ class TrainDataset(BaseDataset):
         images = torch.zeros(len(group), 3, batch_h, batch_w)
         labels = torch.full((len(group), batch_h // r, batch_w // r),
                             -1 if self.ignore_padding else 0, dtype=torch.int64)
-        for k, (index_k, (h, w)) in enumerate(zip(group, sizes)):
+        for k, (index_k, (h, w), flip) in enumerate(zip(group, sizes, flips)):
             img, segm = self._load_pair(index_k, self.root_dataset)
             rec = self.list_sample[index_k]
             if img.size != (rec["width"], rec["height"]):
@@ -290,7 +297,7 @@ class TrainDataset(BaseDataset):
                     f"{self._where[index_k]}: {os.path.join(self.root_dataset, rec['fpath_img'])}: "
                     f"odgt says {rec['width']}x{rec['height']} but the image is "
                     f"{img.size[0]}x{img.size[1]} (width x height)")
-            if self.random_flip and rng.integers(2):
+            if flip:
                 img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
                 segm = segm[:, ::-1]
             img = imresize(img, (w, h), "bilinear")

@@ -112,11 +112,11 @@ def evaluate(cfg: CfgNode, device: Any = "auto", *, progress: bool = True,
     return write_report(metrics, cfg, seconds, stream, panels=worst.panels())
 
 
-def validate(cfg: CfgNode, encoder: torch.nn.Module, decoder: torch.nn.Module,
-             device: Any, img_sizes: Sequence[int] | None = None) -> dict[str, Any]:
-    """Evaluate in-memory ``encoder``/``decoder`` (e.g. during training) on
+def validate(cfg: CfgNode, network: torch.nn.Module, device: Any,
+             img_sizes: Sequence[int] | None = None) -> dict[str, Any]:
+    """Evaluate an in-memory ``SegmentationNetwork`` (e.g. during training) on
     ``DATASET.list_val`` at ``img_sizes`` (default: DATASET.imgSizes); nothing is
-    written. Leaves both nets in eval mode. Returns the metrics summary with the
+    written. Leaves the network in eval mode. Returns the metrics summary with the
     class names and ``time`` (seconds, loading included)."""
     tic = time.perf_counter()
     vcfg = cfg.clone()
@@ -124,7 +124,7 @@ def validate(cfg: CfgNode, encoder: torch.nn.Module, decoder: torch.nn.Module,
     vcfg.VAL.visualize = False
     if img_sizes:
         vcfg.DATASET.imgSizes = tuple(int(s) for s in img_sizes)
-    engine = InferenceEngine(encoder, decoder, device=device,
+    engine = InferenceEngine(network, device=device,
                              preprocess=Preprocess.from_config(vcfg.DATASET))
     metrics, _, _ = _evaluate_part(vcfg, engine, _val_dataset(vcfg), [])
     return {**metrics.summary(class_names(cfg)), "time": time.perf_counter() - tic}

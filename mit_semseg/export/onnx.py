@@ -35,7 +35,7 @@ import torch.nn as nn
 from ..data.classes import class_colors, class_names
 from ..data.transforms import Preprocess
 from ..inference.backends import OnnxBackend, decode_metadata
-from ..models import ModelBuilder
+from ..models import SegmentationNetwork, build_model
 
 __all__ = ["ExportPool", "ScoreNetwork", "exportable", "metadata", "export_onnx",
            "read_metadata", "compare_onnx", "build_network", "EXPORTERS", "DEFAULT_OPSET",
@@ -102,18 +102,9 @@ def exportable(module: nn.Module) -> nn.Module:
     return out
 
 
-class ScoreNetwork(nn.Module):
-    """encoder + ``decoder.logits``: normalised image -> class scores at feature resolution."""
-
-    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
-        super().__init__()
-        if not hasattr(decoder, "logits"):
-            raise TypeError(f"{type(decoder).__name__} has no logits(conv_out) method")
-        self.encoder = encoder
-        self.decoder = decoder
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.decoder.logits(self.encoder(image, return_feature_maps=True))
+# The exported function is the network's forward without segSize: normalised image ->
+# class scores at feature resolution (the name of earlier versions kept).
+ScoreNetwork = SegmentationNetwork
 
 
 # ============================================================================ metadata
@@ -229,12 +220,6 @@ def compare_onnx(path: str, network: nn.Module, sizes: Sequence[tuple[int, int]]
 
 # ============================================================================ building
 
-def build_network(cfg: Any, encoder_weights: str, decoder_weights: str) -> ScoreNetwork:
-    """Encoder + decoder of ``cfg.MODEL`` with these weight files, as one score network."""
-    model = cfg.MODEL
-    encoder = ModelBuilder.build_encoder(arch=model.arch_encoder.lower(), fc_dim=model.fc_dim,
-                                         weights=encoder_weights, pretrained=False)
-    decoder = ModelBuilder.build_decoder(arch=model.arch_decoder.lower(), fc_dim=model.fc_dim,
-                                         num_class=cfg.DATASET.num_class, weights=decoder_weights,
-                                         use_softmax=True)
-    return ScoreNetwork(encoder, decoder).eval()
+def build_network(cfg: Any, encoder_weights: str, decoder_weights: str) -> SegmentationNetwork:
+    """The network of ``cfg`` with these weight files (``models.build_model``), in eval mode."""
+    return build_model(cfg, (encoder_weights, decoder_weights)).eval()

@@ -52,18 +52,19 @@ class OnnxMismatchError(ConfigError):
 
 
 class TorchBackend:
-    """``backend(img)``: class scores of encoder + decoder on ``device``.
+    """``backend(img)``: class scores of a ``SegmentationNetwork`` on ``device``.
 
     ``precision``: "fp32", or "bf16"/"fp16" for the network (bf16 casts the
     inference copy, class layers kept float32; fp16 and the exact path use
-    autocast). ``exact``: run ``encoder`` and ``decoder`` as given (NCHW,
+    autocast). ``exact``: run the network's encoder and decoder as given (NCHW,
     unfused) instead of an inference copy. ``channels_last`` / ``fuse``: parts
     of the inference copy (see ``accel.optimize_for_inference``).
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, device: torch.device, *,
+    def __init__(self, network: nn.Module, device: torch.device, *,
                  precision: str = "fp32", exact: bool = False, channels_last: bool = True,
                  fuse: bool = True) -> None:
+        encoder, decoder = network.encoder, network.decoder
         if not hasattr(decoder, "logits"):
             raise TypeError(f"{type(decoder).__name__} has no logits(conv_out) method; "
                             "the engine needs class scores before the softmax")

@@ -52,36 +52,38 @@ from PIL import Image
 from ..checkpoints.files import CheckpointNotFoundError, checkpoint_paths
 from ..data.classes import ClassTable
 from ..data.transforms import Preprocess
+from ..models import build_model
 from ..runtime.devices import resolve_device
-from .backends import (TorchBackend, check_metadata, config_claims, file_settings,
-                       make_backend)
+from .backends import TorchBackend, check_metadata, config_claims, file_settings, make_backend
 from .fusion import DEFAULT_BAND_BYTES, Prediction, fuse
 from .slide import SlideWindow, predict_slide, slide_options
 
-__all__ = ["InferenceEngine", "Prediction", "Progress", "build_engine", "engine_from_config",
+__all__ = ["InferenceEngine", "Prediction", "Progress", "engine_from_config",
            "DEFAULT_BAND_BYTES"]
 
 Progress = Callable[[int, int], None]  # progress(done, total): see the module docstring
 
 
 class InferenceEngine:
-    """Multi-scale inference with an encoder/decoder pair (or another backend).
+    """Multi-scale inference with a ``SegmentationNetwork`` (or another backend).
 
-    ``device``: a device spec (see ``runtime.devices``). ``flip``: also average the
+    Build it from a config with :meth:`from_config`; the constructor is the one
+    place every engine is made. ``network``: the model (``models.build_model``),
+    None with ``backend``. ``device``: a device spec (see ``runtime.devices``).
+    ``flip``: also average the
     mirrored image. ``precision``, ``exact``, ``channels_last``, ``fuse``: how the
     PyTorch network runs (see ``backends.TorchBackend``; ``exact`` also fuses
     full-size with the original's operations, its bits). ``band_bytes``: memory
     bound of a fusion band (0: one piece; not used with ``exact``). ``backend``: a
-    callable with a ``num_class`` attribute run in place of encoder + decoder
-    (``backends.OnnxBackend``; encoder and decoder None). ``preprocess``: the resize
+    callable with a ``num_class`` attribute run in place of the network
+    (``backends.OnnxBackend``; network None). ``preprocess``: the resize
     rule of whole-image copies (default: ``Preprocess()``, the ADE20K presets').
     ``window``: a ``slide.SlideWindow`` for sliding-window mode, None for whole
     images. ``classes``: the class table the model itself declares (an exported
     file's, with ``onnx_trust file``), None when the config's applies.
     """
 
-    def __init__(self, encoder: nn.Module | None, decoder: nn.Module | None, *,
-                 device: Any = "auto", flip: bool = False, precision: str = "fp32",
+    def __init__(self, network: nn.Module | None, *, device: Any = "auto", flip: bool = False, precision: str = "fp32",
                  band_bytes: int = DEFAULT_BAND_BYTES, exact: bool = False,
                  channels_last: bool = True, fuse: bool = True, backend: Any = None,
                  preprocess: Preprocess | None = None,
@@ -92,7 +94,9 @@ class InferenceEngine:
                 raise ValueError(f"precision {precision!r} needs the pytorch backend; "
                                  "the onnxruntime backend runs the exported float32 graph")
         else:
-            backend = TorchBackend(encoder, decoder, self.device, precision=precision,
+            if network is None:
+                raise ValueError("InferenceEngine needs a network or a backend")
+            backend = TorchBackend(network, self.device, precision=precision,
                                    exact=exact, channels_last=channels_last, fuse=fuse)
         self.backend = backend
         self.flip = bool(flip)
@@ -218,75 +222,75 @@ class InferenceEngine:
                              return_confidence=return_confidence, progress=progress)
 
 
+    # ---------------------------------------------------------------- building
+    @classmethod
+    def from_config(cls, cfg: Any, section: str = "TEST", device: Any = "auto", *,
+                    network: nn.Module | None = None, weights: tuple[str, str] | None = None,
+                    checkpoint_dir: str | None = None, checkpoint: str | None = None,
+                    **overrides: Any) -> "InferenceEngine":
+        """The engine a config section (``"TEST"`` or ``"VAL"``) describes.
+
+        The model: ``network`` if given (a live one, e.g. training's validation),
+        else ``models.build_model(cfg)`` with ``weights`` (encoder file, decoder file)
+        or ``<checkpoint_dir or DIR>/{encoder,decoder}_<checkpoint or
+        <section>.checkpoint>``; or, with ``<section>.backend onnxruntime``, the graph
+        ``<section>.onnx`` (no weights read; checked against the config, or trusted:
+        ``<section>.onnx_trust``). Preprocessing from ``cfg.DATASET``; flip,
+        precision, exact, band bytes and mode from the section. ``overrides``
+        replace section values: ``flip``, ``precision``, ``exact``, ``band_bytes``,
+        ``backend``, ``onnx_path``, ``onnx_trust``, ``window`` (a ``SlideWindow`` or
+        None), ``channels_last``, ``fuse``.
+        """
+        node = cfg[section]
+        unknown = sorted(set(overrides) - _OVERRIDES)
+        if unknown:
+            raise TypeError(f"unknown engine option(s) {unknown}; expected some of "
+                            f"{sorted(_OVERRIDES)}")
+        opt: dict[str, Any] = dict(flip=node.flip, precision=node.precision, exact=node.exact,
+                                   band_bytes=DEFAULT_BAND_BYTES, backend=node.backend,
+                                   onnx_path=node.onnx, onnx_trust=node.onnx_trust,
+                                   window=slide_options(node, section), channels_last=True,
+                                   fuse=True)
+        opt.update(overrides)
+        preprocess = Preprocess.from_config(cfg.DATASET)
+        trust = str(opt["onnx_trust"] or "config").lower()
+        common = dict(device=device, flip=opt["flip"], precision=opt["precision"],
+                      band_bytes=opt["band_bytes"], window=opt["window"])
+        runner = make_backend(opt["backend"], opt["onnx_path"], trust=trust, section=section)
+        if runner is not None:
+            classes = None
+            if trust == "file":
+                preprocess, classes = file_settings(runner, section)
+            else:
+                check_metadata(runner, config_claims(cfg, sizes=opt["window"] is None), section)
+            return cls(None, backend=runner, preprocess=preprocess, classes=classes, **common)
+        if network is None:
+            network = build_model(cfg, _weight_files(cfg, node, weights, checkpoint_dir,
+                                                     checkpoint))
+        return cls(network, exact=opt["exact"], channels_last=opt["channels_last"],
+                   fuse=opt["fuse"], preprocess=preprocess, **common)
+
+
+_OVERRIDES = {"flip", "precision", "exact", "band_bytes", "backend", "onnx_path", "onnx_trust",
+              "window", "channels_last", "fuse"}
+
+
 def _report(progress: Progress | None, done: int, total: int) -> None:
     if progress is not None:
         progress(done, total)
 
 
-# ============================================================================ building
-
-def build_engine(cfg: Any, encoder_weights: str, decoder_weights: str, *,
-                 device: Any = "auto", flip: bool = False, precision: str = "fp32",
-                 band_bytes: int = DEFAULT_BAND_BYTES, exact: bool = False,
-                 backend: str = "pytorch", onnx_path: str = "", onnx_trust: str = "config",
-                 window: SlideWindow | None = None, section: str = "TEST") -> InferenceEngine:
-    """Build the model described by ``cfg.MODEL`` / ``cfg.DATASET.num_class`` with
-    the given weight files and wrap it in an InferenceEngine that preprocesses as
-    ``cfg.DATASET`` says (``exact``: the original's operations instead of the
-    inference copy). ``backend="onnxruntime"``: run the exported graph
-    ``onnx_path`` instead (weights unused), checked against the config
-    (``onnx_trust="config"``: a file whose metadata disagrees is refused) or on
-    the file's own preprocessing and class table (``"file"``; ``engine.classes``).
-    ``section``: the config section named in messages."""
-    preprocess = Preprocess.from_config(cfg.DATASET)
-    trust = str(onnx_trust or "config").lower()
-    runner = make_backend(backend, onnx_path, trust=trust, section=section)
-    if runner is not None:
-        classes = None
-        if trust == "file":
-            preprocess, classes = file_settings(runner, section)
-        else:
-            check_metadata(runner, config_claims(cfg, sizes=window is None), section)
-        return InferenceEngine(None, None, device=device, flip=flip, precision=precision,
-                               band_bytes=band_bytes, backend=runner, preprocess=preprocess,
-                               window=window, classes=classes)
-    from ..models import ModelBuilder
-    encoder = ModelBuilder.build_encoder(
-        arch=cfg.MODEL.arch_encoder.lower(), fc_dim=cfg.MODEL.fc_dim, weights=encoder_weights,
-        pretrained=False)
-    decoder = ModelBuilder.build_decoder(
-        arch=cfg.MODEL.arch_decoder.lower(), fc_dim=cfg.MODEL.fc_dim,
-        num_class=cfg.DATASET.num_class, weights=decoder_weights, use_softmax=True)
-    return InferenceEngine(encoder, decoder, device=device, flip=flip, precision=precision,
-                           band_bytes=band_bytes, exact=exact, preprocess=preprocess,
-                           window=window)
-
-
-def engine_from_config(cfg: Any, section: str = "TEST", device: Any = "auto", *,
-                       checkpoint_dir: str | None = None, checkpoint: str | None = None,
-                       weights: tuple[str, str] | None = None,
-                       **overrides: Any) -> InferenceEngine:
-    """The engine a config section (``"TEST"`` or ``"VAL"``) describes: the PyTorch
-    model with ``weights`` (encoder file, decoder file) if given, else
-    ``<checkpoint_dir or DIR>/{encoder,decoder}_<checkpoint or <section>.checkpoint>``;
-    or the onnxruntime graph ``<section>.onnx`` (no weights read; checked against
-    the config, or trusted: ``<section>.onnx_trust``). Flip, precision, exact,
-    backend and mode come from the section; ``overrides`` (keyword arguments
-    of ``build_engine``) replace them."""
-    node = cfg[section]
-    options: dict[str, Any] = dict(flip=node.flip, precision=node.precision, exact=node.exact,
-                                   backend=node.backend, onnx_path=node.onnx,
-                                   onnx_trust=node.onnx_trust,
-                                   window=slide_options(node, section), section=section)
-    options.update(overrides)
-    enc = dec = ""
-    if str(options["backend"]).lower() == "onnxruntime":
-        pass
-    elif weights is not None:
-        enc, dec = weights
+def _weight_files(cfg: Any, node: Any, weights: tuple[str, str] | None,
+                  checkpoint_dir: str | None, checkpoint: str | None) -> tuple[str, str]:
+    if weights is not None:
         for path in weights:
             if not os.path.isfile(path):
                 raise CheckpointNotFoundError(f"checkpoint not found: {path}")
-    else:
-        enc, dec = checkpoint_paths(checkpoint_dir or cfg.DIR, checkpoint or node.checkpoint)
-    return build_engine(cfg, enc, dec, device=device, **options)
+        return weights[0], weights[1]
+    return checkpoint_paths(checkpoint_dir or cfg.DIR, checkpoint or node.checkpoint)
+
+
+def engine_from_config(cfg: Any, section: str = "TEST", device: Any = "auto",
+                       **kwargs: Any) -> InferenceEngine:
+    """``InferenceEngine.from_config`` under the name earlier versions exported."""
+    return InferenceEngine.from_config(cfg, section, device, **kwargs)

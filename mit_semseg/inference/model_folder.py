@@ -35,6 +35,7 @@ from ..config import load_cfg
 from ..data.classes import class_table, write_class_table
 from ..data.transforms import Preprocess
 from ..errors import MitSemsegError
+from ..models import build_model
 from ..models.weights import WeightsError, load_weights, read_state_dict
 
 __all__ = ["ModelFolderError", "PretrainedFolder", "CLASSES_FILE", "PREPROCESSING_FILE",
@@ -127,14 +128,10 @@ def _folder_config(cfg: CfgNode, own_table: bool) -> CfgNode:
 
 def _check_weights_fit(cfg: CfgNode, states: Mapping[str, Mapping], paths: Sequence[str],
                        config_name: Any) -> None:
-    from ..models import ModelBuilder
-    encoder = ModelBuilder.build_encoder(cfg.MODEL.arch_encoder.lower(), cfg.MODEL.fc_dim, "",
-                                         pretrained=False)
-    decoder = ModelBuilder.build_decoder(cfg.MODEL.arch_decoder.lower(), cfg.MODEL.fc_dim,
-                                         cfg.DATASET.num_class, "", use_softmax=True)
+    network = build_model(cfg)
     try:
-        load_weights(encoder, states["encoder"], f"encoder weights {paths[0]}")
-        load_weights(decoder, states["decoder"], f"decoder weights {paths[1]}")
+        load_weights(network.encoder, states["encoder"], f"encoder weights {paths[0]}")
+        load_weights(network.decoder, states["decoder"], f"decoder weights {paths[1]}")
     except WeightsError as exc:
         raise ModelFolderError(f"the weights do not fit {config_name} "
                                f"({_describe(cfg)}): {exc}") from None

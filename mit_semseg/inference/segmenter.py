@@ -16,7 +16,7 @@ from PIL import Image
 from ..config import load_cfg
 from ..data.classes import class_colors, class_names, colorEncode
 from ..data.io import read_image
-from .engine import DEFAULT_BAND_BYTES, InferenceEngine, Progress, engine_from_config
+from .engine import DEFAULT_BAND_BYTES, InferenceEngine, Progress
 from .slide import SlideWindow
 
 __all__ = ["Segmenter", "ClassShare", "describe_labels"]
@@ -28,6 +28,9 @@ class ClassShare(NamedTuple):
     name: str
     percent: float
 
+
+# the inference options of from_config / from_pretrained
+_OPTIONS = {"device", "flip", "precision", "band_bytes", "exact", "backend", "onnx_path", "slide"}
 
 ImageInput = Any  # path (str / os.PathLike), PIL.Image.Image, or H x W x 3 uint8 numpy array
 
@@ -46,13 +49,12 @@ class Segmenter:
     """
 
     def __init__(self, engine: InferenceEngine, dataset_opt: Any,
-                 names: Mapping[int, str] | None = None, colors: np.ndarray | None = None,
-                 slide: SlideWindow | None = None) -> None:
-        """``slide``: run ``engine`` in sliding-window mode with this window (it sets
-        ``engine.window``); None keeps the engine's mode."""
+                 names: Mapping[int, str] | None = None,
+                 colors: np.ndarray | None = None) -> None:
+        """Wrap ``engine`` (built with ``InferenceEngine.from_config``; its mode,
+        backend and precision are used as they are); ``dataset_opt``: the config's
+        DATASET section (class table); ``names`` / ``colors`` override it."""
         self.engine = engine
-        if slide is not None:
-            engine.window = slide
         # DATASET.class_table (via dataset_opt) when it describes this model's classes
         table = dataset_opt if getattr(dataset_opt, "num_class", None) == engine.num_class \
             else engine.num_class
@@ -80,18 +82,23 @@ class Segmenter:
         cfg = load_cfg(config, opts) if isinstance(config, (str, os.PathLike)) else config
         if (encoder_weights is None) != (decoder_weights is None):
             raise ValueError("give both encoder_weights and decoder_weights, or neither")
-        options: dict[str, Any] = {"band_bytes": band_bytes}
-        for key, value in (("flip", flip), ("precision", precision), ("exact", exact),
-                           ("backend", backend), ("onnx_path", onnx_path)):
-            if value is not None:
-                options[key] = value
-        if slide is not None:
-            options["window"] = slide or None
         weights = None if encoder_weights is None else (encoder_weights, decoder_weights)
-        engine = engine_from_config(cfg, "TEST", device, checkpoint_dir=checkpoint_dir,
-                                    checkpoint=checkpoint, weights=weights, **options)
+        return cls._build(cfg, device, dict(checkpoint_dir=checkpoint_dir, checkpoint=checkpoint,
+                                            weights=weights),
+                          flip=flip, precision=precision, band_bytes=band_bytes, exact=exact,
+                          backend=backend, onnx_path=onnx_path, slide=slide)
+
+    @classmethod
+    def _build(cls, cfg: Any, device: Any, model: dict[str, Any], *, slide: Any = None,
+               band_bytes: int = DEFAULT_BAND_BYTES, **options: Any) -> "Segmenter":
+        overrides: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+        overrides["band_bytes"] = band_bytes
+        if slide is not None:
+            overrides["window"] = slide or None
+        engine = InferenceEngine.from_config(cfg, "TEST", device, **model, **overrides)
         seg = cls(engine, cfg.DATASET)
-        seg._source = (cfg, weights, checkpoint_dir, checkpoint)
+        seg._source = (cfg, model.get("weights"), model.get("checkpoint_dir"),
+                       model.get("checkpoint"))
         return seg
 
     @classmethod
@@ -109,9 +116,13 @@ class Segmenter:
         from .model_folder import open_pretrained
         opened = open_pretrained(model, config=config, opts=opts, revision=revision,
                                  cache_dir=cache_dir, local_files_only=local_files_only)
+        unknown = sorted(set(options) - _OPTIONS)
+        if unknown:
+            raise TypeError(f"unknown option(s) {unknown}; expected some of {sorted(_OPTIONS)}")
+        device = options.pop("device", "auto")
         try:
-            return cls.from_config(opened.cfg, encoder_weights=opened.encoder,
-                                   decoder_weights=opened.decoder, **options)
+            return cls._build(opened.cfg, device,
+                              dict(weights=(opened.encoder, opened.decoder)), **options)
         except WeightsError as exc:
             raise opened.mismatch(exc) from None
 

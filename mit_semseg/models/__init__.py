@@ -7,11 +7,11 @@ original's ``ModelBuilder`` / ``SegmentationModule``."""
 # the families register themselves when imported
 from . import decoders, hrnet, mobilenet, resnet, resnext  # noqa: F401
 from .builder import ModelBuilder, SegmentationModule
-from .network import SegmentationNetwork, build_model, build_network, set_bn_momentum
+from .network import SegmentationNetwork, build_model, network_from_archs, set_bn_momentum
 from .registry import (DECODERS, ENCODERS, EncoderSpec, UnknownArchError, register_decoder,
                        register_encoder)
 from .weights import WeightsError
 
 __all__ = ["DECODERS", "ENCODERS", "EncoderSpec", "ModelBuilder", "SegmentationModule",
            "SegmentationNetwork", "UnknownArchError", "WeightsError", "build_model",
-           "build_network", "register_decoder", "register_encoder", "set_bn_momentum"]
+           "network_from_archs", "register_decoder", "register_encoder", "set_bn_momentum"]

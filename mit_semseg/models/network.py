@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .registry import EncoderSpec, decoder_factory, encoder_factory
 from .weights import DEFAULT_PRETRAINED_DIR, WeightsError, load_weights, read_state_dict
 
-__all__ = ["SegmentationNetwork", "build_model", "build_network", "build_encoder",
+__all__ = ["SegmentationNetwork", "build_model", "network_from_archs", "build_encoder",
            "build_decoder", "set_bn_momentum", "init_decoder_weights"]
 
 
@@ -225,7 +225,7 @@ def build_model(cfg: Any, weights: tuple[Any, Any] | None = None, *, imagenet: b
                                            reinit_classifier=reinit_classifier)
 
 
-def build_network(arch_encoder: str, arch_decoder: str, *, num_class: int, fc_dim: int,
+def network_from_archs(arch_encoder: str, arch_decoder: str, *, num_class: int, fc_dim: int,
                   weights: tuple[Any, Any] | None = None,
                   use_softmax: bool = False) -> SegmentationNetwork:
     """A network from architecture names (no config: the benchmark's pairs, tests).

@@ -14,7 +14,9 @@ A device spec is a comma-separated list of items, each one of::
 from __future__ import annotations
 
 import functools
+import os
 import re
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -22,7 +24,8 @@ import torch
 from ..errors import MitSemsegError
 
 __all__ = ["NotSupportedCliException", "DeviceUnavailableError", "REGEX", "process_range",
-           "parse_devices", "device_names", "resolve_devices", "resolve_device"]
+           "parse_devices", "device_names", "resolve_devices", "resolve_device",
+           "training_devices"]
 
 
 class NotSupportedCliException(MitSemsegError, ValueError):
@@ -127,3 +130,41 @@ def resolve_device(device: Any = "auto") -> torch.device:
         raise NotSupportedCliException(f"one device expected, got {device!r} "
                                        f"({len(found)} devices)")
     return found[0]
+
+
+def training_devices(spec: Any, *, distributed: bool = False,
+                     local_rank: int = 0) -> tuple[torch.device, list[int]]:
+    """The main device and the GPU ids a training process uses.
+
+    ``spec``: a device spec or a list of device names; ``auto`` is every visible GPU
+    (GPU ``local_rank`` under torchrun), else the CPU. ``distributed`` (torchrun):
+    each process uses GPU ``local_rank`` unless ``spec`` is ``cpu``. Without CUDA a
+    GPU request trains on the CPU with a warning (a laptop running a GPU recipe); a
+    GPU id this machine does not have raises ``DeviceUnavailableError``. The CUDA
+    device is made current.
+    """
+    names = parse_devices(spec)
+    if names == ["auto"]:
+        names = device_names("auto", every_gpu=not distributed)
+    if names == ["cpu"]:
+        return torch.device("cpu"), []
+    if not torch.cuda.is_available():
+        warnings.warn(f"--gpus asks for {','.join(names)} but CUDA is not available: "
+                      f"training on the CPU (pass --gpus cpu to silence this)", stacklevel=2)
+        return torch.device("cpu"), []
+    count = torch.cuda.device_count()
+    if distributed:
+        if local_rank >= count:
+            raise DeviceUnavailableError(
+                f"LOCAL_RANK {local_rank} has no GPU: only {count} visible; start at most "
+                f"{count} processes per node (torchrun --nproc_per_node)")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank), [local_rank]
+    ids = [int(g[3:]) for g in names]
+    too_high = [i for i in ids if i >= count]
+    if too_high:
+        raise DeviceUnavailableError(
+            f"--gpus asks for GPU {too_high[0]} but only {count} are visible (ids 0-{count - 1}; "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    torch.cuda.set_device(ids[0])
+    return torch.device("cuda", ids[0]), ids

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["cpu_count", "loader_workers", "exit_now", "tune_allocator", "allocator_state",
-           "release_memory"]
+__all__ = ["cpu_count", "loader_workers", "set_threads", "exit_now", "tune_allocator",
+           "allocator_state", "release_memory"]
 
 
 def cpu_count() -> int:
@@ -20,6 +20,19 @@ def cpu_count() -> int:
 def loader_workers(requested: int) -> int:
     """DataLoader worker processes to start: ``requested`` capped at :func:`cpu_count` (>= 0)."""
     return max(0, min(int(requested), cpu_count()))
+
+
+def set_threads(count: int) -> int:
+    """The one thread policy: ``count`` intra-op CPU threads for this process
+    (``TRAIN/VAL/TEST.num_threads``; 0 keeps PyTorch's default). Returns the count
+    before the call."""
+    import torch
+    before = torch.get_num_threads()
+    if int(count) < 0:
+        raise ValueError(f"thread count must be >= 0 (0 = PyTorch's default), got {count}")
+    if int(count) > 0:
+        torch.set_num_threads(int(count))
+    return before
 
 
 def exit_now(code: int | None = 0) -> None:

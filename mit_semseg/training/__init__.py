@@ -1,16 +1,19 @@
-"""Training: the loop (``loop.main``: the original's recipe), the optimizer
-(``optim``), the loss and its class weights (``loss``), the data stream
-(``stream``), checkpoints and resume (``resume``, ``state``), the metrics file /
-TensorBoard / validation schedule / best checkpoint / early stopping
-(``monitor``), curves (``curves``) and torch.distributed helpers
+"""Training: ``main`` (``loop``: set up a run from the config) and the ``Trainer``
+(``trainer``: steps; everything around them is a hook in ``hooks``: learning-rate
+schedule, precise BN, checkpoints and resume, validation and the best
+checkpoint, early stop, metrics file and TensorBoard), the optimizer (``optim``),
+the loss and its class weights (``loss``), the data streams (``stream``,
+``original_stream``), checkpoint files (``resume``, ``state``), the metrics
+records (``monitor``), curves (``curves``) and torch.distributed helpers
 (``distributed``)."""
-from .loop import (DeviceError, NonFiniteLossError, Run, TrainSummary, checkpoint, end_epoch,
-                   main, precise_bn, select_devices, stop_early, train_one_epoch)
+from .hooks import HOOKS, build_hooks, precise_bn, register_hook
+from .loop import DeviceError, build_trainer, main, select_devices
 from .optim import (adjust_learning_rate, create_optimizers, group_weight, make_sgd, poly_lr)
 from .stream import DataNotFoundError, check_dataset
+from .trainer import HookBase, NonFiniteLossError, StepResult, Trainer, TrainSummary
 
-__all__ = ["DataNotFoundError", "DeviceError", "NonFiniteLossError", "Run", "TrainSummary",
-           "checkpoint", "end_epoch", "main", "precise_bn", "select_devices", "stop_early",
-           "train_one_epoch",
+__all__ = ["DataNotFoundError", "DeviceError", "NonFiniteLossError", "TrainSummary",
+           "Trainer", "HookBase", "StepResult", "HOOKS", "register_hook", "build_hooks",
+           "build_trainer", "main", "precise_bn", "select_devices",
            "adjust_learning_rate", "create_optimizers", "group_weight", "make_sgd", "poly_lr",
            "check_dataset"]

@@ -63,7 +63,7 @@ def _save_weights(state: dict[str, torch.Tensor], pth_path: str, suffix: str) ->
 
 
 def write_checkpoint(run: Any, epoch: int, iteration: int) -> str:
-    """Write the checkpoint of ``run`` (a ``loop.Run``) after ``iteration`` iterations
+    """Write the checkpoint of ``run`` (a ``trainer.Trainer``) after ``iteration`` iterations
     of ``epoch`` (all of them: the epoch-N files; fewer: ``state_iter_G.pth``);
     return the state file's path. Rank 0 writes; every rank must call it.
     """

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -21,9 +21,10 @@ from yacs.config import CfgNode
 from ..data.datasets import TrainDataset, worker_init_fn
 from ..errors import InputNotFoundError
 from ..nn import user_scattered_collate
+from ..runtime.process import loader_workers
 
 __all__ = ["DataNotFoundError", "check_dataset", "derive_seed", "segment_start", "make_loader",
-           "TRAIN_STREAM", "BN_STREAM"]
+           "TRAIN_STREAM", "BN_STREAM", "ResumableStream"]
 
 # Stream ids mixed into the data seeds: training batches vs. precise-BN batches.
 TRAIN_STREAM, BN_STREAM = 0, 1
@@ -138,3 +139,24 @@ def make_loader(dataset: TrainDataset, cfg: CfgNode, workers: int, per_iter: int
         # own generator: creating the loader must not consume the global torch RNG
         generator=torch.Generator().manual_seed(int(cfg.TRAIN.seed) % 2**63))
     return loader, start - first
+
+
+class ResumableStream:
+    """The default data stream: batches keyed by ``(TRAIN.seed, segment)`` (see the
+    module docstring), so that a run resumed anywhere sees the batches of a run that
+    never stopped."""
+
+    def open(self, trainer: Any, global_iter: int) -> Iterator[list]:
+        """This process's batches from iteration ``global_iter`` to the run's end."""
+        cfg = trainer.cfg
+        epoch_iters, every = int(cfg.TRAIN.epoch_iters), int(cfg.TRAIN.checkpoint_every)
+        seed = int(cfg.TRAIN.seed)
+        loader, placeholders = make_loader(
+            trainer.dataset, cfg, loader_workers(cfg.TRAIN.workers), trainer.per_iter,
+            global_iter, int(cfg.TRAIN.num_epoch) * epoch_iters,
+            lambda g: derive_seed(seed, TRAIN_STREAM, segment_start(g, epoch_iters, every)),
+            trainer.device.type == "cuda")
+        batches = iter(loader)
+        for _ in range(placeholders):
+            next(batches)
+        return batches

@@ -1,19 +1,26 @@
 """TRAIN.best_metric, TRAIN.early_stop and per-class IoU in the epoch records:
-monitor-level tests with fabricated validation results (no network), and one
-tiny run that stops early."""
+hook-level tests with fabricated validation results (no network; the validation,
+early-stop and metrics hooks driven as the trainer drives them), and one tiny
+run that stops early."""
 from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 import mit_semseg.training as T
 from _custom_data import make_rgb, tiny_model_opts
 from mit_semseg.commands import datatools
 from mit_semseg.config import ConfigError, load_cfg
-from mit_semseg.training.monitor import (BEST_FILE, TrainingMonitor, class_iou_keys,
-                                         parse_best_metric, read_metrics)
+from mit_semseg.training.distributed import DistEnv
+from mit_semseg.training.hooks import EarlyStopHook, MetricsHook, ValidationHook
+from mit_semseg.training.hooks import validation as validation_hook
+from mit_semseg.training.monitor import (BEST_FILE, class_iou_keys, parse_best_metric,
+                                         read_metrics)
+from mit_semseg.training.trainer import StepResult
 
 NAMES = ["road", "car", "sky"]
 # epoch: (mean IoU, pixel accuracy, frequency-weighted IoU, IoU of car); every
@@ -43,6 +50,58 @@ def _cfg(folder, *opts):
     return load_cfg(None, ["DIR", str(folder), "DATASET.num_class", "3",
                            "DATASET.class_table", table, "TRAIN.eval_every", "1",
                            "TRAIN.num_epoch", "4", *map(str, opts)])
+
+
+class TrainingMonitor:
+    """The validation, early-stop and metrics hooks of one run, driven as the
+    trainer drives them, with ``validate`` replaced by fabricated results."""
+
+    def __init__(self, cfg, is_main: bool, resume_iter: int | None) -> None:
+        self.patience = int(cfg.TRAIN.early_stop)
+        self.hooks = [ValidationHook(cfg)] + ([EarlyStopHook(cfg)] if self.patience > 0 else []) \
+            + [MetricsHook(cfg)]
+        self.trainer = SimpleNamespace(
+            cfg=cfg, env=DistEnv(), point=None if resume_iter is None else object(),
+            global_iter=resume_iter or 0, storage={}, record={}, step=StepResult(), epoch=0,
+            iter=0, first_epoch=5, num_epoch=int(cfg.TRAIN.num_epoch), network=None, device=None,
+            model=torch.nn.Module(), stop=False, stopped_early=False)
+        for hook in self.hooks:
+            hook.before_train(self.trainer)
+
+    @property
+    def best(self):
+        return self.trainer.storage.get("best")
+
+    @property
+    def since_best(self) -> int:
+        return self.trainer.storage.get("since_best", 0)
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.best is not None and self.since_best >= self.patience
+
+    def iteration(self, epoch, i, global_iter, loss, acc, lrs, data_time, iter_time) -> None:
+        t = self.trainer
+        t.epoch, t.iter, t.global_iter = epoch, i, global_iter
+        t.step = StepResult(loss, acc, lrs, data_time, iter_time)
+        for hook in self.hooks:
+            hook.after_step(t)
+
+    def end_epoch(self, epoch: int, global_iter: int, val: dict) -> dict:
+        t = self.trainer
+        t.epoch, t.global_iter, t.record = epoch, global_iter, {}
+        real = validation_hook.validate
+        validation_hook.validate = lambda *args, **kwargs: val
+        try:
+            for hook in self.hooks:
+                hook.after_epoch(t)
+        finally:
+            validation_hook.validate = real
+        return t.record
+
+    def close(self) -> None:
+        for hook in self.hooks:
+            hook.after_train(self.trainer)
 
 
 def _feed(monitor: TrainingMonitor, folder, epochs) -> list[dict]:

@@ -23,7 +23,7 @@ from mit_semseg.config import load_cfg
 from mit_semseg.errors import MitSemsegError
 from mit_semseg.data.datasets import TrainDataset
 from mit_semseg.nn import SynchronizedBatchNorm2d
-from mit_semseg.models import ModelBuilder, SegmentationModule
+from mit_semseg.models import ModelBuilder, SegmentationModule, SegmentationNetwork
 from mit_semseg.data.synthetic import make_synthetic_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -171,7 +171,7 @@ class _Crash(Exception):
 
 def test_resume_mid_epoch_is_exact(reference_run, data_root, tmp_path, monkeypatch):
     ref, ref_summary = reference_run
-    real_checkpoint = T.checkpoint
+    real_checkpoint = T.Trainer.checkpoint
 
     def crash_after(run, epoch, iteration):
         path = real_checkpoint(run, epoch, iteration)
@@ -179,7 +179,7 @@ def test_resume_mid_epoch_is_exact(reference_run, data_root, tmp_path, monkeypat
             raise _Crash()
         return path
 
-    monkeypatch.setattr(T.loop, "checkpoint", crash_after)
+    monkeypatch.setattr(T.Trainer, "checkpoint", crash_after)
     with pytest.raises(_Crash):
         T.main(_cfg(data_root, tmp_path, *RESUME_OPTS), "cpu")
     monkeypatch.undo()
@@ -193,15 +193,15 @@ def test_resume_mid_epoch_is_exact(reference_run, data_root, tmp_path, monkeypat
 
 
 def test_nan_loss_stops_with_iteration_and_last_checkpoint(data_root, tmp_path, monkeypatch):
-    real_forward = T.loop._forward
+    real_forward = T.Trainer.forward
     calls = []
 
-    def nan_on_fifth(run, batches, model):
+    def nan_on_fifth(run, batches, model=None):
         loss, acc = real_forward(run, batches, model)
         calls.append(1)
         return (loss * float("nan") if len(calls) == 5 else loss), acc
 
-    monkeypatch.setattr(T.loop, "_forward", nan_on_fifth)
+    monkeypatch.setattr(T.Trainer, "forward", nan_on_fifth)
     with pytest.raises(T.NonFiniteLossError) as err:
         T.main(_cfg(data_root, tmp_path), "cpu")
     msg = str(err.value)
@@ -216,8 +216,9 @@ def test_precise_bn_averages_the_batch_statistics(data_root, tmp_path):
     enc, dec = _nets()
     module = SegmentationModule(enc, dec, nn.NLLLoss(ignore_index=-1), 0.4).eval()
     dataset = TrainDataset(data_root, cfg.DATASET.list_train, cfg.DATASET, batch_per_gpu=2, seed=0)
-    run = T.Run(cfg, T.distributed.DistEnv(), torch.device("cpu"), [], module, module,
-                 T.create_optimizers((enc, dec), cfg), None, dataset)
+    run = T.Trainer(cfg, T.distributed.DistEnv(), torch.device("cpu"), [],
+                    SegmentationNetwork(enc, dec), module, module,
+                    T.create_optimizers((enc, dec), cfg), None, dataset, None)
     bns = [m for m in module.modules() if isinstance(m, SynchronizedBatchNorm2d)]
     bn = bns[0]
     inputs = []
@@ -253,13 +254,13 @@ def test_default_training_step_is_the_fast_one_and_exact_switches_it_off(
     later ones drift apart with float rounding whatever the layout."""
     opts = ("MODEL.arch_decoder", "ppm_deepsup", "TRAIN.num_epoch", 1, "TRAIN.epoch_iters", 2)
     seen = []
-    real_forward = T.loop._forward
+    real_forward = T.Trainer.forward
 
-    def spy(run, batches, model):
+    def spy(run, batches, model=None):
         seen.append((run, batches[0]["img_data"]))
         return real_forward(run, batches, model)
 
-    monkeypatch.setattr(T.loop, "_forward", spy)
+    monkeypatch.setattr(T.Trainer, "forward", spy)
     plain = T.main(_cfg(data_root, tmp_path / "plain", *opts, "TRAIN.exact", True), "cpu")
     fast = T.main(_cfg(data_root, tmp_path / "fast", *opts), "cpu")
     (run0, img0), (run1, img1) = seen[0], seen[2]
