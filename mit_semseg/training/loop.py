@@ -55,7 +55,6 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from yacs.config import CfgNode
 
 from ..accel import fast_training_
-from ..checkpoints.download import configure_mirrors
 from ..checkpoints.files import atomic_write_text, remove_stale_temporaries
 from ..config import ConfigError
 from ..data.classes import class_names
@@ -463,7 +462,6 @@ def main(cfg: CfgNode, gpus: str | Sequence[str] = "auto", resume: str | None = 
     and leaves it at the end. Returns the history and the last state file.
     """
     tune_allocator()
-    configure_mirrors(cfg.MODEL.mirrors)  # for the ImageNet weights an encoder starts from
     env = D.from_environment()
     device, gpu_ids = select_devices(gpus, env)
     D.init_process_group(env, device, float(cfg.TRAIN.dist_timeout))
