@@ -269,7 +269,8 @@ def test_config_mirrors_come_last_and_reach_the_pretrained_command(tmp_path, mon
     environment variable; the pretrained command passes them from --cfg; nothing is
     remembered from one call to the next."""
     from mit_semseg.checkpoints import download as dl
-    sources = dl.resolve_sources(["http://flag.example"], env={dl.MIRRORS_ENV: "http://env.example"},
+    sources = dl.resolve_sources(["http://flag.example"],
+                                 env={dl.MIRRORS_ENV: "http://env.example"},
                                  config=["http://cfg.example/a", str(tmp_path)])
     assert sources == [dl.MIT_HOST, "http://flag.example", "http://env.example",
                        "http://cfg.example/a", str(tmp_path)]
@@ -294,7 +295,8 @@ def test_config_mirrors_come_last_and_reach_the_pretrained_command(tmp_path, mon
 IMAGENET = "pretrained_resnet/resnet18-imagenet.pth"
 
 
-def test_fetch_url_takes_its_mirrors_explicitly(site, closed_url, tmp_path, monkeypatch):
+def test_fetch_url_takes_its_mirrors_explicitly(site, closed_url, tmp_path,  # noqa: F811
+                                                monkeypatch):
     """The URL's host refused: the given mirrors, then MIT_SEMSEG_MIRRORS (read at the
     call), then the config's mirrors are tried, in that order."""
     from mit_semseg.checkpoints.download import fetch_url
@@ -315,7 +317,8 @@ def test_fetch_url_takes_its_mirrors_explicitly(site, closed_url, tmp_path, monk
         fetch_url(url, str(tmp_path / "other" / dest.name), progress=False)
 
 
-def test_load_pretrained_reads_the_config_mirrors(closed_url, tmp_path, monkeypatch):
+def test_load_pretrained_reads_the_config_mirrors(closed_url, tmp_path,  # noqa: F811
+                                                  monkeypatch):
     """ImageNet weights from a local folder mirror given as ``mirrors`` (the config's
     MODEL.mirrors): downloaded once, loaded, recorded; the next call without mirrors
     finds nothing but the cache, and a fresh cache without mirrors is an error."""

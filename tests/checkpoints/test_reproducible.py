@@ -38,8 +38,9 @@ from mit_semseg.inference.model_folder import save_pretrained
 src, out, cfg, *opts = ARGS
 # models convert, both ways
 convert = os.path.join(out, "convert")
-assert main(["models", "convert", f"{src}/encoder_epoch_1.pth", f"{convert}/encoder.safetensors"]) == 0
-assert main(["models", "convert", f"{convert}/encoder.safetensors", f"{convert}/encoder.pth"]) == 0
+safe = f"{convert}/encoder.safetensors"
+assert main(["models", "convert", f"{src}/encoder_epoch_1.pth", safe]) == 0
+assert main(["models", "convert", safe, f"{convert}/encoder.pth"]) == 0
 # a run's epoch files as TRAIN.save_format writes them (pth: atomic_save,
 # safetensors: write_weights), in a folder whose SHA256SUMS lists them
 run = os.path.join(out, "run")
@@ -57,13 +58,7 @@ save_pretrained(os.path.join(out, "folder"), cfg, opts=opts, checkpoint_dir=src,
 
 def _tree(root):
     """{relative path: bytes} of every file under ``root``."""
-    found = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as fh:
-                found[os.path.relpath(path, root)] = fh.read()
-    return found
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def _header(path):
