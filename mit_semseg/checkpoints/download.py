@@ -16,8 +16,11 @@ sources that has it. A source is
   ``.tar.xz``) holding ``<model>/<file>``, at its top or under one folder.
 
 :func:`resolve_sources` lists them in the order tried: the MIT host, the
-mirrors given as arguments, the ``MIT_SEMSEG_MIRRORS`` environment variable,
-then a configured value. ``MIT_SEMSEG_MIRRORS`` holds one or more sources
+mirrors given as arguments (a command's ``--mirror``), the
+``MIT_SEMSEG_MIRRORS`` environment variable (read at each call), then the
+config's mirrors (``MODEL.mirrors``). Every function here that downloads takes
+its mirrors as arguments (``mirrors``, ``config_mirrors``); nothing is kept
+between calls. ``MIT_SEMSEG_MIRRORS`` holds one or more sources
 separated by ``os.pathsep`` (``:`` on Linux and macOS, ``;`` on Windows) or by
 commas. URLs are kept whole (``http://host:8080/models`` is one source); after
 a URL, a ``:`` starts a new source only before ``/``, ``~``, ``.`` or another
@@ -25,12 +28,13 @@ URL, so write a relative folder there as ``./folder`` or use a comma::
 
     export MIT_SEMSEG_MIRRORS=https://mirror.example.org/semseg,/mnt/share/semseg-models.zip
 
-Hashes: the SHA-256 a file must have comes from the caller, else from the
-manifest shipped with the package (``released_sha256.json``), else from the
-``SHA256SUMS`` file (``sha256sum`` format) of the destination folder. Every
+Hashes: the SHA-256 a file must have comes from the caller, else from a
+manifest the caller passes (the released models' one:
+:func:`mit_semseg.checkpoints.released.released_manifest`), else from the
+``SHA256SUMS`` ledger of the destination folder (:mod:`.ledger`). Every
 fetched file has its hash recorded there (for a file without a known hash: the
-hash of its first download), and :func:`verify_folder` / :func:`verify_file`
-check against it later. A file
+hash of its first download), and :func:`~.ledger.verify_folder` /
+:func:`~.ledger.verify_file` check against it later. A file
 whose hash is wrong is never returned: a download is deleted, a file already
 in a folder is renamed to ``<name>.corrupt``; the error says which.
 """
@@ -39,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
-import json
 import os
 import re
 import socket
@@ -49,173 +52,28 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from functools import lru_cache
 from typing import IO, Callable, Iterable, Mapping, Sequence
 
 from tqdm import tqdm
 
-from ..errors import MitSemsegError
-from ._atomic import atomic_write_stream, fsync_dir
+from ._atomic import fsync_dir
+from ._errors import DownloadError, HashMismatchError
+from .ledger import SUMS_NAME, mismatch_error, parse_sums, read_sums, record_sha256, sha256_file, \
+    verify_file
 
-__all__ = ["MIT_HOST", "MIRRORS_ENV", "SUMS_NAME", "DownloadError", "HashMismatchError",
-           "download", "resolve_sources", "configure_mirrors", "fetch_file", "fetch_url", "released_sha256",
-           "sha256_file", "read_sums", "record_sha256", "forget_sha256", "verify_file",
-           "verify_folder"]
+__all__ = ["MIT_HOST", "MIRRORS_ENV", "DownloadError", "HashMismatchError", "download",
+           "resolve_sources", "fetch_file", "fetch_url"]
 
 MIT_HOST = "http://sceneparsing.csail.mit.edu/model/pytorch"
 MIRRORS_ENV = "MIT_SEMSEG_MIRRORS"
-SUMS_NAME = "SHA256SUMS"
 
 _CHUNK = 1 << 18
 _ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_SUMS_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
 _USER_AGENT = "mit_semseg-downloader"
-
-
-class DownloadError(MitSemsegError, OSError):
-    """A file could not be obtained; the message says from where and why.
-
-    ``unreachable``: the host could not be reached at all (refused, unknown name,
-    timed out). ``failures``: from :func:`fetch_file`, ``(source, error)`` per source tried.
-    """
-    unreachable: bool = False
-    failures: Sequence[tuple[str, BaseException]] = ()
-
-
-class HashMismatchError(DownloadError):
-    """A file's SHA-256 is not the expected one. The message (one line) names the
-    file, both hashes and what became of the file (deleted or renamed aside)."""
-
-    def __init__(self, message: str, path: str, expected: str, actual: str):
-        super().__init__(message)
-        self.path, self.expected, self.actual = path, expected, actual
 
 
 class _Cut(Exception):
     """The body ended early; what arrived is kept in the ``.part`` file."""
-
-
-# ----------------------------------------------------------------------------- hashes
-
-def sha256_file(path: str) -> str:
-    """Hex SHA-256 of the file at ``path``."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@lru_cache(maxsize=1)
-def _package_manifest() -> dict[str, str]:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "released_sha256.json")
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    entries = data.get("sha256", {})
-    bad = [k for k, v in entries.items() if not isinstance(v, str) or not _HEX64.match(v)]
-    if bad:
-        raise ValueError(f"{path}: entries that are not 64 lowercase hex digits: {', '.join(bad)}")
-    return dict(entries)
-
-
-def released_sha256(relpath: str) -> str | None:
-    """The SHA-256 shipped in the package manifest for ``<model>/<file>``, or None."""
-    return _package_manifest().get(relpath)
-
-
-def read_sums(folder: str) -> dict[str, str]:
-    """``{filename: sha256}`` from ``folder/SHA256SUMS`` (empty when there is none).
-
-    Lines are ``sha256sum`` output: ``<hex>  <name>`` (or ``<hex> *<name>``); lines
-    that are not are ignored.
-    """
-    path = os.path.join(folder, SUMS_NAME)
-    sums: dict[str, str] = {}
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except FileNotFoundError:
-        return sums
-    for line in lines:
-        if m := _SUMS_LINE.match(line.strip()):
-            sums[m.group(2)] = m.group(1).lower()
-    return sums
-
-
-def _write_sums(folder: str, sums: Mapping[str, str]) -> None:
-    text = "".join(f"{digest}  {name}\n" for name, digest in sums.items())
-    _atomic_write_bytes(os.path.join(folder, SUMS_NAME), text.encode("utf-8"))
-
-
-def record_sha256(folder: str, filename: str, digest: str) -> None:
-    """Set the entry of ``filename`` in ``folder/SHA256SUMS`` (created if needed)."""
-    digest = digest.lower()
-    if not _HEX64.match(digest):
-        raise ValueError(f"not a SHA-256 hex digest: {digest!r}")
-    sums = read_sums(folder)
-    if sums.get(filename) != digest:
-        sums[filename] = digest
-        _write_sums(folder, sums)
-
-
-def forget_sha256(folder: str, filename: str) -> None:
-    """Drop the entry of ``filename`` from ``folder/SHA256SUMS``, if any.
-
-    Whatever overwrites a listed file with other content must call this (or
-    :func:`record_sha256`), or later checks will refuse the new file.
-    """
-    sums = read_sums(folder)
-    if sums.pop(filename, None) is not None:
-        _write_sums(folder, sums)
-
-
-def _set_aside(path: str) -> str:
-    aside = path + ".corrupt"
-    os.replace(path, aside)
-    return aside
-
-
-def _mismatch(path: str, expected: str, actual: str, fate: str) -> HashMismatchError:
-    return HashMismatchError(
-        f"SHA-256 mismatch for {path}: expected {expected}, got {actual}; {fate}",
-        path, expected, actual)
-
-
-def verify_file(path: str, expected_sha256: str | None = None) -> str | None:
-    """Check ``path`` against ``expected_sha256`` or, when None, its entry in the
-    ``SHA256SUMS`` of its folder; returns the hash checked, or None if none is known.
-
-    On a mismatch the file is renamed to ``<path>.corrupt`` and HashMismatchError
-    is raised. A missing file raises FileNotFoundError.
-    """
-    expected = expected_sha256 or read_sums(os.path.dirname(os.path.abspath(path))).get(
-        os.path.basename(path))
-    if expected is None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(path)
-        return None
-    expected = expected.lower()
-    actual = sha256_file(path)
-    if actual != expected:
-        aside = _set_aside(path)
-        raise _mismatch(path, expected, actual, f"the file was renamed to {aside}")
-    return actual
-
-
-def verify_folder(folder: str) -> dict[str, str]:
-    """Check every file listed in ``folder/SHA256SUMS``; returns ``{filename: sha256}``
-    of those checked. Listed files that are absent are skipped.
-
-    The first wrong file is renamed to ``<name>.corrupt`` and HashMismatchError is raised.
-    """
-    checked = {}
-    for name, expected in read_sums(folder).items():
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            verify_file(path, expected)
-            checked[name] = expected
-    return checked
 
 
 # ----------------------------------------------------------------------------- one URL
@@ -265,7 +123,7 @@ def download(url: str, dest: str, *, expected_sha256: str | None = None, timeout
                     clean_retry_left = resumed = False
                     tries = 0
                     continue
-                raise _mismatch(url, expected, actual, f"the download ({part}) was deleted")
+                raise mismatch_error(url, expected, actual, f"the download ({part}) was deleted")
         _finish(part, dest)
         return dest
 
@@ -372,26 +230,15 @@ def _as_list(value: str | Iterable[str] | None) -> list[str]:
     return [v.strip() for v in value if v and v.strip()]
 
 
-_CONFIGURED: list[str] = []  # the config's mirrors (MODEL.mirrors), see configure_mirrors
-
-
-def configure_mirrors(sources: str | Iterable[str] | None) -> None:
-    """Set the config's mirrors (``MODEL.mirrors``), the last sources ``resolve_sources``
-    tries when it is given no ``config`` itself; training and the commands that read a
-    config call it."""
-    _CONFIGURED[:] = _as_list(sources)
-
-
 def resolve_sources(mirrors: str | Iterable[str] | None = None,
                     env: Mapping[str, str] | None = None,
                     config: str | Iterable[str] | None = None, *,
                     primary: str | None = None) -> list[str]:
-    """The sources to try, in order: ``primary`` (default: the MIT host), ``mirrors``,
-    ``env[MIT_SEMSEG_MIRRORS]`` (``env`` defaults to ``os.environ``), then ``config``
-    (default: the mirrors set by ``configure_mirrors``). Strings are split on commas and
-    os.pathsep; duplicates are dropped (first kept)."""
+    """The sources to try, in order: ``primary`` (default: the MIT host), ``mirrors``
+    (a command's ``--mirror``), ``env[MIT_SEMSEG_MIRRORS]`` (``env`` defaults to
+    ``os.environ``, read now), then ``config`` (the config's ``MODEL.mirrors``). Strings
+    are split on commas and os.pathsep; duplicates are dropped (first kept)."""
     env = os.environ if env is None else env
-    config = _CONFIGURED if config is None else config
     ordered = [primary or MIT_HOST, *_as_list(mirrors), *_as_list(env.get(MIRRORS_ENV)),
                *_as_list(config)]
     seen: set[str] = set()
@@ -409,8 +256,9 @@ def fetch_file(relpath: str, dest: str, sources: Sequence[str],
                progress: bool = True, manifest: Mapping[str, str] | None = None) -> str:
     """Put the released file ``relpath`` (``<model>/<file>``) at ``dest``; returns ``dest``.
 
-    The expected hash is ``expected_sha256``, else ``manifest[relpath]`` (default:
-    the package manifest), else the entry in ``dest``'s folder ``SHA256SUMS``. An
+    The expected hash is ``expected_sha256``, else ``manifest[relpath]`` (``{relpath:
+    sha256}``, e.g. the released models' manifest; default none), else the entry in
+    ``dest``'s folder ``SHA256SUMS``. An
     existing ``dest`` is checked against it and kept when right (or when no hash is
     known); a wrong one is renamed aside and fetched again. Sources are tried in
     order, each failure (unreachable, missing, cut, wrong hash) moving on to the next;
@@ -420,7 +268,7 @@ def fetch_file(relpath: str, dest: str, sources: Sequence[str],
     relpath = relpath.strip("/")
     folder = os.path.dirname(os.path.abspath(dest))
     filename = os.path.basename(dest)
-    manifest = _package_manifest() if manifest is None else manifest
+    manifest = {} if manifest is None else manifest
     recorded = read_sums(folder).get(filename)
     expected = expected_sha256 or manifest.get(relpath) or recorded
     expected = expected.lower() if expected else None
@@ -448,7 +296,8 @@ def fetch_file(relpath: str, dest: str, sources: Sequence[str],
     raise _all_failed(relpath, dest, failures, from_sums)
 
 
-def fetch_url(url: str, dest: str, *, mirrors: str | Iterable[str] | None = None,
+def fetch_url(url: str, dest: str, *, mirrors: str | Iterable[str] | None = (),
+              config_mirrors: str | Iterable[str] | None = (),
               expected_sha256: str | None = None, timeout: float = 60.0,
               progress: bool = True) -> str:
     """Put the file at ``url`` at ``dest`` through :func:`fetch_file`; returns ``dest``.
@@ -456,15 +305,17 @@ def fetch_url(url: str, dest: str, *, mirrors: str | Iterable[str] | None = None
     The file's name on a mirror is the last two parts of the URL's path (for
     ``http://host/model/pretrained_resnet/resnet50-imagenet.pth``:
     ``pretrained_resnet/resnet50-imagenet.pth``); the sources are the URL's own
-    prefix, then ``mirrors`` and ``MIT_SEMSEG_MIRRORS`` as in :func:`resolve_sources`.
+    prefix, then ``mirrors``, ``MIT_SEMSEG_MIRRORS`` and ``config_mirrors`` (the
+    config's ``MODEL.mirrors``) as in :func:`resolve_sources`.
     """
     prefix, _, name = url.rstrip("/").rpartition("/")
     prefix, _, folder = prefix.rpartition("/")
     if "://" not in prefix or not name:  # too short a path: the file alone is the name
         prefix, folder = url.rstrip("/").rpartition("/")[0], ""
     relpath = f"{urllib.parse.unquote(folder)}/{urllib.parse.unquote(name)}".lstrip("/")
-    return fetch_file(relpath, dest, resolve_sources(mirrors, primary=prefix),
-                      expected_sha256, timeout=timeout, progress=progress)
+    sources = resolve_sources(mirrors, config=config_mirrors, primary=prefix)
+    return fetch_file(relpath, dest, sources, expected_sha256, timeout=timeout,
+                      progress=progress)
 
 
 def _fetch_from(source: str, relpath: str, dest: str, expected: str | None, timeout: float,
@@ -532,10 +383,7 @@ def _sums_in(names: Sequence[str], member: str, read: Callable[[str], bytes]) ->
     sums_name = member[:len(member) - len(os.path.basename(member))] + SUMS_NAME
     if sums_name not in names:
         return None
-    for line in read(sums_name).decode("utf-8", "replace").splitlines():
-        if (m := _SUMS_LINE.match(line.strip())) and m.group(2) == os.path.basename(member):
-            return m.group(1).lower()
-    return None
+    return parse_sums(read(sums_name).decode("utf-8", "replace")).get(os.path.basename(member))
 
 
 def _copy_checked(src: IO[bytes], size: int, label: str, dest: str, expected: str | None,
@@ -557,7 +405,7 @@ def _copy_checked(src: IO[bytes], size: int, label: str, dest: str, expected: st
     for want in (expected, beside):
         if want is not None and actual != want:
             _remove(part)
-            raise _mismatch(label, want, actual, f"the copy ({part}) was deleted")
+            raise mismatch_error(label, want, actual, f"the copy ({part}) was deleted")
     _finish(part, dest)
 
 
@@ -621,7 +469,3 @@ def _remove(path: str) -> None:
 def _finish(part: str, dest: str) -> None:
     os.replace(part, dest)
     fsync_dir(os.path.dirname(os.path.abspath(dest)))
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    atomic_write_stream(path, lambda fh: fh.write(data))

@@ -26,8 +26,8 @@ import torch
 
 from ..errors import MitSemsegError
 from ._atomic import atomic_write_stream
-from .download import forget_sha256, read_sums, record_sha256, sha256_file
 from .formats import twin_path
+from .ledger import update_if_listed
 from .released import RELEASED_MODELS
 
 __all__ = ["CheckpointError", "CheckpointNotFoundError", "atomic_save", "atomic_write_text",
@@ -53,12 +53,7 @@ def atomic_save(obj: Any, path: str) -> None:
     content; should that fail, it is dropped, so later checks never refuse the file.
     """
     atomic_write_stream(path, lambda fh: torch.save(obj, fh))
-    folder, name = os.path.split(os.path.abspath(path))
-    if name in read_sums(folder):
-        try:
-            record_sha256(folder, name, sha256_file(path))
-        except OSError:
-            forget_sha256(folder, name)
+    update_if_listed(path)
 
 
 def atomic_write_text(text: str, path: str) -> None:

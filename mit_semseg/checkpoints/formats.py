@@ -11,6 +11,13 @@ such as BatchNorm's ``num_batches_tracked`` included): ``.pth`` ->
 stored in the safetensors metadata (``mit_semseg.key_order``), since the format
 itself sorts the tensors. Tensors that share memory, or are not contiguous, are
 copied before saving as safetensors, which refuses them; their values do not change.
+
+Writing is reproducible: the same state dict written twice, in one process or
+two, gives the same bytes in either format, so the ``SHA256SUMS`` of a folder
+does not change either. (The safetensors library writes its ``__metadata__``
+entries in a random order per process, safetensors issue #584; they are put in
+sorted order before the file takes its name. A ``.pth`` file is written through
+a stream, so no temporary file name ends up inside its zip archive.)
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ import torch
 
 from ..errors import MitSemsegError
 from ._atomic import atomic_write
-from .download import read_sums, record_sha256, sha256_file, verify_file
+from .ledger import read_sums, record_sha256, sha256_file, verify_file
 
 __all__ = ["FormatError", "TORCH_SUFFIXES", "SAFETENSORS_SUFFIX", "WEIGHT_FORMATS",
            "read_weights", "read_raw", "write_weights", "convert", "twin_path"]
@@ -97,9 +104,18 @@ def write_weights(state: Mapping[str, torch.Tensor], path: str) -> str:
         save_file = _safetensors_api(path)[1]
         tensors = _safetensors_ready(state, path)
         metadata = {"format": "pt", _ORDER_KEY: json.dumps(list(state))}
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+        def write_safetensors(tmp: str) -> None:
+            save_file(tensors, tmp, metadata=metadata)
+            _sort_metadata(tmp)
+        _atomic_write(path, write_safetensors)
     elif lower.endswith(TORCH_SUFFIXES):
-        _atomic_write(path, lambda tmp: torch.save(state, tmp))
+        # Through a stream: torch.save(obj, path) names the archive inside the file
+        # after the (random) temporary path, so the bytes would differ on every save.
+        def write_torch(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                torch.save(state, fh)
+        _atomic_write(path, write_torch)
     else:
         raise FormatError(f"cannot tell the weights format from the name {path}: use "
                           f"{SAFETENSORS_SUFFIX} or {', '.join(TORCH_SUFFIXES)}")
@@ -194,6 +210,26 @@ def _safetensors_ready(state: Mapping[str, torch.Tensor], path: str) -> dict[str
             seen.add(tensor.untyped_storage().data_ptr())
         ready[key] = tensor
     return ready
+
+
+def _sort_metadata(path: str) -> None:
+    """Rewrite the ``__metadata__`` entries of safetensors file ``path`` in sorted order,
+    in place: the header keeps its length (padded with spaces, as the format allows),
+    so no tensor moves. Everything else in the header keeps its order."""
+    with open(path, "r+b") as fh:
+        size = struct.unpack("<Q", fh.read(8))[0]
+        raw = fh.read(size)
+        header = json.loads(raw)
+        metadata = header.get("__metadata__")
+        if not metadata:
+            return
+        header["__metadata__"] = dict(sorted(metadata.items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) > size:  # only if the library escaped strings differently from json
+            raise FormatError(f"cannot write {path}: its safetensors header grew from {size} "
+                              f"to {len(text)} bytes when its metadata was sorted")
+        fh.seek(8)
+        fh.write(text.ljust(size, b" "))
 
 
 def _atomic_write(path: str, write: Callable[[str], None]) -> None:

@@ -15,8 +15,8 @@ import re
 from types import ModuleType
 
 from ..errors import InputNotFoundError, MitSemsegError
-from .download import verify_folder
 from .files import MODEL_CONFIG, MODEL_WEIGHTS, is_model_folder
+from .ledger import verify_folder
 
 __all__ = ["HubError", "HUB_INSTALL", "looks_like_repo_id", "resolve_model", "push_to_hub",
            "check_model_folder"]

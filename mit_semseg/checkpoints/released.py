@@ -1,13 +1,15 @@
-"""The models MIT released for ADE20K, and their download.
+"""The models MIT released for ADE20K (the catalogue), their SHA-256 manifest
+(``released_sha256.json``) and their download.
 
 ``python3 -m mit_semseg pretrained ade20k-resnet50dilated-ppm_deepsup`` puts
 ``encoder_epoch_20.pth`` and ``decoder_epoch_20.pth`` into
 ``ckpt/ade20k-resnet50dilated-ppm_deepsup/``, the folder (``DIR``) and
 checkpoint name (``TEST.checkpoint``) its preset config expects. Each file is
 fetched by :func:`mit_semseg.checkpoints.download.fetch_file`: from the MIT
-host, then the mirrors (``--mirror``, ``MIT_SEMSEG_MIRRORS``: URLs, folders,
-archives), resuming a cut download, with a progress bar; its SHA-256 is
-checked against the package manifest or, at the first download, recorded in
+host, then the mirrors (``--mirror``, ``MIT_SEMSEG_MIRRORS``, the config's
+``MODEL.mirrors``: URLs, folders, archives), resuming a cut download, with a
+progress bar; its SHA-256 is checked against the package manifest
+(:func:`released_manifest`) or, at the first download, recorded in
 ``ckpt/<name>/SHA256SUMS`` and checked on every later load and copy. Files
 that are already there (and right) are kept.
 
@@ -17,17 +19,22 @@ copied there (or served from a mirror).
 """
 from __future__ import annotations
 
+import json
 import os
+from functools import lru_cache
 from typing import Iterable, NamedTuple
 
 from ..errors import MitSemsegError
 from . import download as _download
 from .download import MIT_HOST, DownloadError, fetch_file, resolve_sources
+from .ledger import is_sha256
 
 __all__ = ["ReleasedModel", "RELEASED_MODELS", "MODEL_URL", "DownloadError", "UnknownModelError",
-           "download", "fetch_model", "canonical_name", "preset_config"]
+           "download", "fetch_model", "canonical_name", "preset_config", "released_manifest",
+           "released_sha256"]
 
 MODEL_URL = MIT_HOST
+_MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "released_sha256.json")
 
 
 class ReleasedModel(NamedTuple):
@@ -62,6 +69,28 @@ class UnknownModelError(MitSemsegError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+@lru_cache(maxsize=1)
+def _package_manifest() -> dict[str, str]:
+    with open(_MANIFEST, encoding="utf-8") as fh:
+        data = json.load(fh)
+    entries = data.get("sha256", {})
+    bad = [k for k, v in entries.items() if not isinstance(v, str) or not is_sha256(v)]
+    if bad:
+        raise ValueError(f"{_MANIFEST}: entries that are not 64 lowercase hex digits: "
+                         f"{', '.join(bad)}")
+    return dict(entries)
+
+
+def released_manifest() -> dict[str, str]:
+    """``{"<model>/<file>": sha256}`` shipped with the package (``released_sha256.json``)."""
+    return dict(_package_manifest())
+
+
+def released_sha256(relpath: str) -> str | None:
+    """The SHA-256 shipped in the package manifest for ``<model>/<file>``, or None."""
+    return _package_manifest().get(relpath)
 
 
 def download(url: str, dest: str, *, timeout: float = 60.0, quiet: bool = False) -> str:
@@ -99,19 +128,23 @@ def preset_config(name: str) -> str:
 
 
 def fetch_model(name: str, dest_root: str = "ckpt", *,
-                mirrors: str | Iterable[str] | None = None, timeout: float = 60.0,
+                mirrors: str | Iterable[str] | None = (),
+                config_mirrors: str | Iterable[str] | None = (), timeout: float = 60.0,
                 progress: bool = True, quiet: bool | None = None) -> tuple[str, str]:
-    """Put the encoder and decoder of released model ``name`` into ``dest_root/<name>/``
-    (sources: :func:`~mit_semseg.checkpoints.download.resolve_sources` with ``mirrors``);
-    returns their paths. ``quiet``: the same as ``progress=False``."""
+    """Put the encoder and decoder of released model ``name`` into ``dest_root/<name>/``;
+    returns their paths. Sources: :func:`~mit_semseg.checkpoints.download.resolve_sources`
+    (the MIT host, ``mirrors``, ``MIT_SEMSEG_MIRRORS``, then ``config_mirrors``, the
+    config's ``MODEL.mirrors``); hashes: the package manifest, else the folder's
+    ``SHA256SUMS``. ``quiet``: the same as ``progress=False``."""
     if quiet is not None:
         progress = not quiet
     key = canonical_name(name)
     model = RELEASED_MODELS[key]
-    sources = resolve_sources(mirrors)
+    sources = resolve_sources(mirrors, config=config_mirrors)
+    manifest = _package_manifest()
     paths = []
     for part in ("encoder", "decoder"):
         filename = f"{part}_{model.checkpoint}"
         paths.append(fetch_file(f"{key}/{filename}", os.path.join(dest_root, key, filename),
-                                sources, timeout=timeout, progress=progress))
+                                sources, timeout=timeout, progress=progress, manifest=manifest))
     return paths[0], paths[1]

@@ -58,17 +58,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args.list else EXIT_USAGE
 
     def body() -> None:
+        config_mirrors: list[str] = []
         if args.cfg:
-            from ..checkpoints.download import configure_mirrors
             from ..config import load_cfg
-            configure_mirrors(load_cfg(args.cfg).MODEL.mirrors)
+            config_mirrors = list(load_cfg(args.cfg).MODEL.mirrors)
         for folder in args.verify:
             _verify(folder)
         if args.url:
             print(download(args.url, args.out, quiet=args.quiet))
         for name in args.names:
             key = canonical_name(name)
-            enc, dec = fetch_model(key, args.dest, mirrors=args.mirror, progress=not args.quiet)
+            enc, dec = fetch_model(key, args.dest, mirrors=args.mirror,
+                                   config_mirrors=config_mirrors, progress=not args.quiet)
             model = RELEASED_MODELS[key]
             print(f"{key}: {enc}, {dec}")
             print(f"  use with: --cfg {model.config} DIR {os.path.dirname(enc)} "
@@ -77,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _verify(folder: str) -> None:
-    from ..checkpoints.download import SUMS_NAME, read_sums, verify_folder
+    from ..checkpoints.ledger import SUMS_NAME, read_sums, verify_folder
     from ..errors import InputNotFoundError
     if not os.path.isdir(folder):
         raise InputNotFoundError(f"--verify {folder}: no such folder")

@@ -26,11 +26,11 @@ from typing import Any, Mapping, Sequence
 
 from yacs.config import CfgNode
 
-from ..checkpoints.download import SUMS_NAME, record_sha256, sha256_file
 from ..checkpoints.files import (MODEL_CONFIG, MODEL_WEIGHTS, atomic_write_text, checkpoint_paths,
                                  is_model_folder)
 from ..checkpoints.formats import write_weights
 from ..checkpoints.hub import check_model_folder, resolve_model
+from ..checkpoints.ledger import SUMS_NAME, record_sha256, sha256_file
 from ..config import load_cfg
 from ..data.classes import class_table, write_class_table
 from ..data.transforms import Preprocess

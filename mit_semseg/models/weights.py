@@ -85,18 +85,19 @@ def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], source: s
 
 
 def load_url(url: str, model_dir: str = DEFAULT_PRETRAINED_DIR,
-             map_location=None) -> dict[str, torch.Tensor]:
+             map_location=None, *, mirrors: str | Sequence[str] = ()) -> dict[str, torch.Tensor]:
     """Return the state dict at ``url``, downloading it once into ``model_dir``.
 
     The download resumes when cut and falls back to the mirrors of
-    ``MIT_SEMSEG_MIRRORS`` (which hold it as ``<folder>/<file>``, the last two
-    parts of the URL); its SHA-256 is recorded in ``model_dir/SHA256SUMS`` and
-    checked on later loads. Offline, the error names the URL, every source tried
-    and the path to place the file at.
+    ``MIT_SEMSEG_MIRRORS`` (read at this call), then ``mirrors`` (the config's
+    ``MODEL.mirrors``), which hold it as ``<folder>/<file>``, the last two parts of
+    the URL; its SHA-256 is recorded in ``model_dir/SHA256SUMS`` and checked on
+    later loads. Offline, the error names the URL, every source tried and the path
+    to place the file at.
     """
     cached = os.path.join(model_dir, url.rsplit("/", 1)[-1])
     try:
-        fetch_url(url, cached)
+        fetch_url(url, cached, config_mirrors=mirrors)
     except DownloadError as exc:
         tried = "; ".join(str(e).splitlines()[0] for _, e in exc.failures) or str(exc)
         raise WeightsError(
@@ -111,15 +112,16 @@ _BN_BOOKKEEPING = ("num_batches_tracked", "_tmp_running_mean", "_tmp_running_var
                    "_running_iter")
 
 
-def load_pretrained(model: nn.Module, url: str, model_dir: str = DEFAULT_PRETRAINED_DIR,
-                    mirrors: Sequence[str] = ()) -> None:
-    """Load the ImageNet weights at ``url`` (cached in ``model_dir``) into ``model``.
+def load_pretrained(model: nn.Module, url: str, model_dir: str = DEFAULT_PRETRAINED_DIR, *,
+                    mirrors: str | Sequence[str] = ()) -> None:
+    """Load the ImageNet weights at ``url`` (cached in ``model_dir``; downloaded as
+    :func:`load_url` says, ``mirrors`` being the config's ``MODEL.mirrors``) into ``model``.
 
     Files from 2018 may lack BatchNorm bookkeeping buffers (they keep their
     initial values) and carry classifier heads an encoder does not use
     (reported on stderr). Any other missing or mis-shaped key is an error.
     """
-    state = load_url(url, model_dir)
+    state = load_url(url, model_dir, mirrors=mirrors)
 
     def absent_bookkeeping(key: str) -> bool:
         return key not in state and key.endswith(_BN_BOOKKEEPING)

@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 from yacs.config import CfgNode
 
-from ..checkpoints.download import forget_sha256
 from ..checkpoints.files import CheckpointError, atomic_save, find_weights, load_file
 from ..checkpoints.formats import WEIGHT_FORMATS, twin_path, write_weights
+from ..checkpoints.ledger import forget_sha256
 from ..config import ConfigError
 from ..runtime.process import loader_workers
 from . import distributed as D

@@ -13,10 +13,11 @@ import torch
 
 from _server import closed_url, site  # noqa: F401 (fixtures)
 
-from mit_semseg.checkpoints.download import (MIRRORS_ENV, MIT_HOST, SUMS_NAME, DownloadError,
-                                             HashMismatchError, download, fetch_file, read_sums,
-                                             resolve_sources, verify_file, verify_folder)
+from mit_semseg.checkpoints.download import (MIRRORS_ENV, MIT_HOST, DownloadError,
+                                             HashMismatchError, download, fetch_file,
+                                             resolve_sources)
 from mit_semseg.checkpoints.formats import read_weights, write_weights
+from mit_semseg.checkpoints.ledger import SUMS_NAME, read_sums, verify_file, verify_folder
 
 MODEL = "ade20k-resnet18dilated-ppm_deepsup"
 NAME = "encoder_epoch_20.pth"
@@ -253,7 +254,7 @@ def test_offline_is_said_plainly(closed_url, tmp_path):
 
 def test_shipped_manifest_is_well_formed():
     """A comment and ``{"<model>/<file>": sha256}`` (empty while no hash is known)."""
-    from mit_semseg.checkpoints import download as module
+    from mit_semseg.checkpoints import released as module
     with open(os.path.join(os.path.dirname(module.__file__), "released_sha256.json")) as fh:
         data = json.load(fh)
     assert set(data) == {"_comment", "sha256"}
@@ -264,24 +265,77 @@ def test_shipped_manifest_is_well_formed():
 
 
 def test_config_mirrors_come_last_and_reach_the_pretrained_command(tmp_path, monkeypatch):
-    """MODEL.mirrors (configure_mirrors) are tried after the host, --mirror and the
-    environment variable; the pretrained command reads them from --cfg."""
+    """MODEL.mirrors (``config``) are tried after the host, --mirror and the
+    environment variable; the pretrained command passes them from --cfg; nothing is
+    remembered from one call to the next."""
     from mit_semseg.checkpoints import download as dl
-    monkeypatch.setattr(dl, "_CONFIGURED", [])
-    dl.configure_mirrors(["http://cfg.example/a", str(tmp_path)])
-    sources = dl.resolve_sources(["http://flag.example"], env={dl.MIRRORS_ENV: "http://env.example"})
+    sources = dl.resolve_sources(["http://flag.example"],
+                                 env={dl.MIRRORS_ENV: "http://env.example"},
+                                 config=["http://cfg.example/a", str(tmp_path)])
     assert sources == [dl.MIT_HOST, "http://flag.example", "http://env.example",
                        "http://cfg.example/a", str(tmp_path)]
-    assert dl.resolve_sources(env={}, config=[]) == [dl.MIT_HOST]  # an explicit config wins
+    assert dl.resolve_sources(env={}) == [dl.MIT_HOST]  # no mirrors kept from the call before
+    assert not hasattr(dl, "configure_mirrors")
     cfg = tmp_path / "m.yaml"
     cfg.write_text("MODEL:\n  mirrors: ['http://from-yaml.example']\n")
     seen = {}
 
-    def fetch_model(key, dest, mirrors=(), progress=True):
-        seen["sources"] = dl.resolve_sources(mirrors, env={})
+    def fetch_model(key, dest, mirrors=(), config_mirrors=(), progress=True):
+        seen["sources"] = dl.resolve_sources(mirrors, env={}, config=config_mirrors)
         raise dl.DownloadError("stop here")
 
     monkeypatch.setattr("mit_semseg.checkpoints.released.fetch_model", fetch_model)
     from mit_semseg.commands.pretrained import main
     assert main(["ade20k-hrnetv2-c1", "--cfg", str(cfg), "--quiet"]) == 1
     assert seen["sources"][-1] == "http://from-yaml.example"
+
+
+# ----------------------------------------------------------------------------- explicit mirrors
+
+IMAGENET = "pretrained_resnet/resnet18-imagenet.pth"
+
+
+def test_fetch_url_takes_its_mirrors_explicitly(site, closed_url, tmp_path,  # noqa: F811
+                                                monkeypatch):
+    """The URL's host refused: the given mirrors, then MIT_SEMSEG_MIRRORS (read at the
+    call), then the config's mirrors are tried, in that order."""
+    from mit_semseg.checkpoints.download import fetch_url
+    folder = tmp_path / "mirror"
+    (folder / "pretrained_resnet").mkdir(parents=True)
+    (folder / IMAGENET).write_bytes(BODY)
+    monkeypatch.setenv(MIRRORS_ENV, site.url + "/env")
+    url = f"{closed_url}/{IMAGENET}"
+    dest = tmp_path / "pretrained" / "resnet18-imagenet.pth"
+    fetch_url(url, str(dest), mirrors=[site.url + "/flag"], config_mirrors=[str(folder)],
+              progress=False)
+    assert dest.read_bytes() == BODY
+    assert site.requests == [(f"/flag/{IMAGENET}", None), (f"/env/{IMAGENET}", None)]
+    assert read_sums(str(dest.parent)) == {dest.name: SHA}
+    # without the mirror folder the same call has nowhere to get it from
+    monkeypatch.delenv(MIRRORS_ENV)
+    with pytest.raises(DownloadError, match="tried 1 source"):
+        fetch_url(url, str(tmp_path / "other" / dest.name), progress=False)
+
+
+def test_load_pretrained_reads_the_config_mirrors(closed_url, tmp_path,  # noqa: F811
+                                                  monkeypatch):
+    """ImageNet weights from a local folder mirror given as ``mirrors`` (the config's
+    MODEL.mirrors): downloaded once, loaded, recorded; the next call without mirrors
+    finds nothing but the cache, and a fresh cache without mirrors is an error."""
+    from mit_semseg.models.weights import WeightsError, load_pretrained, load_url
+    monkeypatch.delenv(MIRRORS_ENV, raising=False)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    folder = tmp_path / "mirror"
+    (folder / "pretrained_resnet").mkdir(parents=True)
+    torch.save({**state, "fc.weight": torch.zeros(1)}, folder / IMAGENET)  # head not used
+    url = f"{closed_url}/{IMAGENET}"
+    cache = tmp_path / "pretrained"
+    fresh = torch.nn.Linear(3, 2)
+    load_pretrained(fresh, url, str(cache), mirrors=[str(folder)])
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in state.items())
+    assert set(read_sums(str(cache))) == {"resnet18-imagenet.pth"}
+    assert torch.equal(load_url(url, str(cache))["weight"], state["weight"])  # cached
+    with pytest.raises(WeightsError, match="MIT_SEMSEG_MIRRORS"):
+        load_url(url, str(tmp_path / "empty-cache"))

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from mit_semseg.checkpoints.download import SUMS_NAME, read_sums, record_sha256, sha256_file
+from mit_semseg.checkpoints.ledger import SUMS_NAME, read_sums, record_sha256, sha256_file
 from mit_semseg.checkpoints.formats import FormatError, convert, read_weights, write_weights
 from mit_semseg.models import ModelBuilder
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from _support import CFG, make_tiny_checkpoint, tiny_opts
 from mit_semseg.benchmark.harness import write_rule_checkpoint
-from mit_semseg.checkpoints.download import SUMS_NAME, read_sums, sha256_file
+from mit_semseg.checkpoints.ledger import SUMS_NAME, read_sums, sha256_file
 from mit_semseg.checkpoints.formats import read_weights
 from mit_semseg.checkpoints.hub import HubError
 from mit_semseg.checkpoints.released import RELEASED_MODELS

@@ -12,7 +12,7 @@ from PIL import Image
 from _server import closed_url, site  # noqa: F401 (fixtures)
 from mit_semseg.benchmark.harness import write_rule_checkpoint
 from mit_semseg.checkpoints import download as D
-from mit_semseg.checkpoints import formats
+from mit_semseg.checkpoints import formats, ledger, released as R
 from mit_semseg.checkpoints.released import RELEASED_MODELS
 from mit_semseg.commands import main
 from mit_semseg.config import load_cfg
@@ -66,13 +66,13 @@ def test_cut_download_resumes_and_ends_with_the_right_hash(site, released, tmp_p
     folder = tmp_path / NAME
     for name in FILES:
         assert (folder / name).read_bytes() == released[name]
-    assert D.read_sums(str(folder)) == {name: _sha(released[name]) for name in FILES}
+    assert ledger.read_sums(str(folder)) == {name: _sha(released[name]) for name in FILES}
     size = len(released[FILES[0]])
     enc_requests = [r for r in site.requests if r[0].endswith(FILES[0])]
     assert enc_requests == [(f"/mirror/{NAME}/{FILES[0]}", None),
                             (f"/mirror/{NAME}/{FILES[0]}", f"bytes={size // 2}-")]
     assert f"use with: --cfg {RELEASED_MODELS[NAME].config}" in out
-    assert sorted(os.listdir(folder)) == sorted([D.SUMS_NAME, *FILES])  # no .part left
+    assert sorted(os.listdir(folder)) == sorted([ledger.SUMS_NAME, *FILES])  # no .part left
 
 
 def test_part_left_by_a_killed_run_is_resumed(site, released, tmp_path, capsys):  # noqa: F811
@@ -111,7 +111,7 @@ def test_wrong_bytes_are_refused_and_never_placed(site, released, tmp_path, caps
     bad = bytearray(released[FILES[0]])
     bad[len(bad) // 2] ^= 0x01
     site.files[f"/bad/{NAME}/{FILES[0]}"] = bytes(bad)
-    monkeypatch.setattr(D, "_package_manifest", lambda: {f"{NAME}/{FILES[0]}": good_sha})
+    monkeypatch.setattr(R, "_package_manifest", lambda: {f"{NAME}/{FILES[0]}": good_sha})
     code, _, err = _pretrained(capsys, "--dest", tmp_path, "--mirror", site.url + "/bad/")
     assert code == 1
     assert f"SHA-256 mismatch for {site.url}/bad/{NAME}/{FILES[0]}: expected {good_sha}, " \
@@ -181,3 +181,23 @@ def test_offline_lists_every_source_tried(closed_url, tmp_path, capsys):  # noqa
     assert "seems to be offline" in message and D.MIRRORS_ENV in lines[-1]
     assert str(dest) in lines[-1] and "Traceback" not in err
     assert os.listdir(tmp_path / NAME) == []  # nothing half-written
+
+
+def test_cfg_mirrors_are_passed_to_the_download(site, released, tmp_path, capsys):  # noqa: F811
+    """--cfg with MODEL.mirrors naming a local folder: the files come from there, after
+    the refused MIT host and the --mirror that lacks them."""
+    mirror = tmp_path / "mirror" / NAME
+    mirror.mkdir(parents=True)
+    for name, data in released.items():
+        (mirror / name).write_bytes(data)
+    cfg = tmp_path / "mirrors.yaml"
+    cfg.write_text(f"MODEL:\n  mirrors: ['{mirror.parent}']\n")
+    code, out, err = _pretrained(capsys, "--dest", tmp_path / "ckpt", "--cfg", cfg,
+                                 "--mirror", site.url + "/empty/")
+    assert code == 0, err
+    for name in FILES:
+        assert (tmp_path / "ckpt" / NAME / name).read_bytes() == released[name]
+    assert [path for path, _ in site.requests] == [f"/empty/{NAME}/{name}" for name in FILES]
+    # the next call without --cfg does not remember those mirrors
+    code, _, err = _pretrained(capsys, "--dest", tmp_path / "again")
+    assert code == 1 and str(mirror.parent) not in err

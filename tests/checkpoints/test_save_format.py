@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mit_semseg.training as T
-from mit_semseg.checkpoints.download import SUMS_NAME, read_sums, record_sha256, sha256_file
+from mit_semseg.checkpoints.ledger import SUMS_NAME, read_sums, record_sha256, sha256_file
 from mit_semseg.checkpoints.files import atomic_save, checkpoint_paths
 from mit_semseg.checkpoints.formats import read_weights
 from mit_semseg.config import ConfigError, load_cfg
