@@ -13,7 +13,7 @@ CUDA synchronised around it); what the consumers do is not counted.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -25,7 +25,7 @@ from ..inference.engine import InferenceEngine
 __all__ = ["EvalSample", "Consumer", "OnSample", "run_evaluation"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class EvalSample:
     """One validation image as the consumers see it.
 
@@ -33,12 +33,16 @@ class EvalSample:
     a part of the list counts from the part's start); ``name``: the dataset's
     ``info`` (the image path as listed); ``image``: the photo, HxWx3 uint8;
     ``label``: HxW int64 ground truth, 0-based, negative = unlabeled.
+    ``shared``: what a consumer computed for this image and offers to the
+    consumers after it in the list (e.g. ``"image_stats"``), so that none
+    computes it twice; a consumer must work without it.
     """
 
     index: int
     name: str
     image: np.ndarray
     label: np.ndarray
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 class Consumer:
@@ -46,7 +50,8 @@ class Consumer:
 
     Subclasses override ``process`` and usually ``reset`` and ``result``.
     ``prediction`` is the HxW int64 array of predicted 0-based classes, the
-    size of ``sample.label``. Consumers must not modify either array.
+    size of ``sample.label``. Consumers must not modify either array; they may
+    add to ``sample.shared``.
     """
 
     def reset(self) -> None:

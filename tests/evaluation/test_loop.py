@@ -1,7 +1,9 @@
 """The one evaluation loop: a consumer added to it receives every sample once, in
 list order, with the prediction the engine makes for it (and the metrics consumer
-beside it counts the very same predictions); the report page's template and
-assets ship with the package (rendered from a build of it)."""
+beside it counts the very same predictions); the worst-images consumer ranks the
+same with or without per-image statistics shared by a metrics consumer; the
+report page's template and assets ship with the package (rendered from a build
+of it)."""
 import os
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from mit_semseg.config import load_cfg
 from mit_semseg.data.datasets import ValDataset
 from mit_semseg.data.synthetic import make_synthetic_dataset
 from mit_semseg.evaluation import Consumer, EvalSample, run_evaluation
-from mit_semseg.evaluation.consumers import MetricsConsumer
+from mit_semseg.evaluation.consumers import MetricsConsumer, WorstImagesConsumer
 from mit_semseg.evaluation.metrics import confusion_counts
 from mit_semseg.inference.engine import InferenceEngine
 from mit_semseg.data.transforms import Preprocess
@@ -89,6 +91,21 @@ def test_a_custom_consumer_receives_every_sample(data):
     assert recorder.resets == 2 and recorder.result() == 4
     assert [s.index for s, _ in recorder.seen] == [0, 1, 2, 3]
     assert np.array_equal(metrics.result().confusion, conf)
+
+
+def test_worst_images_alone_or_after_the_metrics(data):
+    dataset, engine = data
+    colors = np.zeros((NUM_CLASS, 3), np.uint8)
+    alone = WorstImagesConsumer(2, NUM_CLASS, colors, max_side=16)
+    metrics = MetricsConsumer(NUM_CLASS, per_image=True)
+    after = WorstImagesConsumer(2, NUM_CLASS, colors, max_side=16)
+    run_evaluation(engine, dataset, [alone], first=3)
+    run_evaluation(engine, dataset, [metrics, after], first=3)
+    stats = metrics.result().images
+    ranked = sorted(range(4), key=lambda i: (stats[i].mean_iou, i))[:2]
+    want = [(stats[i].name, stats[i].mean_iou, 3 + i) for i in ranked]
+    assert alone.result().ranking() == after.result().ranking() == want
+    assert alone.result().panels() == after.result().panels()
 
 
 _RENDER = """

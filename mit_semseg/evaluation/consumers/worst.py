@@ -6,13 +6,15 @@ import numpy as np
 from ..loop import Consumer, EvalSample
 from ..metrics import image_stats
 from ..panels import WorstPanels
+from .metrics import IMAGE_STATS
 
 __all__ = ["WorstImagesConsumer"]
 
 
 class WorstImagesConsumer(Consumer):
     """Keeps the panels of the ``n`` images of lowest mIoU (over the classes present
-    in each image, ``image_stats``), ranked by (mIoU, index in the list).
+    in each image, ``image_stats``; taken from ``sample.shared`` when a metrics
+    consumer before this one offers it), ranked by (mIoU, index in the list).
     ``colors``: Kx3 uint8 class colours of the tiles. ``result()``: the
     ``WorstPanels`` (mergeable with another process's)."""
 
@@ -27,8 +29,10 @@ class WorstImagesConsumer(Consumer):
     def process(self, sample: EvalSample, prediction: np.ndarray) -> None:
         if self.panels.n <= 0:
             return
-        score = image_stats(prediction, sample.label, self.num_class).mean_iou
-        self.panels.offer(score, sample.name, sample.image, sample.label, prediction,
+        stats = sample.shared.get(IMAGE_STATS)
+        if stats is None:
+            stats = image_stats(prediction, sample.label, self.num_class)
+        self.panels.offer(stats.mean_iou, sample.name, sample.image, sample.label, prediction,
                           order=sample.index)
 
     def result(self) -> WorstPanels:
