@@ -28,6 +28,7 @@ setuptools.setup(
     package_dir={"mit_semseg.data.ade20k": "data"},
     package_data={"mit_semseg.data.ade20k": ["color150.mat", "color150.csv", "object150_info.csv"],
                   "mit_semseg.web": ["static/*.html", "static/*.js", "static/*.css"],
+                  "mit_semseg.evaluation": ["static/*.html", "static/*.js", "static/*.css"],
                   "mit_semseg.checkpoints": ["released_sha256.json"]},
     install_requires=["torch>=2.1", "numpy", "scipy", "pillow", "yacs", "tqdm"],
     extras_require={

@@ -1,10 +1,11 @@
 """Prediction: segment a file, a folder (recursively) or an odgt list and write
 image | prediction PNGs (test.py).
 
-Images are listed and named here (``list_test_images``, ``result_names``),
-predicted by the engine (:mod:`mit_semseg.inference`) in the mode ``TEST.mode``
-says, coloured with the class table and written as PNGs; unreadable images are
-reported and skipped.
+Images are listed here (``list_test_images``) and named by ``data.naming``
+(``result_names``, ``companion_names``; both re-exported here), predicted by the
+engine (:mod:`mit_semseg.inference`) in the mode ``TEST.mode`` says, coloured
+with the class table and written as PNGs; unreadable images are reported and
+skipped.
 
 A photo that takes more than ``STEP_BAR_DELAY_S`` seconds also gets a bar of
 its own steps under the image bar (tiles in sliding-window mode; network runs
@@ -20,8 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import Counter
-from typing import Any, Sequence, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from .data.classes import class_table, colorEncode
 from .data.datasets import TestDataset, inference_loader
 from .data.io import (IMAGE_EXTENSIONS, DatasetError, confidence_uint8, find_recursive, write_png,
                       write_probs)
+from .data.naming import companion_names, result_names
 from .errors import InputNotFoundError
 from .inference.engine import engine_from_config
 from .inference.segmenter import describe_labels
@@ -41,32 +42,6 @@ __all__ = ["run_test", "result_names", "list_test_images", "companion_names",
 
 # a photo's own bar of steps appears once it has run this long (none for quick photos)
 STEP_BAR_DELAY_S = 5.0
-
-
-def result_names(paths: Sequence[str], base: str | None = None) -> list[str]:
-    """One output name per input path: its path relative to ``base`` (default: the
-    inputs' common folder) with the extension replaced by ``.png``. Names that
-    would clash keep their extension (``a.jpg.png``, ``a.png.png``); remaining
-    clashes get ``_2``, ``_3``... Comparison ignores case."""
-    if not paths:
-        return []
-    absolute = [os.path.abspath(p) for p in paths]
-    if base is None:
-        base = os.path.commonpath([os.path.dirname(p) for p in absolute])
-    rel = [os.path.relpath(p, os.path.abspath(base)) for p in absolute]
-    rel = [r if not r.startswith("..") else os.path.basename(r) for r in rel]
-    names = [os.path.splitext(r)[0] + ".png" for r in rel]
-    clash = Counter(n.lower() for n in names)
-    names = [r + ".png" if clash[n.lower()] > 1 else n for n, r in zip(names, rel)]
-    out: list[str] = []
-    used: set[str] = set()
-    for name in names:
-        candidate, k = name, 2
-        while candidate.lower() in used:
-            candidate, k = f"{name[:-4]}_{k}.png", k + 1
-        used.add(candidate.lower())
-        out.append(candidate)
-    return out
 
 
 def list_test_images(spec: str, root_dataset: str = "") -> tuple[list[str], list[str]]:
@@ -90,22 +65,6 @@ def list_test_images(spec: str, root_dataset: str = "") -> tuple[list[str], list
         paths = [_resolve_listed(p, root_dataset, os.path.dirname(spec)) for p in listed]
         return paths, result_names(listed)
     return [spec], result_names([spec])
-
-
-def companion_names(outputs: Sequence[str], suffix: str, taken: set[str]) -> list[str]:
-    """``<output without .png><suffix>`` per output, made unique (``_2``, ``_3``...)
-    against ``taken`` (absolute paths, compared ignoring case; updated)."""
-    used = {p.lower() for p in taken}
-    out = []
-    for path in outputs:
-        stem, ext = os.path.splitext(os.path.splitext(path)[0] + suffix)
-        candidate, k = stem + ext, 2
-        while os.path.abspath(candidate).lower() in used:
-            candidate, k = f"{stem}_{k}{ext}", k + 1
-        used.add(os.path.abspath(candidate).lower())
-        taken.add(os.path.abspath(candidate))
-        out.append(candidate)
-    return out
 
 
 # TestDataset options for reading an odgt list without loading images

@@ -7,16 +7,19 @@
 * ``validate(cfg, encoder, decoder, device)``: in-memory networks, during
   training; nothing written.
 
-The engine (:mod:`mit_semseg.inference`) predicts each sample in the mode
-``VAL.mode`` says; ``report`` prints and writes the results: the JSON and the
-report page. ``evaluate`` and ``evaluate_multiprocess`` keep per-image results
-(and boundary IoU with ``VAL.boundary_iou``) and the panels of the
-``VAL.worst_images`` images of lowest mIoU: each process builds the panels of
-its own worst images while it has them in memory and sends them with its
-per-image results; the parent keeps the worst over all processes, so the
-report equals one process's. ``validate`` keeps none of this.
-``VAL.visualize`` writes image | ground truth | prediction PNGs to
-``DIR/result/``.
+All three run the one loop (``loop.run_evaluation``): the engine
+(:mod:`mit_semseg.inference`) predicts each sample in the mode ``VAL.mode``
+says and hands it to the consumers (``consumers``) chosen here; ``report``
+prints and writes the results: the JSON and the report page.
+
+``evaluate`` and ``evaluate_multiprocess`` feed the metrics with per-image
+results (and boundary IoU with ``VAL.boundary_iou``), the panels of the
+``VAL.worst_images`` images of lowest mIoU and, with ``VAL.visualize``, the
+image | ground truth | prediction PNGs in ``DIR/result/``. Each process builds
+the panels of its own worst images while it has them in memory and sends them
+with its metrics; the parent merges the metrics and keeps the worst panels
+over all processes, so the report equals one process's. ``validate`` feeds
+the confusion matrix only.
 """
 from __future__ import annotations
 
@@ -27,23 +30,23 @@ import time
 import traceback
 from typing import Any, Sequence, TextIO
 
-import numpy as np
 import torch
 from tqdm import tqdm
 from yacs.config import CfgNode
 
 from ..checkpoints.files import checkpoint_paths
-from ..data.classes import class_colors, class_names, colorEncode
-from ..data.datasets import ValDataset, inference_loader
-from ..data.io import write_png
+from ..data.classes import class_colors, class_names
+from ..data.datasets import ValDataset
+from ..data.naming import result_names
 from ..data.transforms import Preprocess
 from ..errors import MitSemsegError
 from ..inference.engine import InferenceEngine, engine_from_config
 from ..runtime.devices import resolve_device
-from ..runtime.process import cpu_count, loader_workers, tune_allocator
-from ..prediction import result_names
-from .html_report import WorstPanels
+from ..runtime.process import cpu_count, tune_allocator
+from .consumers import MetricsConsumer, VisualizationWriter, WorstImagesConsumer
+from .loop import Consumer, OnSample, run_evaluation
 from .metrics import SegmentationMetrics
+from .panels import WorstPanels
 from .report import write_report
 
 __all__ = ["evaluate", "validate", "evaluate_multiprocess"]
@@ -58,44 +61,25 @@ def _val_dataset(cfg: CfgNode, start: int = -1, end: int = -1) -> ValDataset:
                       start_idx=start, end_idx=end)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _evaluate_part(cfg: CfgNode, engine: InferenceEngine, dataset: ValDataset,
-                   names: Sequence[str], on_image=None, *, report: bool = False,
-                   first: int = 0) -> tuple[SegmentationMetrics, float, WorstPanels]:
-    """Metrics over ``dataset`` (and visualisations named ``names``), total inference
-    seconds and the worst images' panels. ``report``: per-image results, boundary
-    IoU (``VAL.boundary_iou``) and ``VAL.worst_images`` panels, the images ranked
-    by their index in the whole list (``first`` + position)."""
+def _report_part(cfg: CfgNode, engine: InferenceEngine, dataset: ValDataset,
+                 names: Sequence[str], extra: Sequence[Consumer] = (), *,
+                 first: int = 0) -> tuple[SegmentationMetrics, WorstPanels, float]:
+    """One pass of what eval reports over ``dataset`` (items ``first``... of the
+    list): metrics with per-image results (and boundary IoU with
+    ``VAL.boundary_iou``), the ``VAL.worst_images`` panels and, with
+    ``VAL.visualize``, the PNGs named ``names`` (the whole list's) under
+    ``DIR/result``; ``extra`` consumers too. Returns the metrics, the panels and
+    the inference seconds."""
     colors = class_colors(cfg)
-    metrics = SegmentationMetrics(cfg.DATASET.num_class, per_image=report,
-                                  boundary=report and bool(cfg.VAL.boundary_iou))
-    worst = WorstPanels(int(cfg.VAL.worst_images) if report else 0, colors)
-    seconds = 0.0
-    for i, batch in enumerate(inference_loader(dataset, cfg.VAL.workers)):
-        sample = batch[0]
-        label = sample["seg_label"][0].numpy()
-        _sync(engine.device)
-        tic = time.perf_counter()
-        pred = engine.predict_sample(sample).labels
-        _sync(engine.device)
-        seconds += time.perf_counter() - tic
-        if report:
-            metrics.update(pred, label, name=sample["info"])
-            worst.offer(metrics.images[-1].mean_iou, sample["info"], sample["img_ori"], label,
-                        pred, order=first + i)
-        else:
-            metrics.update(pred, label)
-        if cfg.VAL.visualize:
-            row = np.concatenate([sample["img_ori"], colorEncode(label, colors),
-                                  colorEncode(pred, colors)], axis=1).astype(np.uint8)
-            write_png(row, os.path.join(cfg.DIR, "result", names[i]))
-        if on_image is not None:
-            on_image()
-    return metrics, seconds, worst
+    k = cfg.DATASET.num_class
+    metrics = MetricsConsumer(k, per_image=True, boundary=bool(cfg.VAL.boundary_iou))
+    worst = WorstImagesConsumer(int(cfg.VAL.worst_images), k, colors)
+    consumers: list[Consumer] = [metrics, worst]
+    if cfg.VAL.visualize:
+        consumers.append(VisualizationWriter(os.path.join(cfg.DIR, "result"), names, colors))
+    seconds = run_evaluation(engine, dataset, [*consumers, *extra], workers=cfg.VAL.workers,
+                             first=first)
+    return metrics.result(), worst.result(), seconds
 
 
 def evaluate(cfg: CfgNode, device: Any = "auto", *, progress: bool = True,
@@ -107,8 +91,8 @@ def evaluate(cfg: CfgNode, device: Any = "auto", *, progress: bool = True,
     dataset = _val_dataset(cfg)
     names = result_names([s["fpath_img"] for s in dataset.list_sample])
     with tqdm(total=len(dataset), disable=not progress, file=sys.stderr) as bar:
-        metrics, seconds, worst = _evaluate_part(cfg, engine, dataset, names,
-                                                 on_image=lambda: bar.update(1), report=True)
+        metrics, worst, seconds = _report_part(cfg, engine, dataset, names,
+                                               [OnSample(lambda: bar.update(1))])
     return write_report(metrics, cfg, seconds, stream, panels=worst.panels())
 
 
@@ -121,13 +105,13 @@ def validate(cfg: CfgNode, network: torch.nn.Module, device: Any,
     tic = time.perf_counter()
     vcfg = cfg.clone()
     vcfg.defrost()
-    vcfg.VAL.visualize = False
     if img_sizes:
         vcfg.DATASET.imgSizes = tuple(int(s) for s in img_sizes)
     engine = InferenceEngine(network, device=device,
                              preprocess=Preprocess.from_config(vcfg.DATASET))
-    metrics, _, _ = _evaluate_part(vcfg, engine, _val_dataset(vcfg), [])
-    return {**metrics.summary(class_names(cfg)), "time": time.perf_counter() - tic}
+    metrics = MetricsConsumer(cfg.DATASET.num_class)
+    run_evaluation(engine, _val_dataset(vcfg), [metrics], workers=cfg.VAL.workers)
+    return {**metrics.result().summary(class_names(cfg)), "time": time.perf_counter() - tic}
 
 
 def _worker(cfg_yaml: str, device: str, start: int, end: int, threads: int,
@@ -139,9 +123,9 @@ def _worker(cfg_yaml: str, device: str, start: int, end: int, threads: int,
         cfg = CfgNode.load_cfg(cfg_yaml)
         engine = _val_engine(cfg, device)
         dataset = _val_dataset(cfg, start, end)
-        metrics, seconds, worst = _evaluate_part(cfg, engine, dataset, names,
-                                                 on_image=lambda: results.put(("image", rank)),
-                                                 report=True, first=start)
+        metrics, worst, seconds = _report_part(cfg, engine, dataset, names,
+                                               [OnSample(lambda: results.put(("image", rank)))],
+                                               first=start)
         results.put(("done", rank, metrics, worst, seconds))
     except MitSemsegError as exc:  # bad input: its one-line message
         results.put(("input_error", rank, exc))
@@ -172,7 +156,7 @@ def evaluate_multiprocess(cfg: CfgNode, devices: Sequence[str], *, progress: boo
         print(f"{device}: start_idx {start}, end_idx {end}", file=stream)
         dev_threads = threads if resolve_device(device).type == "cpu" else 0
         proc = ctx.Process(target=_worker, args=(cfg.dump(), str(device), start, end, dev_threads,
-                                                 names[start:end], results, rank))
+                                                 names, results, rank))
         # not daemonic: each process may start DataLoader workers (VAL.workers)
         proc.start()
         procs[rank] = proc

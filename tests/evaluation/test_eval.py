@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from mit_semseg.prediction import result_names
+from mit_semseg.data.naming import result_names
 from mit_semseg.models import ModelBuilder
 from mit_semseg.data.synthetic import make_synthetic_dataset
 

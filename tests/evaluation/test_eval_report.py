@@ -192,8 +192,8 @@ def test_report_page_in_headless_chromium(run):
 
 def test_validate_keeps_no_per_image_results(run, monkeypatch):
     cfg, record, _ = run
-    from mit_semseg.evaluation import html_report
-    monkeypatch.setattr(html_report, "panel_tiles", lambda *a, **k: pytest.fail("panels built"))
+    from mit_semseg.evaluation import panels
+    monkeypatch.setattr(panels, "panel_tiles", lambda *a, **k: pytest.fail("panels built"))
     enc = ModelBuilder.build_encoder("resnet18dilated", 512, "", pretrained=False)
     dec = ModelBuilder.build_decoder("c1", 512, NUM_CLASS, "", use_softmax=True)
     enc.load_state_dict(torch.load(os.path.join(cfg.DIR, "encoder_epoch_1.pth")))

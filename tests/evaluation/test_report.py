@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from mit_semseg.evaluation.html_report import (WorstPanels, error_map, panel_tiles,
-                                               render_html_report, top_confusions,
+from mit_semseg.evaluation.html_report import (render_html_report, top_confusions,
                                                write_html_report)
+from mit_semseg.evaluation.panels import WorstPanels, error_map, panel_tiles
 from mit_semseg.evaluation.metrics import SegmentationMetrics, boundary_band, boundary_width, image_stats
 
 K = 6
