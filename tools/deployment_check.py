@@ -29,10 +29,10 @@ sys.path.insert(0, ROOT)
 
 from mit_semseg.benchmark import rule_tensor  # noqa: E402
 from mit_semseg.config import load_cfg  # noqa: E402
-from mit_semseg.export import (ScoreNetwork, compare_onnx, export_onnx, exportable,  # noqa: E402
+from mit_semseg.export import (compare_onnx, export_onnx, exportable,  # noqa: E402
                                metadata)
 from mit_semseg.inference import InferenceEngine, Segmenter  # noqa: E402
-from mit_semseg.models import ModelBuilder  # noqa: E402
+from mit_semseg.models import build_model  # noqa: E402
 from mit_semseg.inference.backends import OnnxBackend  # noqa: E402
 
 SAMPLE_PHOTOS = [  # (glob, crop height, crop width): odd sizes
@@ -57,14 +57,12 @@ def photos(extra: tuple = ()) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def rule_models(cfg):
-    enc = ModelBuilder.build_encoder(cfg.MODEL.arch_encoder.lower(), cfg.MODEL.fc_dim, "",
-                                     pretrained=False)
-    dec = ModelBuilder.build_decoder(cfg.MODEL.arch_decoder.lower(), cfg.MODEL.fc_dim,
-                                     cfg.DATASET.num_class, "", use_softmax=True)
-    for m in (enc, dec):
-        m.load_state_dict({k: rule_tensor(k, v.shape) for k, v in m.state_dict().items()})
-    return enc.eval(), dec.eval()
+def rule_model(cfg):
+    """The network of ``cfg`` filled by the parity weight rule."""
+    net = build_model(cfg)
+    net.load_state_dict({k: rule_tensor(k.split(".", 1)[1], v.shape)
+                         for k, v in net.state_dict().items()})
+    return net.eval()
 
 
 def presets() -> list[str]:
@@ -77,8 +75,7 @@ def cmd_presets(args) -> None:
           "label agreement per photo (single scale 300, default PyTorch path)")
     for path in presets():
         cfg = load_cfg(path)
-        enc, dec = rule_models(cfg)
-        net = ScoreNetwork(enc, dec).eval()
+        net = rule_model(cfg)
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = os.path.join(tmp, "m.onnx")
             t = time.perf_counter()
@@ -87,8 +84,8 @@ def cmd_presets(args) -> None:
             size = os.path.getsize(onnx_path) / 2 ** 20
             diff_abs, diff_rel = compare_onnx(
                 onnx_path, net, sizes=[(64, 64), (97, 75), (75, 131), (33, 47), (301, 229)])
-            torch_seg = Segmenter(InferenceEngine(enc, dec, device="cpu"), cfg.DATASET)
-            onnx_seg = Segmenter(InferenceEngine(None, None, device="cpu",
+            torch_seg = Segmenter(InferenceEngine(net, device="cpu"), cfg.DATASET)
+            onnx_seg = Segmenter(InferenceEngine(None, device="cpu",
                                                  backend=OnnxBackend(onnx_path)), cfg.DATASET)
             agree = []
             for name, img in images:
@@ -118,16 +115,16 @@ def cmd_speed(args) -> None:
     print("preset | scales | PyTorch default s | PyTorch exact s | onnxruntime s | ORT/default")
     for preset in args.presets:
         cfg = load_cfg(os.path.join(ROOT, "config", f"ade20k-{preset}.yaml"))
-        enc, dec = rule_models(cfg)
+        net = rule_model(cfg)
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = os.path.join(tmp, "m.onnx")
-            export_onnx(exportable(ScoreNetwork(enc, dec)), onnx_path, props=metadata(cfg))
+            export_onnx(exportable(net), onnx_path, props=metadata(cfg))
             segs = {
-                "default": Segmenter(InferenceEngine(enc, dec, device="cpu"), cfg.DATASET),
-                "exact": Segmenter(InferenceEngine(enc, dec, device="cpu", exact=True),
+                "default": Segmenter(InferenceEngine(net, device="cpu"), cfg.DATASET),
+                "exact": Segmenter(InferenceEngine(net, device="cpu", exact=True),
                                    cfg.DATASET),
                 "onnxruntime": Segmenter(InferenceEngine(
-                    None, None, device="cpu",
+                    None, device="cpu",
                     backend=OnnxBackend(onnx_path, threads=args.threads)), cfg.DATASET),
             }
             for sizes in ([450], list(cfg.DATASET.imgSizes)):
@@ -152,15 +149,15 @@ def cmd_slide(args) -> None:
     _, small = photos()[1 if len(photos()) > 3 else 0]
     photo = np.asarray(Image.fromarray(small).resize((4000, 3000), Image.Resampling.BICUBIC))
     cfg = load_cfg(os.path.join(ROOT, "config", f"ade20k-{args.preset}.yaml"))
-    enc, dec = rule_models(cfg)
+    net = rule_model(cfg)
     if args.backend == "onnxruntime":
         tmp = tempfile.mkdtemp()
         onnx_path = os.path.join(tmp, "m.onnx")
-        export_onnx(exportable(ScoreNetwork(enc, dec)), onnx_path, props=metadata(cfg))
-        engine = InferenceEngine(None, None, device="cpu",
+        export_onnx(exportable(net), onnx_path, props=metadata(cfg))
+        engine = InferenceEngine(None, device="cpu",
                                  backend=OnnxBackend(onnx_path, threads=args.threads))
     else:
-        engine = InferenceEngine(enc, dec, device="cpu")
+        engine = InferenceEngine(net, device="cpu")
     window = SlideWindow((args.crop, args.crop), (args.stride, args.stride), args.scale)
     # warm-up on a photo of two by two tiles: allocator pools, row plans, one-time
     # checks, one full tile's activations (so the peak below is the slide's own)

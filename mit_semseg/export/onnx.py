@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import warnings
 from typing import Any, Mapping, Sequence
 

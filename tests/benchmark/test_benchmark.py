@@ -154,13 +154,14 @@ def test_worker_commands_in_process(tmp_path):
 
 def test_original_procedure_matches_engine_labels():
     from mit_semseg.inference import InferenceEngine
-    from mit_semseg.models import ModelBuilder
+    from mit_semseg.models import ModelBuilder, SegmentationNetwork
     torch.manual_seed(0)
     enc = ModelBuilder.build_encoder("resnet18dilated", 512, pretrained=False).eval()
     dec = ModelBuilder.build_decoder("c1", 512, 9, use_softmax=True).eval()
     imgs = [torch.randn(1, 3, 48, 64), torch.randn(1, 3, 64, 80)]
     labels, times = B.original_inference(enc, dec, imgs, (50, 70), 9, torch.device("cpu"))
-    ref = InferenceEngine(enc, dec, device="cpu", band_bytes=0).predict(imgs, (50, 70)).labels
+    ref = InferenceEngine(SegmentationNetwork(enc, dec), device="cpu",
+                          band_bytes=0).predict(imgs, (50, 70)).labels
     assert (labels.numpy() == ref).mean() > 0.999  # equal up to float ties
     assert set(times) == {"total", "model", "post"}
 

@@ -147,14 +147,14 @@ def test_defaults_without_table():
 
 def test_segmenter_names_and_colors_from_the_table(tmp_path):
     from mit_semseg.inference import InferenceEngine
-    from mit_semseg.models import ModelBuilder
+    from mit_semseg.models import ModelBuilder, SegmentationNetwork
     table = tmp_path / "t.csv"
     table.write_text("Name,R,G,B\nsky,0,0,255\nroad,9,9,9\n")
     cfg = load_cfg(None, ["DATASET.num_class", "2", "DATASET.class_table", str(table),
                           "DATASET.imgSizes", "(32,)"])
     enc = ModelBuilder.build_encoder("mobilenetv2dilated", 320, pretrained=False)
     dec = ModelBuilder.build_decoder("c1", 320, 2, use_softmax=True)
-    seg = Segmenter(InferenceEngine(enc, dec, device="cpu"), cfg.DATASET)
+    seg = Segmenter(InferenceEngine(SegmentationNetwork(enc, dec), device="cpu"), cfg.DATASET)
     assert seg.names == {0: "sky", 1: "road"}
     assert seg.colorize(np.array([[0, 1]])).tolist() == [[[0, 0, 255], [9, 9, 9]]]
     assert seg.describe(np.array([[1, 1, 0, 1]]))[0].name == "road"

@@ -21,7 +21,7 @@ from mit_semseg.config import load_cfg
 from mit_semseg.data.synthetic import make_synthetic_dataset
 from mit_semseg.evaluation import evaluate, validate
 from mit_semseg.evaluation.report import report_path, results_path
-from mit_semseg.models import ModelBuilder
+from mit_semseg.models import ModelBuilder, SegmentationNetwork
 
 from _support import CFG, NUM_CLASS, tiny_opts
 
@@ -198,6 +198,6 @@ def test_validate_keeps_no_per_image_results(run, monkeypatch):
     dec = ModelBuilder.build_decoder("c1", 512, NUM_CLASS, "", use_softmax=True)
     enc.load_state_dict(torch.load(os.path.join(cfg.DIR, "encoder_epoch_1.pth")))
     dec.load_state_dict(torch.load(os.path.join(cfg.DIR, "decoder_epoch_1.pth")))
-    summary = validate(cfg, enc, dec, "cpu")
+    summary = validate(cfg, SegmentationNetwork(enc, dec), "cpu")
     assert summary["per_image"] is None and summary["mean_boundary_iou"] is None
     assert summary["confusion"] == record["confusion"]  # the same numbers

@@ -62,7 +62,7 @@ def data(tmp_path_factory):
                          lists["validation"], "DATASET.imgSizes", "(40, 56)",
                          "DATASET.imgMaxSize", "120"])
     dataset = ValDataset(cfg.DATASET.root_dataset, cfg.DATASET.list_val, cfg.DATASET)
-    engine = InferenceEngine(None, None, device="cpu", backend=_Backend(),
+    engine = InferenceEngine(None, device="cpu", backend=_Backend(),
                              preprocess=Preprocess.from_config(cfg.DATASET))
     return dataset, engine
 

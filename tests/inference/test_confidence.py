@@ -21,7 +21,7 @@ from mit_semseg.data.transforms import Preprocess
 from mit_semseg.inference import InferenceEngine, Segmenter, SlideWindow
 from mit_semseg.data.io import confidence_uint8
 from mit_semseg.inference.fusion import fuse
-from mit_semseg.models import ModelBuilder
+from mit_semseg.models import ModelBuilder, SegmentationNetwork
 from mit_semseg.prediction import companion_names, run_test
 
 from _support import (CFG, NUM_CLASS, PARITY_DIR, TinyNet, assert_same_labels_up_to_ties,
@@ -129,9 +129,9 @@ def test_segmenter_with_onnxruntime(tmp_path):
     cfg = load_cfg(CFG, ["DATASET.imgSizes", "(40, 56)", "DATASET.imgMaxSize", "120",
                          "DATASET.class_table", ""])
     pre = Preprocess.from_config(cfg.DATASET)
-    onnx_seg = Segmenter(InferenceEngine(None, None, device="cpu", backend=OnnxBackend(path),
+    onnx_seg = Segmenter(InferenceEngine(None, device="cpu", backend=OnnxBackend(path),
                                          preprocess=pre, flip=True), cfg.DATASET)
-    torch_seg = Segmenter(InferenceEngine(None, None, device="cpu", backend=_Scores(net),
+    torch_seg = Segmenter(InferenceEngine(None, device="cpu", backend=_Scores(net),
                                           preprocess=pre, flip=True), cfg.DATASET)
     arr = _photo(66, 95)
     for window in (None, SlideWindow(crop_size=(48, 48), stride=(32, 40))):
@@ -219,8 +219,8 @@ def test_slide_and_whole_agree_away_from_tile_seams():
     image = np.asarray(make_scene(np.random.default_rng(3), 160, 200)[0])
     pre = Preprocess((160,), 1000, 8)
     window = SlideWindow(crop_size=(96, 96), stride=(64, 64))
-    whole = InferenceEngine(None, None, device="cpu", backend=_Scores(net), preprocess=pre)
-    slide = InferenceEngine(None, None, device="cpu", backend=_Scores(net), preprocess=pre,
+    whole = InferenceEngine(None, device="cpu", backend=_Scores(net), preprocess=pre)
+    slide = InferenceEngine(None, device="cpu", backend=_Scores(net), preprocess=pre,
                             window=window)
     a, b = whole.predict_image(image), slide.predict_image(image)
     margin = 16  # 15-pixel receptive field, stride 8: one feature column plus the resize
@@ -258,7 +258,7 @@ def test_exact_engine_probabilities_are_the_originals(name):
     dec.load_state_dict(rule_state_dict(case["decoder_keys"]))
     x = case["input"]
     size = tuple(x.shape[2:])
-    exact = InferenceEngine(enc, dec, device="cpu", exact=True)
+    exact = InferenceEngine(SegmentationNetwork(enc, dec), device="cpu", exact=True)
     pred = exact.predict([x], size, return_probs=True, return_confidence=True)
     probs = pred.probs
     argmax = probs.argmax(0).to(torch.int16)
@@ -272,7 +272,7 @@ def test_exact_engine_probabilities_are_the_originals(name):
     err = ((logp[at] - want).abs() / want.abs().clamp_min(1.0)).max().item()
     assert err <= 1e-4, err
     assert np.array_equal(pred.confidence, probs.max(0).values.numpy())
-    fast = InferenceEngine(enc, dec, device="cpu").predict([x], size, return_probs=True,
+    fast = InferenceEngine(SegmentationNetwork(enc, dec), device="cpu").predict([x], size, return_probs=True,
                                                            return_confidence=True)
     assert torch.allclose(fast.probs, probs, rtol=0, atol=1e-5)
     np.testing.assert_allclose(fast.confidence, pred.confidence, rtol=0, atol=1e-5)

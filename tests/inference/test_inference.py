@@ -15,7 +15,7 @@ from mit_semseg.data.transforms import Preprocess
 from mit_semseg.inference.fusion import banding_exact
 from mit_semseg.inference import (CheckpointNotFoundError, DeviceUnavailableError, InferenceEngine,
                                   Segmenter, resolve_device)
-from mit_semseg.models import ModelBuilder, SegmentationModule
+from mit_semseg.models import ModelBuilder, SegmentationModule, SegmentationNetwork
 
 from _support import assert_same_labels_up_to_ties
 
@@ -78,13 +78,13 @@ def test_engine_equals_straightforward_procedure(tiny_model, flip):
     for (h, w), sizes in IMAGES:
         img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         img_data = multi_scale(img, sizes)
-        engine = InferenceEngine(enc, dec, device="cpu", flip=flip, exact=True,
+        engine = InferenceEngine(SegmentationNetwork(enc, dec), device="cpu", flip=flip, exact=True,
                                  band_bytes=3 * NUM_CLASS * w * 4)  # ignored when exact
         pred = engine.predict(img_data, (h, w), return_probs=True)
         labels, scores = straightforward(enc, dec, img_data, (h, w), flip)
         assert np.array_equal(pred.labels, labels) and torch.equal(pred.probs, scores)
         # the default engine (inference copy): same labels up to float ties
-        fast = InferenceEngine(enc, dec, device="cpu", flip=flip,
+        fast = InferenceEngine(SegmentationNetwork(enc, dec), device="cpu", flip=flip,
                                band_bytes=3 * NUM_CLASS * w * 4).predict(img_data, (h, w))
         assert_same_labels_up_to_ties(fast.labels, scores)
 
@@ -95,7 +95,7 @@ def test_exact_engine_equals_the_original_loop_bit_for_bit(tiny_model):
     for (h, w), sizes in IMAGES:
         img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         img_data = multi_scale(img, sizes)
-        engine = InferenceEngine(enc, dec, device="cpu", exact=True)
+        engine = InferenceEngine(SegmentationNetwork(enc, dec), device="cpu", exact=True)
         pred = engine.predict(img_data, (h, w), return_probs=True)
         labels, scores = original_loop(enc, dec, img_data, (h, w))
         assert np.array_equal(pred.labels, labels) and torch.equal(pred.probs, scores)
@@ -103,7 +103,7 @@ def test_exact_engine_equals_the_original_loop_bit_for_bit(tiny_model):
 
 def test_scale_logits_and_fuse_are_the_two_steps(tiny_model):
     enc, dec = tiny_model
-    engine = InferenceEngine(enc, dec, device="cpu", flip=True)
+    engine = InferenceEngine(SegmentationNetwork(enc, dec), device="cpu", flip=True)
     img_data = multi_scale(Image.new("RGB", (60, 90), (120, 30, 200)), (32, 48))
     logits = engine.scale_logits(img_data)
     assert len(logits) == 4 and all(x.dtype == torch.float32 and x.shape[:2] == (1, NUM_CLASS)
@@ -115,12 +115,12 @@ def test_scale_logits_and_fuse_are_the_two_steps(tiny_model):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_runs_and_fuses_in_float32(tiny_model, precision):
     enc, dec = tiny_model
-    engine = InferenceEngine(enc, dec, device="cpu", precision=precision)
+    engine = InferenceEngine(SegmentationNetwork(enc, dec), device="cpu", precision=precision)
     img_data = multi_scale(Image.new("RGB", (90, 70), (20, 140, 60)), (40,))
     assert all(x.dtype == torch.float32 for x in engine.scale_logits(img_data))
     assert engine.predict(img_data, (70, 90)).labels.shape == (70, 90)
     with pytest.raises(ValueError, match="precision"):
-        InferenceEngine(enc, dec, device="cpu", precision="int8")
+        InferenceEngine(SegmentationNetwork(enc, dec), device="cpu", precision="int8")
 
 
 def test_bf16_without_onednn_bf16_warns_and_still_runs(tiny_model, monkeypatch):
@@ -131,11 +131,11 @@ def test_bf16_without_onednn_bf16_warns_and_still_runs(tiny_model, monkeypatch):
     monkeypatch.setattr(fused, "_MKLDNN_BF16", False)
     enc, dec = tiny_model
     with pytest.warns(UserWarning, match="oneDNN has no bf16 convolutions"):
-        engine = InferenceEngine(enc, dec, device="cpu", precision="bf16")
+        engine = InferenceEngine(SegmentationNetwork(enc, dec), device="cpu", precision="bf16")
     img_data = multi_scale(Image.new("RGB", (90, 70), (20, 140, 60)), (40,))
     with torch.inference_mode():
         logits = engine.scale_logits(img_data)
-    ref = InferenceEngine(enc, dec, device="cpu").scale_logits(img_data)
+    ref = InferenceEngine(SegmentationNetwork(enc, dec), device="cpu").scale_logits(img_data)
     assert torch.isfinite(logits[0]).all()
     torch.testing.assert_close(logits[0], ref[0], rtol=0.05, atol=0.05 * ref[0].abs().max().item())
 

@@ -31,7 +31,7 @@ class _Net:
 
 
 def engine(**kwargs) -> InferenceEngine:
-    return InferenceEngine(None, None, device="cpu", backend=_Net(),
+    return InferenceEngine(None, device="cpu", backend=_Net(),
                            preprocess=Preprocess((32, 48), 100, 8), **kwargs)
 
 

@@ -139,14 +139,14 @@ def test_slide_through_the_engine_and_segmenter(tmp_path):
     copy): Segmenter in slide mode equals the reference run with the same network."""
     from mit_semseg.inference import InferenceEngine, Segmenter
     from mit_semseg.config import load_cfg
-    from mit_semseg.models import ModelBuilder
+    from mit_semseg.models import ModelBuilder, SegmentationNetwork
     torch.manual_seed(0)
     enc = ModelBuilder.build_encoder("resnet18dilated", 512, "", pretrained=False)
     dec = ModelBuilder.build_decoder("c1", 512, 8, "", use_softmax=True)
-    engine = InferenceEngine(enc, dec, device="cpu", flip=True)
-    cfg = load_cfg(None, ["DATASET.num_class", "8"])
     window = SlideWindow((64, 80), (40, 50))
-    seg = Segmenter(engine, cfg.DATASET, slide=window)
+    engine = InferenceEngine(SegmentationNetwork(enc, dec), device="cpu", flip=True, window=window)
+    cfg = load_cfg(None, ["DATASET.num_class", "8"])
+    seg = Segmenter(engine, cfg.DATASET)
     image = _photo(101, 139, seed=5)
     labels, probs = seg.predict(image, return_probs=True)
     with torch.inference_mode():
