@@ -1,8 +1,8 @@
-"""What a benchmark run measures: :class:`BenchmarkOptions` (one field per flag of
-``python -m mit_semseg benchmark``, same names and defaults) and
-:func:`resolve_options`, which applies the presets, ``--cfg`` files and the
-device's precisions and refuses unknown sections, methods, precisions and
-pairs (:class:`BenchmarkError`).
+"""What a benchmark run measures: :class:`BenchmarkOptions`, one field per flag
+of ``python -m mit_semseg benchmark`` (same names and defaults), the presets
+and sections. ``run.resolve_options`` decides what is left open and refuses
+what cannot run (:class:`BenchmarkError`). This module imports nothing of the
+benchmark, so that every section may name the options' type.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 from ..errors import MitSemsegError
 
-__all__ = ["BenchmarkError", "BenchmarkOptions", "resolve_options", "SECTIONS",
+__all__ = ["BenchmarkError", "BenchmarkOptions", "default_of", "SECTIONS",
            "DEFAULT_SECTIONS", "DEFAULT_PAIRS", "DEFAULT_TRAIN_PAIRS", "TARGET_SINGLE_PAIRS",
-           "DEFAULT_SCALES", "PRESETS", "OMP_WAIT_POLICIES"]
+           "DEFAULT_SCALES", "PRESETS", "QUICK", "OMP_WAIT_POLICIES", "PRECISIONS"]
 
 DEFAULT_PAIRS = ("mobilenetv2dilated+c1_deepsup", "resnet50dilated+ppm_deepsup")
 DEFAULT_TRAIN_PAIRS = ("mobilenetv2dilated+c1_deepsup", "resnet18dilated+ppm_deepsup")
@@ -29,7 +29,7 @@ OMP_WAIT_POLICIES = ("default", "passive", "active")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 # --preset quick: these replace the fields left at their defaults
-_QUICK: dict[str, Any] = dict(
+QUICK: dict[str, Any] = dict(
     pairs=["resnet18dilated+c1_deepsup"], train_pairs=["resnet18dilated+c1_deepsup"],
     size=64, photo=(48, 64), scales=(32, 48), max_size=100, train_size=64, train_iters=2,
     data_batches=2, data_images=4, data_workers=[0], metrics_size=256, mm_size=256, runs=1,
@@ -44,7 +44,7 @@ class BenchmarkError(MitSemsegError):
 class BenchmarkOptions:
     """A benchmark run's settings; the flags of ``python -m mit_semseg benchmark``
     (``--help`` explains each). None means "decided by :func:`resolve_options`"
-    (the preset, ``cfg`` or the device). ``json`` and ``omp_wait_policy`` are
+    (the preset, ``cfg`` or the device; ``run.resolve_options``). ``json`` and ``omp_wait_policy`` are
     acted on by the command (writing the results, re-executing with
     ``OMP_WAIT_POLICY``); all fields are recorded in the results' ``settings``."""
 
@@ -93,87 +93,3 @@ def default_of(name: str) -> Any:
     """The default of field ``name`` of :class:`BenchmarkOptions` (a fresh copy)."""
     f = next(f for f in dataclasses.fields(BenchmarkOptions) if f.name == name)
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
-
-
-def _check_pair(spec: str) -> None:
-    """Refuse what ``harness.Pair`` cannot build, before any section runs."""
-    from .harness import FC_DIM
-    if "+" not in spec:
-        raise BenchmarkError(f"pair '{spec}' must be ENCODER+DECODER, "
-                             "e.g. resnet50dilated+ppm_deepsup")
-    encoder = spec.split("+", 1)[0].strip().lower()
-    if encoder not in FC_DIM:
-        raise BenchmarkError(f"unknown encoder '{encoder}'; expected one of {sorted(FC_DIM)}")
-
-
-def _check_methods(methods: list[str]) -> None:
-    """Refuse unknown method names, naming the valid ones (and the new name of an
-    earlier one)."""
-    from .inference import METHODS, REDUCED, RENAMED
-    valid = METHODS + tuple(f"default-{p}" for p in REDUCED)
-    for m in methods:
-        if m in RENAMED:
-            raise BenchmarkError(f"method '{m}' is now '{RENAMED[m]}'")
-        if m not in valid:
-            raise BenchmarkError(f"unknown method '{m}'; expected some of {','.join(valid)}")
-
-
-def resolve_options(options: BenchmarkOptions) -> BenchmarkOptions:
-    """A copy of ``options`` with every None decided: the preset's values (for
-    fields left at their defaults), pairs, class count and multi-scale sizes from
-    the ``cfg`` files, the default pairs and sections, and the precisions the
-    device has (fp32; bf16 where supported; fp16 on CUDA). Raises BenchmarkError
-    for an unknown preset, section, method, precision or pair."""
-    o = dataclasses.replace(options)
-    if o.preset not in PRESETS:
-        raise BenchmarkError(f"unknown preset '{o.preset}'; expected one of {', '.join(PRESETS)}")
-    if o.preset == "quick":
-        for name, value in _QUICK.items():
-            if getattr(o, name) is None or getattr(o, name) == default_of(name):
-                setattr(o, name, value)
-    elif o.preset == "targets":
-        if o.single_pairs is None and o.pairs is None:
-            o.single_pairs = list(TARGET_SINGLE_PAIRS)
-        if o.sections is None:
-            o.sections = list(DEFAULT_SECTIONS) + ["testpy"]
-    if o.cfg:
-        from ..config import cfg as base_cfg
-        pairs = []
-        for path in o.cfg:
-            c = base_cfg.clone()
-            c.merge_from_file(path)
-            pairs.append(f"{c.MODEL.arch_encoder}+{c.MODEL.arch_decoder}")
-            o.num_class = int(c.DATASET.num_class)
-            o.scales = tuple(int(s) for s in (c.DATASET.imgSizes if isinstance(
-                c.DATASET.imgSizes, (list, tuple)) else (c.DATASET.imgSizes,)))
-            o.max_size = int(c.DATASET.imgMaxSize)
-            o.padding = int(c.DATASET.padding_constant)
-        o.pairs = o.pairs or pairs
-    pairs = o.pairs or list(DEFAULT_PAIRS)
-    o.single_pairs = o.single_pairs or pairs
-    o.multi_pairs = o.multi_pairs or pairs
-    if o.train_pairs is None:
-        o.train_pairs = list(DEFAULT_TRAIN_PAIRS)
-    o.sections = o.sections or list(DEFAULT_SECTIONS)
-    for s in o.sections:
-        if s not in SECTIONS:
-            raise BenchmarkError(f"unknown section '{s}'; expected some of {','.join(SECTIONS)}")
-    _check_methods(o.methods)
-    if o.precisions is None:
-        from .harness import bench_device, bf16_supported
-        dev = bench_device(o.device)
-        o.precisions = (["fp32"] + (["bf16"] if bf16_supported(dev) else [])
-                        + (["fp16"] if dev.type == "cuda" else []))
-    for prec in o.precisions:
-        if prec not in PRECISIONS:
-            raise BenchmarkError(f"unknown precision '{prec}'; expected fp32, bf16 and/or fp16")
-    if o.omp_wait_policy not in OMP_WAIT_POLICIES:
-        raise BenchmarkError(f"unknown OpenMP wait policy '{o.omp_wait_policy}'; expected one "
-                             f"of {', '.join(OMP_WAIT_POLICIES)}")
-    used = {"single": o.single_pairs, "multi": o.multi_pairs, "testpy": o.multi_pairs,
-            "train": o.train_pairs, "data": o.train_pairs[:1],
-            "slide": [o.slide_pair] if o.slide_pair else []}
-    for section in o.sections:
-        for spec in used.get(section, []):
-            _check_pair(spec)
-    return o

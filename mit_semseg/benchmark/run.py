@@ -1,7 +1,9 @@
-"""One benchmark run: :func:`run_benchmark` measures the sections of a
-:class:`~mit_semseg.benchmark.options.BenchmarkOptions` and returns the
-results (the command, ``python -m mit_semseg benchmark``, prints them with
-``report.format_report`` and ``slide.format_slide`` and writes the JSON).
+"""One benchmark run: :func:`resolve_options` decides what a
+:class:`~mit_semseg.benchmark.options.BenchmarkOptions` leaves open and
+refuses what cannot run; :func:`run_benchmark` measures its sections and
+returns the results (the command, ``python -m mit_semseg benchmark``, prints
+them with ``report.format_report`` and ``slide.format_slide`` and writes the
+JSON).
 
 Sections: peak (matmul GFLOP/s), single and multi (inference, inference.py),
 train (training.py), data (data.py), metrics (metrics.py) and, opt-in, testpy
@@ -28,20 +30,103 @@ from ..inference.fusion import banding_exact
 from ..runtime.process import allocator_state
 from .data import run_data
 from .flops import run_peak
-from .harness import REPO_ROOT, Bench, cpu_name, load_avg
-from .inference import run_multi, run_single
+from .harness import FC_DIM, REPO_ROOT, Bench, bench_device, bf16_supported, cpu_name, load_avg
+from .inference import METHODS, REDUCED, RENAMED, run_multi, run_single
 from .metrics import run_metrics
-from .options import SECTIONS, BenchmarkError, BenchmarkOptions, resolve_options
+from .options import (DEFAULT_PAIRS, DEFAULT_SECTIONS, DEFAULT_TRAIN_PAIRS, OMP_WAIT_POLICIES,
+                      PRECISIONS, PRESETS, QUICK, SECTIONS, TARGET_SINGLE_PAIRS, BenchmarkError,
+                      BenchmarkOptions, default_of)
 from .slide import run_slide
 from .testpy import run_testpy
 from .training import run_train
 
-__all__ = ["RUNNERS", "run_benchmark"]
+__all__ = ["RUNNERS", "resolve_options", "run_benchmark"]
 
 RUNNERS: dict[str, Callable[[Bench], None]] = {
     "peak": run_peak, "single": run_single, "multi": run_multi, "train": run_train,
     "testpy": run_testpy, "data": run_data, "metrics": run_metrics, "slide": run_slide}
 assert tuple(RUNNERS) == SECTIONS
+
+
+def _check_pair(spec: str) -> None:
+    """Refuse what ``harness.Pair`` cannot build, before any section runs."""
+    if "+" not in spec:
+        raise BenchmarkError(f"pair '{spec}' must be ENCODER+DECODER, "
+                             "e.g. resnet50dilated+ppm_deepsup")
+    encoder = spec.split("+", 1)[0].strip().lower()
+    if encoder not in FC_DIM:
+        raise BenchmarkError(f"unknown encoder '{encoder}'; expected one of {sorted(FC_DIM)}")
+
+
+def _check_methods(methods: list[str]) -> None:
+    """Refuse unknown method names, naming the valid ones (and the new name of an
+    earlier one)."""
+    valid = METHODS + tuple(f"default-{p}" for p in REDUCED)
+    for m in methods:
+        if m in RENAMED:
+            raise BenchmarkError(f"method '{m}' is now '{RENAMED[m]}'")
+        if m not in valid:
+            raise BenchmarkError(f"unknown method '{m}'; expected some of {','.join(valid)}")
+
+
+def resolve_options(options: BenchmarkOptions) -> BenchmarkOptions:
+    """A copy of ``options`` with every None decided: the preset's values (for
+    fields left at their defaults), pairs, class count and multi-scale sizes from
+    the ``cfg`` files, the default pairs and sections, and the precisions the
+    device has (fp32; bf16 where supported; fp16 on CUDA). Raises BenchmarkError
+    for an unknown preset, section, method, precision or pair."""
+    o = dataclasses.replace(options)
+    if o.preset not in PRESETS:
+        raise BenchmarkError(f"unknown preset '{o.preset}'; expected one of {', '.join(PRESETS)}")
+    if o.preset == "quick":
+        for name, value in QUICK.items():
+            if getattr(o, name) is None or getattr(o, name) == default_of(name):
+                setattr(o, name, value)
+    elif o.preset == "targets":
+        if o.single_pairs is None and o.pairs is None:
+            o.single_pairs = list(TARGET_SINGLE_PAIRS)
+        if o.sections is None:
+            o.sections = list(DEFAULT_SECTIONS) + ["testpy"]
+    if o.cfg:
+        from ..config import cfg as base_cfg
+        pairs = []
+        for path in o.cfg:
+            c = base_cfg.clone()
+            c.merge_from_file(path)
+            pairs.append(f"{c.MODEL.arch_encoder}+{c.MODEL.arch_decoder}")
+            o.num_class = int(c.DATASET.num_class)
+            o.scales = tuple(int(s) for s in (c.DATASET.imgSizes if isinstance(
+                c.DATASET.imgSizes, (list, tuple)) else (c.DATASET.imgSizes,)))
+            o.max_size = int(c.DATASET.imgMaxSize)
+            o.padding = int(c.DATASET.padding_constant)
+        o.pairs = o.pairs or pairs
+    pairs = o.pairs or list(DEFAULT_PAIRS)
+    o.single_pairs = o.single_pairs or pairs
+    o.multi_pairs = o.multi_pairs or pairs
+    if o.train_pairs is None:
+        o.train_pairs = list(DEFAULT_TRAIN_PAIRS)
+    o.sections = o.sections or list(DEFAULT_SECTIONS)
+    for s in o.sections:
+        if s not in SECTIONS:
+            raise BenchmarkError(f"unknown section '{s}'; expected some of {','.join(SECTIONS)}")
+    _check_methods(o.methods)
+    if o.precisions is None:
+        dev = bench_device(o.device)
+        o.precisions = (["fp32"] + (["bf16"] if bf16_supported(dev) else [])
+                        + (["fp16"] if dev.type == "cuda" else []))
+    for prec in o.precisions:
+        if prec not in PRECISIONS:
+            raise BenchmarkError(f"unknown precision '{prec}'; expected fp32, bf16 and/or fp16")
+    if o.omp_wait_policy not in OMP_WAIT_POLICIES:
+        raise BenchmarkError(f"unknown OpenMP wait policy '{o.omp_wait_policy}'; expected one "
+                             f"of {', '.join(OMP_WAIT_POLICIES)}")
+    used = {"single": o.single_pairs, "multi": o.multi_pairs, "testpy": o.multi_pairs,
+            "train": o.train_pairs, "data": o.train_pairs[:1],
+            "slide": [o.slide_pair] if o.slide_pair else []}
+    for section in o.sections:
+        for spec in used.get(section, []):
+            _check_pair(spec)
+    return o
 
 
 def _original_worker_class() -> type:
