@@ -1,5 +1,6 @@
-"""``python -m mit_semseg.pretrained`` (round 2's command) is now ``python -m mit_semseg pretrained``; running
-this path says so in one line and exits with status 2."""
+"""``python -m mit_semseg.pretrained`` (round 2's command) is now ``python -m
+mit_semseg pretrained``; running this path says so in one line and exits with status
+2."""
 if __name__ == "__main__":
     import sys
 

@@ -1,5 +1,5 @@
-"""``python -m mit_semseg.web`` (round 2's command) is now ``python -m mit_semseg web``; running
-this path says so in one line and exits with status 2."""
+"""``python -m mit_semseg.web`` (round 2's command) is now ``python -m mit_semseg
+web``; running this path says so in one line and exits with status 2."""
 if __name__ == "__main__":
     import sys
 
