@@ -18,7 +18,7 @@ from .training import train_setup
 
 
 def _loader_rate(bench: Bench, ds: TrainDataset, workers: int) -> dict[str, Any]:
-    a = bench.args
+    a = bench.options
     loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=False,
                                          collate_fn=user_scattered_collate, num_workers=workers,
                                          worker_init_fn=worker_init_fn)
@@ -40,7 +40,7 @@ def _loader_rate(bench: Bench, ds: TrainDataset, workers: int) -> dict[str, Any]
 
 
 def _step_split(bench: Bench, ds: TrainDataset) -> dict[str, Any]:
-    a, dev = bench.args, bench.device
+    a, dev = bench.options, bench.device
     pair = Pair(a.train_pairs[0], MAX_CLASSES, bench.workdir)
     module, opts, _ = train_setup(pair, "default", dev)
     data_t, comp_t = [], []
@@ -60,7 +60,7 @@ def _step_split(bench: Bench, ds: TrainDataset) -> dict[str, Any]:
 
 def run_data(bench: Bench) -> None:
     """Section ``data`` on ``--data-images`` synthetic images around ``--train-size``."""
-    a = bench.args
+    a = bench.options
     root = os.path.join(bench.workdir, "synthetic")
     lo = max(16, a.train_size - a.train_size // 4)
     odgt = make_synthetic_dataset(root, num_train=a.data_images, num_val=0,

@@ -87,7 +87,7 @@ def count_gflops(encoder: nn.Module, decoder: nn.Module,
 
 def run_peak(bench: Bench) -> None:
     """Section ``peak``: the matmul peak per precision measured (fp32, bf16/fp16 as run)."""
-    a, dev = bench.args, bench.device
+    a, dev = bench.options, bench.device
     n = a.mm_size
     out: dict[str, float] = {"n": n, "fp32": matmul_peak(dev, torch.float32, n, a.runs + 1)}
     if "bf16" in a.precisions:

@@ -9,7 +9,6 @@ package happen inside the functions that our side alone calls.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
@@ -19,11 +18,14 @@ import sys
 import tempfile
 import time
 import zlib
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:  # the original's interpreter loads this file without the package
+    from .options import BenchmarkOptions
 
 FC_DIM = {"mobilenetv2dilated": 320, "resnet18": 512, "resnet18dilated": 512,
           "resnet50": 2048, "resnet50dilated": 2048, "resnet101": 2048,
@@ -314,18 +316,19 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 
 class Bench:
-    """One run's state, shared by the sections: options, device, a scratch folder,
-    the original's worker (``original_worker.OriginalWorker`` or None), the
-    results being collected and the matmul peaks (GFLOP/s by precision)."""
+    """One run's state, shared by the sections: the resolved options
+    (``options.resolve_options``), device, a scratch folder, the original's
+    worker (``original_worker.OriginalWorker`` or None), the results being
+    collected and the matmul peaks (GFLOP/s by precision)."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.device = bench_device(args.device)
+    def __init__(self, options: BenchmarkOptions) -> None:
+        self.options = options
+        self.device = bench_device(options.device)
         self.workdir = tempfile.mkdtemp(prefix="semseg_bench_")
         self.worker: Any = None
         self.results: dict[str, Any] = {}
         self.peaks: dict[str, float] = {}
 
     def log(self, msg: str) -> None:
-        if not self.args.quiet:
+        if not self.options.quiet:
             print(msg, file=sys.stderr, flush=True)

@@ -34,20 +34,9 @@ RENAMED = {"engine": "exact", "fast": "default", "fast-bf16": "default-bf16",
            "fast-fp16": "default-fp16"}
 
 
-def check_methods(methods: list[str]) -> None:
-    """Refuse unknown ``--methods`` names, naming the valid ones (and the new name
-    of an earlier one)."""
-    valid = METHODS + tuple(f"default-{p}" for p in REDUCED)
-    for m in methods:
-        if m in RENAMED:
-            raise SystemExit(f"method '{m}' is now '{RENAMED[m]}'")
-        if m not in valid:
-            raise SystemExit(f"unknown method '{m}'; expected some of {','.join(valid)}")
-
-
 def methods_run(bench: Bench) -> list[str]:
     """The inference methods of this run, the reference first."""
-    a = bench.args
+    a = bench.options
     chosen = [m for m in METHODS if m in a.methods]
     reduced = [m for m in a.methods if m.startswith("default-")]
     if "default" in chosen:
@@ -99,7 +88,7 @@ def infer_case(bench: Bench, kind: str, pair: Pair, imgs: list[torch.Tensor],
                size: tuple[int, int]) -> dict[str, Any]:
     """Time every method on the resized copies ``imgs`` of one image of ``size``
     (H, W); compare the labels of the last run with the reference's."""
-    a, dev, worker = bench.args, bench.device, bench.worker
+    a, dev, worker = bench.options, bench.device, bench.worker
     network = pair.build(use_softmax=True).to(dev)
     enc, dec = network.encoder, network.decoder
     imgs = [t.to(dev) for t in imgs]
@@ -181,7 +170,7 @@ def infer_case(bench: Bench, kind: str, pair: Pair, imgs: list[torch.Tensor],
 
 def run_single(bench: Bench) -> None:
     """Section ``single``: one ``--size`` square image, one scale, per single pair."""
-    a = bench.args
+    a = bench.options
     img = normalize(scene(a.size, a.size, seed=1)).unsqueeze(0).contiguous()
     rows = []
     for spec in a.single_pairs:
@@ -193,7 +182,7 @@ def run_single(bench: Bench) -> None:
 
 def run_multi(bench: Bench) -> None:
     """Section ``multi``: one ``--photo`` image at the ``--scales``, per multi pair."""
-    a = bench.args
+    a = bench.options
     rows = []
     h, w = a.photo
     imgs = resize_rules(a.scales, a.max_size, a.padding).scales(scene(h, w, seed=2))

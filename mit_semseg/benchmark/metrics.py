@@ -15,7 +15,7 @@ from .harness import Bench, median, summary
 def run_metrics(bench: Bench) -> None:
     """Section ``metrics``: ``utils.intersectionAndUnion`` vs the confusion-matrix
     metrics (numpy and torch inputs) on ``--metrics-size`` maps, same results."""
-    a = bench.args
+    a = bench.options
     n, k = a.metrics_size, a.num_class
     rng = np.random.default_rng(0)
     label = rng.integers(-1, k, (n, n)).astype(np.int64)

@@ -19,13 +19,13 @@ warmed up by a run on every tile shape (which also gives the no-op its shapes).
 """
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any, Callable
 
 import torch
 
 from .harness import Bench, MemoryProbe, Pair, median, scene, sync
+from .options import BenchmarkOptions
 
 DEFAULTS = {"photo": (1500, 2000), "crop": (512, 512), "stride": (341, 341),
             "pair": "resnet18dilated+ppm_deepsup"}
@@ -33,29 +33,9 @@ QUICK = {"photo": (120, 160), "crop": (64, 64), "stride": (43, 43),
          "pair": "resnet18dilated+c1_deepsup"}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The section's options (``--slide-*``)."""
-    def size(text: str) -> tuple[int, int]:
-        parts = text.lower().replace("*", "x").split("x")
-        return (int(parts[0]), int(parts[-1]))
-
-    parser.add_argument("--slide-photo", type=size, default=None,
-                        help="slide section: photo size HxW (default 1500x2000; 3000x4000 "
-                             "for 12 MP)")
-    parser.add_argument("--slide-pair", default=None,
-                        help=f"slide section: ENCODER+DECODER (default {DEFAULTS['pair']})")
-    parser.add_argument("--slide-crop", type=size, default=None,
-                        help="slide section: tile size (TEST.crop_size, default 512)")
-    parser.add_argument("--slide-stride", type=size, default=None,
-                        help="slide section: tile step (TEST.stride, default 341)")
-    parser.add_argument("--slide-scale", type=float, default=1.0,
-                        help="slide section: TEST.slide_scale")
-    parser.add_argument("--slide-flip", action="store_true",
-                        help="slide section: also run every tile mirrored (TEST.flip)")
-
-
-def _options(a: argparse.Namespace) -> dict[str, Any]:
-    base = QUICK if getattr(a, "preset", None) == "quick" else DEFAULTS
+def _options(a: BenchmarkOptions) -> dict[str, Any]:
+    """The section's settings: the ``slide_*`` options, else the preset's."""
+    base = QUICK if a.preset == "quick" else DEFAULTS
     return {"photo": a.slide_photo or base["photo"], "pair": a.slide_pair or base["pair"],
             "crop": a.slide_crop or base["crop"], "stride": a.slide_stride or base["stride"],
             "scale": a.slide_scale, "flip": bool(a.slide_flip)}
@@ -106,7 +86,7 @@ def run_slide(bench: Bench) -> None:
 
     from ..inference.engine import InferenceEngine
     from ..inference.slide import SlideWindow, slide_predict
-    a, dev = bench.args, bench.device
+    a, dev = bench.options, bench.device
     o = _options(a)
     pair = Pair(o["pair"], a.num_class, bench.workdir)
     engine = InferenceEngine(pair.build(use_softmax=True).to(dev), device=dev)

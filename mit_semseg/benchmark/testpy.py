@@ -54,7 +54,7 @@ def _write_checkpoint(pair: Pair, folder: str) -> None:
 
 def _write_config(bench: Bench, pair: Pair, path: str) -> None:
     """A config with the original's keys only, so the original's test.py reads it too."""
-    a = bench.args
+    a = bench.options
     with open(path, "w", encoding="utf-8") as f:
         f.write(f"DATASET:\n  num_class: {pair.num_class}\n  imgSizes: {tuple(a.scales)}\n"
                 f"  imgMaxSize: {a.max_size}\n  padding_constant: {a.padding}\n"
@@ -65,7 +65,7 @@ def _write_config(bench: Bench, pair: Pair, path: str) -> None:
 
 def _original_note(bench: Bench) -> str | None:
     """None when the original's test.py can run, else why not."""
-    a = bench.args
+    a = bench.options
     if not a.original_repo:
         return ("original test.py not timed: give --compare-original PYTHON and "
                 "--original-repo DIR (a checkout of the original repository)")
@@ -100,7 +100,7 @@ def _png_agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[s
 def _command(bench: Bench, method: str, cfg: str, ckpt: str, imgs: str, out: str,
              sizes: tuple[int, ...]) -> tuple[list[str], str, dict[str, str]]:
     """(argv, working folder, environment) of one ``method`` run."""
-    a, dev = bench.args, bench.device
+    a, dev = bench.options, bench.device
     env = dict(os.environ)
     if a.threads:
         env["OMP_NUM_THREADS"] = str(a.threads)
@@ -133,7 +133,7 @@ def _run(argv: list[str], cwd: str, env: dict[str, str]) -> tuple[float, str | N
 
 def _case(bench: Bench, pair: Pair, mode: str, sizes: tuple[int, ...], methods: list[str],
           paths: dict[str, str], notes: list[str]) -> dict[str, Any]:
-    a = bench.args
+    a = bench.options
     outs = {m: os.path.join(bench.workdir, "testpy", f"out_{pair.name}_{mode}_{m}")
             for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
@@ -168,7 +168,7 @@ def _case(bench: Bench, pair: Pair, mode: str, sizes: tuple[int, ...], methods: 
 
 def run_testpy(bench: Bench) -> None:
     """Section ``testpy`` for every ``--multi-pairs`` pair."""
-    a = bench.args
+    a = bench.options
     root = os.path.join(bench.workdir, "testpy")
     imgs = os.path.join(root, "images")
     _write_images(imgs, a.testpy_images, a.photo)

@@ -51,7 +51,7 @@ def train_setup(pair: Pair, method: str, device: torch.device,
 
 
 def _batches(bench: Bench, pair: Pair, count: int) -> list[dict[str, torch.Tensor]]:
-    a = bench.args
+    a = bench.options
     g = torch.Generator().manual_seed(11)
     s, rate = a.train_size, 8
     return [{"img_data": torch.randn(a.train_batch, 3, s, s, generator=g),
@@ -63,7 +63,7 @@ def _batches(bench: Bench, pair: Pair, count: int) -> list[dict[str, torch.Tenso
 def train_methods(bench: Bench) -> list[str]:
     """``exact`` always (the reference without the original), ``default`` and
     ``default-bf16`` as chosen by ``--methods`` / ``--precisions``."""
-    a = bench.args
+    a = bench.options
     methods = ["exact"]
     if "default" in a.methods:
         methods.append("default")
@@ -75,7 +75,7 @@ def train_methods(bench: Bench) -> list[str]:
 
 
 def _train_pair(bench: Bench, pair: Pair) -> dict[str, Any]:
-    a, dev, worker = bench.args, bench.device, bench.worker
+    a, dev, worker = bench.options, bench.device, bench.worker
     torch.manual_seed(0)
     init = (os.path.join(bench.workdir, f"train_{pair.name}.enc.pth"),
             os.path.join(bench.workdir, f"train_{pair.name}.dec.pth"))
@@ -147,7 +147,7 @@ def _train_pair(bench: Bench, pair: Pair) -> dict[str, Any]:
 
 def run_train(bench: Bench) -> None:
     """Section ``train``: every ``--train-pairs`` pair, ``--train-iters`` timed iterations."""
-    a = bench.args
+    a = bench.options
     rows = []
     for spec in a.train_pairs:
         pair = Pair(spec, a.num_class, bench.workdir)

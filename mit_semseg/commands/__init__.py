@@ -10,30 +10,46 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Sequence
+from types import ModuleType
+from typing import NamedTuple, Sequence
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["Command", "COMMANDS", "load", "main"]
 
-# command (also its module's name) and its one-line summary
-_TABLE = """
-train          train a model (train.py)
-eval           evaluate a checkpoint on the validation list (eval.py)
-eval_multipro  eval.py over several processes (eval_multipro.py)
-test           segment photos, write PNGs (test.py)
-web            serve the web demo (needs the [web] extra)
-export         export to ONNX and check it (needs the [onnx] extra)
-datatools      prepare and check your own dataset
-curves         draw a training run's curves (needs the [plot] extra)
-pretrained     download a model MIT released (mirrors, resume, SHA-256)
-models         convert weights, save / fetch / push model folders
-synthetic      write the synthetic demo data set
-benchmark      measure speed and memory
-"""
-COMMANDS: dict[str, str] = dict(line.split(None, 1) for line in _TABLE.strip().splitlines())
+
+class Command(NamedTuple):
+    """A registry entry: the module under :mod:`mit_semseg.commands` and the line
+    ``python -m mit_semseg --help`` shows."""
+
+    module: str
+    summary: str
+
+
+# the registry, in the order of the help; modules are imported when their command runs
+COMMANDS: dict[str, Command] = {
+    "train": Command("train", "train a model (train.py)"),
+    "eval": Command("eval", "evaluate a checkpoint on the validation list (eval.py)"),
+    "eval_multipro": Command("eval_multipro", "eval.py over several processes "
+                                              "(eval_multipro.py)"),
+    "test": Command("test", "segment photos, write PNGs (test.py)"),
+    "web": Command("web", "serve the web demo (needs the [web] extra)"),
+    "export": Command("export", "export to ONNX and check it (needs the [onnx] extra)"),
+    "datatools": Command("datatools", "prepare and check your own dataset"),
+    "curves": Command("curves", "draw a training run's curves (needs the [plot] extra)"),
+    "pretrained": Command("pretrained", "download a model MIT released (mirrors, resume, "
+                                        "SHA-256)"),
+    "models": Command("models", "convert weights, save / fetch / push model folders"),
+    "synthetic": Command("synthetic", "write the synthetic demo data set"),
+    "benchmark": Command("benchmark", "measure speed and memory"),
+}
+
+
+def load(name: str) -> ModuleType:
+    """The module of command ``name`` (a key of ``COMMANDS``)."""
+    return importlib.import_module(f"{__name__}.{COMMANDS[name].module}")
 
 
 def _usage() -> str:
-    rows = "\n".join(f"  {name:14s} {summary}" for name, summary in COMMANDS.items())
+    rows = "\n".join(f"  {name:14s} {cmd.summary}" for name, cmd in COMMANDS.items())
     return (f"usage: python -m mit_semseg COMMAND [ARGS]  (COMMAND --help for its options)\n\n"
             f"commands:\n{rows}\n")
 
@@ -50,5 +66,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown command '{name}'; expected one of {list(COMMANDS)}",
               file=sys.stderr)
         return 2
-    module = importlib.import_module(f".{name}", __name__)
-    return module.main(argv[1:])
+    return load(name).main(argv[1:])

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from ..runtime.command import command_parser, parse_command, run_command
+from ..runtime.command import CommandParser, command_parser, parse_command, run_command
 
 _DESCRIPTION = __doc__.split("\n\n", 1)[1]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
+def build_parser() -> CommandParser:
+    """The command's parser."""
     parser = command_parser("python -m mit_semseg curves", _DESCRIPTION,
                             "Exit status: 0 written, 1 error (one line on stderr), 2 usage error.",
                             overrides=False)
@@ -27,7 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--classes", nargs="+", metavar="NAME",
                         help="class names whose validation IoU curves to draw (default: every "
                              "class up to 10, else the best and worst five)")
-    args = parse_command(parser, argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = parse_command(build_parser(), argv)
 
     def body() -> None:
         from ..training.curves import plot_curves

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..runtime.command import command_parser, parse_command, run_command
+from ..runtime.command import CommandParser, command_parser, parse_command, run_command
 
 EPILOG = """\
 examples:
@@ -26,11 +26,16 @@ Exit status: 0 done, 1 error (one line on stderr), 2 usage error, 130 interrupte
 _DESCRIPTION = __doc__.split("\n\n", 1)[1]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = command_parser("python eval.py", _DESCRIPTION,
+def build_parser() -> CommandParser:
+    """The command's parser (flags and overrides)."""
+    return command_parser("python eval.py", _DESCRIPTION,
         EPILOG, config="optional", config_default="config/ade20k-resnet50dilated-ppm_deepsup.yaml",
         devices="one", device_aliases=("--gpu",))
-    args = parse_command(parser, argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = parse_command(build_parser(), argv)
 
     def body() -> None:
         from ..evaluation import evaluate

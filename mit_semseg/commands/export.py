@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from ..runtime.command import EXIT_ERROR, command_parser, parse_command, run_command
+from ..runtime.command import CommandParser, command_parser, parse_command, run_command
 
 EPILOG = """\
 example:
@@ -24,7 +24,8 @@ onnxruntime scores differ by more than --tolerance), 2 usage error."""
 _DESCRIPTION = __doc__.split("\n\n", 1)[1]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> CommandParser:
+    """The command's parser (flags and overrides)."""
     from ..export.onnx import DEFAULT_OPSET, DEFAULT_TOLERANCE, EXPORTERS
     parser = command_parser("python -m mit_semseg export", _DESCRIPTION, EPILOG, config="required")
     parser.add_argument("--checkpoint-dir", metavar="DIR",
@@ -42,6 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="largest accepted onnxruntime vs PyTorch score difference, relative "
                              "to the largest |score| PyTorch gives (default %(default)g)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = build_parser()
     args = parse_command(parser, argv)
     if (args.encoder_weights is None) != (args.decoder_weights is None):
         parser.error("give both --encoder-weights and --decoder-weights, or neither")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from ..runtime.command import EXIT_USAGE, command_parser, parse_command, run_command
+from ..runtime.command import (EXIT_USAGE, CommandParser, command_parser, parse_command,
+                               run_command)
 
 EPILOG = """\
 examples:
@@ -31,8 +32,8 @@ when every one failed), 2 usage error."""
 _DESCRIPTION = __doc__.split("\n\n", 1)[1]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from ..checkpoints.released import RELEASED_MODELS, canonical_name, download, fetch_model
+def build_parser() -> CommandParser:
+    """The command's parser."""
     parser = command_parser("python -m mit_semseg pretrained", _DESCRIPTION, EPILOG, overrides=False)
     parser.add_argument("names", nargs="*", help="released model name(s), see --list")
     parser.add_argument("--dest", default="ckpt", help="parent folder (default: ckpt)")
@@ -49,6 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--url", help="download this URL instead (with --out)")
     parser.add_argument("--out", help="destination file for --url")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    from ..checkpoints.released import RELEASED_MODELS, canonical_name, download, fetch_model
+    parser = build_parser()
     args = parse_command(parser, argv)
     if args.url and not args.out:
         parser.error("--url needs --out FILE")

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..runtime.command import command_parser, parse_command, run_command
+from ..runtime.command import CommandParser, command_parser, parse_command, run_command
 
 _DESCRIPTION = __doc__.split("\n\n", 1)[1]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status."""
-    from ..data.synthetic import CLASS_NAMES, MAX_CLASSES, make_synthetic_dataset
+def build_parser() -> CommandParser:
+    """The command's parser."""
+    from ..data.synthetic import MAX_CLASSES
     parser = command_parser("python -m mit_semseg synthetic", _DESCRIPTION, overrides=False)
     parser.add_argument("--root", default="data/synthetic", help="output folder")
     parser.add_argument("--num-train", type=int, default=200)
@@ -24,7 +24,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-size", type=int, default=160, help="largest image side")
     parser.add_argument("--num-class", type=int, default=MAX_CLASSES)
     parser.add_argument("--seed", type=int, default=0)
-    args = parse_command(parser, argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status."""
+    from ..data.synthetic import CLASS_NAMES, make_synthetic_dataset
+    args = parse_command(build_parser(), argv)
 
     def body() -> None:
         paths = make_synthetic_dataset(args.root, args.num_train, args.num_val,

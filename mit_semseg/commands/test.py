@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..runtime.command import command_parser, parse_command, run_command
+from ..runtime.command import CommandParser, command_parser, parse_command, run_command
 
 EPILOG = """\
 examples:
@@ -26,13 +26,19 @@ Exit status: 0 done, 1 error (one line on stderr), 2 usage error, 130 interrupte
 _DESCRIPTION = __doc__.split("\n\n", 1)[1]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> CommandParser:
+    """The command's parser (flags and overrides)."""
     parser = command_parser("python test.py", _DESCRIPTION, EPILOG, config="optional",
         config_default="config/ade20k-resnet50dilated-ppm_deepsup.yaml",
         devices="one", device_aliases=("--gpu",))
     parser.add_argument("--imgs", required=True,
                         help="an image, a folder of images (recursive), or an .odgt list")
-    args = parse_command(parser, argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = parse_command(build_parser(), argv)
 
     def body() -> None:
         from ..prediction import run_test

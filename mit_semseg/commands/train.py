@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..runtime.command import command_parser, parse_command, run_command
+from ..runtime.command import CommandParser, command_parser, parse_command, run_command
 
 EPILOG = """\
 examples:
@@ -24,14 +24,13 @@ Exit status: 0 done, 1 error (one line on stderr), 2 usage error, 130 interrupte
 _DESCRIPTION = __doc__.split("\n\n", 1)[1]
 
 
-def build_parser():
+def build_parser() -> CommandParser:
+    """The command's parser (flags and overrides)."""
     parser = command_parser("python train.py", _DESCRIPTION,
         EPILOG, config="optional", config_default="config/ade20k-resnet50dilated-ppm_deepsup.yaml",
-        devices="many")
-    for action in parser._actions:
-        if action.dest == "gpus":
-            action.help += (". Several GPUs train in one process with one batch each; under "
-                            "torchrun each process uses GPU LOCAL_RANK (only 'cpu' matters there)")
+        devices="many",
+        device_note=(". Several GPUs train in one process with one batch each; under torchrun "
+                     "each process uses GPU LOCAL_RANK (only 'cpu' matters there)"))
     parser.add_argument("--resume", metavar="PATH|auto", default=None,
                         help="continue from a state_epoch_N.pth or state_iter_G.pth file in DIR "
                              "(optimizer, schedule and random state included), or 'auto' for the "

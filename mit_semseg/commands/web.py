@@ -10,7 +10,8 @@ import socket
 import sys
 from typing import Sequence
 
-from ..runtime.command import EXIT_USAGE, command_parser, parse_command, run_command
+from ..runtime.command import (EXIT_USAGE, CommandParser, command_parser, parse_command,
+                               run_command)
 from ..runtime.process import release_memory
 
 EPILOG = """examples:
@@ -27,13 +28,12 @@ Exit status: 0 stopped, 1 error (one line on stderr: weights, config, port in us
 _DESCRIPTION = __doc__.split("\n\n", 1)[1]
 
 
-def build_parser():
+def build_parser() -> CommandParser:
+    """The command's parser (flags and overrides)."""
     p = command_parser("python -m mit_semseg web", _DESCRIPTION,
-        EPILOG, config="append", devices="one", device_aliases=("--device",))
-    for action in p._actions:
-        if action.dest == "cfg":
-            action.help = ("model config (YAML); repeat for a choice of models (the first is the "
-                           "default); the model is named after the file")
+        EPILOG, config="append", devices="one", device_aliases=("--device",),
+        config_help=("model config (YAML); repeat for a choice of models (the first is the "
+                     "default); the model is named after the file"))
     p.add_argument("--checkpoint-dir", action="append", default=[], metavar="DIR",
                    help="weights folder instead of the config's DIR; give none, or one per --cfg")
     p.add_argument("--host", default="127.0.0.1",

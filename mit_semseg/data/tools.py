@@ -1,53 +1,51 @@
-"""Your own dataset: folders of images and masks to odgt lists, and a check of
-every sample. Command line::
+"""Your own dataset, as library functions: folders of images and masks to odgt
+lists, and a check of every sample. They take typed arguments, return what
+they found (dataclasses) and print nothing; ``python -m mit_semseg datatools``
+(:mod:`mit_semseg.commands.datatools`) prints their results::
 
     python -m mit_semseg datatools odgt --images IMG_DIR --masks MASK_DIR --val-fraction 0.1
     python -m mit_semseg datatools odgt --images IMG_DIR --masks MASK_DIR \\
         --train-list train.txt --val-list val.txt
     python -m mit_semseg datatools check --cfg config/custom.yaml
 
-``odgt`` pairs files by relative folder and stem (after removing the optional
-``--image-suffix`` / ``--mask-suffix``), reads only the file headers for the
-sizes, and writes ``training.odgt`` / ``validation.odgt`` (paths relative to
-``--root``). The split is a random ``--val-fraction``, separate validation
-folders, or split lists (``--train-list`` / ``--val-list``: VOC's
-``ImageSets/Segmentation/*.txt`` or any file of stems), whose membership and
-order are kept exactly. Anything it leaves out (unpaired files, size
-mismatches, unreadable headers, two files for one key, listed samples not
-found) is listed.
+``plan_odgt`` pairs files by relative folder and stem (after removing the
+optional image / mask suffix), reads only the file headers for the sizes, and
+splits the pairs; ``write_odgt_lists`` writes ``training.odgt`` /
+``validation.odgt`` (paths relative to the root) and a report of every file
+left out. The split is a random fraction, separate validation folders, or
+split lists (VOC's ``ImageSets/Segmentation/*.txt`` or any file of stems),
+whose membership and order are kept exactly. Anything left out (unpaired
+files, size mismatches, unreadable headers, two files for one key, listed
+samples not found) is listed in the plan.
 
-``check`` reads every sample of the config's training and validation lists
-with the config's label convention (in parallel over the cores) and reports
-every problem at once, with the odgt file and line, plus per-class pixel
-shares and image counts and the range of image sizes. Exit status 1 when
-there are errors.
+``check_dataset`` reads every sample of the config's training and validation
+lists with the config's label convention (in parallel over the cores) and
+returns every problem at once, with the odgt file and line, plus per-class
+pixel shares and image counts and the range of image sizes. Class statistics
+and weights live in :mod:`mit_semseg.data.stats`.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import multiprocessing
 import os
-import sys
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
+from yacs.config import CfgNode
 
 from ..errors import InputNotFoundError
 from .classes import ClassTable, class_table, label_format
-from .datasets import read_odgt_lines
-from .io import (IMAGE_EXTENSIONS, DatasetError, LabelFormat, UnknownColorsError, find_recursive,
-                 read_annotation, read_image)
+from .io import IMAGE_EXTENSIONS, DatasetError, LabelFormat, find_recursive, read_image
+# class statistics moved to .stats; the names stay importable from here
+from .stats import (CLASS_WEIGHT_RULES, ClassStatistics, Progress, SampleResult,  # noqa: F401
+                    class_statistics, class_weights_from_counts, format_weights, map_samples,
+                    present_pixels, read_mask, read_odgt_lists)
 
 __all__ = ["PairReport", "pair_folders", "split_pairs", "ListedSplit", "read_split_list",
-           "select_listed", "write_odgt", "odgt_main",
-           "SampleResult", "CheckReport", "check_lists", "check_main", "CLASS_WEIGHT_RULES",
-           "class_weights_from_counts", "format_weights", "ClassStatistics", "class_statistics"]
-
-_SHOWN = 20  # problems of one kind printed before "... and N more"
-
+           "select_listed", "write_odgt", "OdgtOptions", "OdgtPlan", "plan_odgt",
+           "OdgtLists", "write_odgt_lists", "CheckReport", "check_lists", "check_dataset"]
 
 # ============================================================================ odgt
 
@@ -233,16 +231,6 @@ def write_odgt(records: Sequence[dict], path: str, root: str) -> None:
             fh.write(json.dumps({**rel, "width": rec["width"], "height": rec["height"]}) + "\n")
 
 
-def _print_list(title: str, items: Sequence[str], out) -> None:
-    if not items:
-        return
-    print(f"{title}: {len(items)}", file=out)
-    for item in items[:_SHOWN]:
-        print(f"  {item}", file=out)
-    if len(items) > _SHOWN:
-        print(f"  ... and {len(items) - _SHOWN} more (all listed in the report file)", file=out)
-
-
 def _write_report(path: str, reports: dict[str, PairReport],
                   listed: dict[str, ListedSplit]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
@@ -261,176 +249,141 @@ def _write_report(path: str, reports: dict[str, PairReport],
                     fh.write(f"{split}\t{title}\t{item}\n")
 
 
+@dataclass
+class OdgtOptions:
+    """What ``plan_odgt`` pairs and how it splits (``datatools odgt``'s flags).
+
+    ``images`` / ``masks``: training folders (searched recursively);
+    ``val_images`` / ``val_masks``: validation folders (both or neither);
+    ``train_list`` / ``val_list``: split lists naming the samples of each split,
+    in order (not with validation folders or ``val_fraction``); else
+    ``val_fraction`` (None: 0.1) of the pairs drawn with ``seed`` go to
+    validation. ``image_suffix`` / ``mask_suffix``: ends of file stems removed
+    before pairing. ``root``: the folder the odgt paths are relative to (None:
+    the folders' common parent); ``out``: the folder of the odgt files (None: the
+    root); ``train_name`` / ``val_name``: their file names."""
+
+    images: str
+    masks: str
+    val_images: str | None = None
+    val_masks: str | None = None
+    train_list: str | None = None
+    val_list: str | None = None
+    val_fraction: float | None = None
+    seed: int = 0
+    image_suffix: str = ""
+    mask_suffix: str = ""
+    root: str | None = None
+    out: str | None = None
+    train_name: str = "training.odgt"
+    val_name: str = "validation.odgt"
+
+    def __post_init__(self) -> None:
+        if bool(self.val_images) != bool(self.val_masks):
+            raise ValueError("OdgtOptions: give both val_images and val_masks, or neither")
+        if (self.train_list or self.val_list) and (self.val_images or
+                                                   self.val_fraction is not None):
+            raise ValueError("OdgtOptions: train_list / val_list choose the split; leave out "
+                             "val_images / val_masks and val_fraction")
+
+
+@dataclass
+class OdgtPlan:
+    """What ``plan_odgt`` found and decided, before anything is written."""
+
+    root: str  # the odgt paths are relative to it (absolute)
+    out_dir: str  # where the odgt files go (absolute)
+    file_names: dict[str, str]  # split -> odgt file name
+    reports: dict[str, PairReport]  # split of the folders -> its pairing
+    listed: dict[str, ListedSplit]  # split -> what its split list named (lists only)
+    lists: dict[str, list[dict]]  # "training" / "validation" -> records to write
+    unlisted: list[dict] = field(default_factory=list)  # pairs in neither of two lists
+    in_both: list[str] = field(default_factory=list)  # keys in both lists (kept in both)
+
+    @property
+    def errors(self) -> int:
+        """Problems that leave files out (exit status 1 of the command)."""
+        return (sum(rep.errors for rep in self.reports.values())
+                + sum(len(sel.not_found) for sel in self.listed.values()))
+
+
+@dataclass
+class OdgtLists:
+    """What ``write_odgt_lists`` wrote."""
+
+    written: dict[str, str]  # split -> odgt path (splits with records only)
+    counts: dict[str, int]  # split -> records written
+    report: str  # the tab-separated list of every file left out
+
+
 def _split_by_lists(report: PairReport, train_list: str | None, val_list: str | None,
-                    suffixes: Sequence[str], out
-                    ) -> tuple[dict[str, list[dict]], dict[str, ListedSplit]]:
-    """Training and validation records as ``--train-list`` / ``--val-list`` say:
-    each list's pairs in its order; a split without a list gets every pair the
-    other list does not name."""
+                    suffixes: Sequence[str]
+                    ) -> tuple[dict[str, list[dict]], dict[str, ListedSplit], list[dict],
+                               list[str]]:
+    """Training and validation records as the split lists say: each list's pairs in
+    its order; a split without a list gets every pair the other list does not
+    name. Also the pairs neither of two lists names, and the keys both name."""
     listed = {split: select_listed(report, read_split_list(path), suffixes, path)
               for split, path in (("training", train_list), ("validation", val_list)) if path}
     lists = {split: sel.pairs for split, sel in listed.items()}
     named = {key for sel in listed.values() for key in sel.keys}
     rest = [p for p, key in zip(report.pairs, report.keys) if key not in named]
+    unlisted, in_both = [], []
     if len(listed) == 1:
         lists["validation" if "training" in listed else "training"] = rest
-    elif rest:
-        print(f"{len(rest)} pairs are in neither list (left out), e.g. "
-              f"{rest[0]['fpath_img']}", file=out)
-    if len(listed) == 2:
-        both = set(listed["training"].keys) & set(listed["validation"].keys)
-        if both:
-            print(f"WARNING: {len(both)} samples are in both lists (kept in both), e.g. "
-                  f"{sorted(both)[0]}", file=out)
-    return {s: lists[s] for s in ("training", "validation")}, listed
-
-
-def odgt_main(args: argparse.Namespace, out=None) -> int:
-    """The ``odgt`` subcommand; returns the exit status."""
-    out = out or sys.stdout
-    train_list, val_list = getattr(args, "train_list", None), getattr(args, "val_list", None)
-    if bool(args.val_images) != bool(args.val_masks):
-        print("error: give both --val-images and --val-masks, or neither", file=sys.stderr)
-        return 2
-    if (train_list or val_list) and (args.val_images or args.val_fraction is not None):
-        print("error: --train-list/--val-list choose the split; leave out "
-              f"{'--val-images/--val-masks' if args.val_images else '--val-fraction'}",
-              file=sys.stderr)
-        return 2
-    folders = [args.images, args.masks] + ([args.val_images, args.val_masks] if args.val_images
-                                           else [])
-    folders = [os.path.abspath(f) for f in folders]
-    root = os.path.abspath(args.root) if args.root else os.path.commonpath(folders)
-    out_dir = os.path.abspath(args.out) if args.out else root
-    reports = {"training": pair_folders(folders[0], folders[1], args.image_suffix,
-                                        args.mask_suffix)}
-    if args.val_images:
-        reports["validation"] = pair_folders(folders[2], folders[3], args.image_suffix,
-                                             args.mask_suffix)
-    for split, rep in reports.items():
-        _print_list(f"[{split}] images without a mask (left out)", rep.images_without_mask, out)
-        _print_list(f"[{split}] masks without an image (left out)", rep.masks_without_image, out)
-        _print_list(f"[{split}] image/mask size mismatches (left out)", rep.size_mismatches, out)
-        _print_list(f"[{split}] unreadable files (left out)", rep.unreadable, out)
-        _print_list(f"[{split}] two files for one key (second left out)", rep.duplicates, out)
-        if rep.not_matching_suffix:
-            print(f"[{split}] {len(rep.not_matching_suffix)} files without the suffix were not "
-                  f"considered (e.g. {rep.not_matching_suffix[0]})", file=out)
-    listed: dict[str, ListedSplit] = {}
-    if args.val_images:
-        lists = {"training": reports["training"].pairs, "validation": reports["validation"].pairs}
-    elif train_list or val_list:
-        lists, listed = _split_by_lists(reports["training"], train_list, val_list,
-                                        (args.image_suffix, args.mask_suffix), out)
-        for split, sel in listed.items():
-            _print_list(f"[{split}] listed but not found (left out)", sel.not_found, out)
-            _print_list(f"[{split}] listed twice (kept once)", sel.repeated, out)
     else:
-        fraction = 0.1 if args.val_fraction is None else args.val_fraction
-        train, val = split_pairs(reports["training"].pairs, fraction, args.seed)
+        unlisted = rest
+        in_both = sorted(set(listed["training"].keys) & set(listed["validation"].keys))
+    return {s: lists[s] for s in ("training", "validation")}, listed, unlisted, in_both
+
+
+def plan_odgt(options: OdgtOptions) -> OdgtPlan:
+    """Pair the folders of ``options`` and split the pairs; reads file headers only
+    and writes nothing. Raises InputNotFoundError for a missing folder or list."""
+    o = options
+    folders = [o.images, o.masks] + ([o.val_images, o.val_masks] if o.val_images else [])
+    folders = [os.path.abspath(f) for f in folders]
+    root = os.path.abspath(o.root) if o.root else os.path.commonpath(folders)
+    out_dir = os.path.abspath(o.out) if o.out else root
+    reports = {"training": pair_folders(folders[0], folders[1], o.image_suffix, o.mask_suffix)}
+    if o.val_images:
+        reports["validation"] = pair_folders(folders[2], folders[3], o.image_suffix,
+                                             o.mask_suffix)
+    listed: dict[str, ListedSplit] = {}
+    unlisted: list[dict] = []
+    in_both: list[str] = []
+    if o.val_images:
+        lists = {"training": reports["training"].pairs, "validation": reports["validation"].pairs}
+    elif o.train_list or o.val_list:
+        lists, listed, unlisted, in_both = _split_by_lists(
+            reports["training"], o.train_list, o.val_list, (o.image_suffix, o.mask_suffix))
+    else:
+        fraction = 0.1 if o.val_fraction is None else o.val_fraction
+        train, val = split_pairs(reports["training"].pairs, fraction, o.seed)
         lists = {"training": train, "validation": val}
-    names = {"training": args.train_name, "validation": args.val_name}
-    written = {}
-    for split, records in lists.items():
+    return OdgtPlan(root, out_dir, {"training": o.train_name, "validation": o.val_name},
+                    reports, listed, lists, unlisted, in_both)
+
+
+def write_odgt_lists(plan: OdgtPlan) -> OdgtLists:
+    """Write the plan's non-empty splits as odgt files and ``odgt_report.tsv`` (every
+    file left out) into ``plan.out_dir``. Raises DatasetError when there is no
+    pair at all (nothing is written then)."""
+    written, counts = {}, {}
+    for split, records in plan.lists.items():
         if not records:
             continue
-        path = os.path.join(out_dir, names[split])
-        write_odgt(records, path, root)
-        written[split] = path
-        print(f"{split}: {len(records)} samples -> {path}", file=out)
+        path = os.path.join(plan.out_dir, plan.file_names[split])
+        write_odgt(records, path, plan.root)
+        written[split], counts[split] = path, len(records)
     if not written:
-        print("error: no image/mask pairs found", file=sys.stderr)
-        return 1
-    report_path = os.path.join(out_dir, "odgt_report.tsv")
-    _write_report(report_path, reports, listed)
-    errors = sum(rep.errors for rep in reports.values()) + sum(
-        len(sel.not_found) for sel in listed.values())
-    print(f"report of every file left out: {report_path}", file=out)
-    print("config: DATASET.root_dataset " + root + "".join(
-        f" DATASET.list_{'train' if s == 'training' else 'val'} {p}" for s, p in written.items()),
-          file=out)
-    if errors:
-        print(f"{errors} problem(s) above: fix them or accept that those files are left out",
-              file=sys.stderr)
-    return 1 if errors else 0
-
-
-# ============================================================================ class weights
-
-CLASS_WEIGHT_RULES = ("median_frequency", "inverse", "inverse_sqrt")
-
-
-def class_weights_from_counts(pixels: Any, present: Any, rule: str) -> np.ndarray:
-    """Loss weights of K classes (float64) by ``rule``, from ``pixels[k]`` (labeled
-    pixels of class k in a list) and ``present[k]`` (labeled pixels of the images
-    that contain class k):
-
-    * ``median_frequency`` (Eigen & Fergus, ICCV 2015): ``freq_k = pixels[k] /
-      present[k]``, ``w_k = median(freq) / freq_k``;
-    * ``inverse``: ``w_k = 1 / (S * share_k)`` with ``share_k = pixels[k] /
-      sum(pixels)`` over the S classes seen (1 for every class of a balanced list);
-    * ``inverse_sqrt``: the square root of ``inverse``.
-
-    A class with no pixel gets 1.0 (no pixel of it reaches the loss either).
-    """
-    pixels = np.asarray(pixels, np.float64)
-    present = np.asarray(present, np.float64)
-    if rule not in CLASS_WEIGHT_RULES:
-        raise ValueError(f"class weight rule {rule!r} is not one of {list(CLASS_WEIGHT_RULES)}")
-    weights = np.ones(len(pixels))
-    seen = pixels > 0
-    if not seen.any():
-        return weights
-    if rule == "median_frequency":
-        freq = pixels[seen] / present[seen]
-        weights[seen] = np.median(freq) / freq
-    else:
-        share = pixels[seen] / pixels[seen].sum()
-        weights[seen] = 1.0 / (seen.sum() * share)
-        if rule == "inverse_sqrt":
-            weights[seen] = np.sqrt(weights[seen])
-    return weights
-
-
-def format_weights(weights: Sequence[float]) -> str:
-    """``[w0, w1, ...]`` with 4 significant digits: a ``TRAIN.class_weights`` value."""
-    return "[" + ", ".join(f"{float(w):.4g}" for w in weights) + "]"
+        raise DatasetError("no image/mask pairs found")
+    report_path = os.path.join(plan.out_dir, "odgt_report.tsv")
+    _write_report(report_path, plan.reports, plan.listed)
+    return OdgtLists(written, counts, report_path)
 
 
 # ============================================================================ check
-
-@dataclass
-class SampleResult:
-    """What checking one odgt line found."""
-
-    split: str
-    where: str
-    errors: list[str] = field(default_factory=list)
-    size: tuple[int, int] | None = None  # image (width, height)
-    pixels: np.ndarray | None = None  # per annotation value 0..num_class
-    # colours of a colour-coded mask that are not in the class table: [((r, g, b), px)]
-    unknown_colors: list | None = None
-    unknown_message: str = ""  # the error naming them, for one mask
-    seg_path: str = ""
-
-
-def _read_mask(res: SampleResult, seg_path: str, fmt: LabelFormat,
-               num_class: int) -> np.ndarray | None:
-    """The annotation (0 = unlabeled), its per-value pixel counts in ``res.pixels``;
-    None and the problem recorded in ``res`` when it cannot be read."""
-    res.seg_path = seg_path
-    try:
-        segm = read_annotation(seg_path, num_class, fmt)
-    except UnknownColorsError as exc:
-        res.unknown_colors = exc.colors
-        res.unknown_message = str(exc)
-        return None
-    except DatasetError as exc:
-        res.errors.append(str(exc))
-        return None
-    res.pixels = np.bincount(segm.reshape(-1).astype(np.int64), minlength=num_class + 1)
-    return segm
-
 
 def _check_sample(task: tuple[str, str, dict, str, LabelFormat, int]) -> SampleResult:
     split, where, rec, root, fmt, num_class = task
@@ -443,7 +396,7 @@ def _check_sample(task: tuple[str, str, dict, str, LabelFormat, int]) -> SampleR
         res.size = img.size
     except DatasetError as exc:
         res.errors.append(str(exc))
-    segm = _read_mask(res, seg_path, fmt, num_class)
+    segm = read_mask(res, seg_path, fmt, num_class)
     if img is not None:
         w, h = rec.get("width"), rec.get("height")
         if (w, h) != img.size:
@@ -453,57 +406,6 @@ def _check_sample(task: tuple[str, str, dict, str, LabelFormat, int]) -> SampleR
         res.errors.append(f"{seg_path}: annotation size {segm.shape[1]}x{segm.shape[0]} differs "
                           f"from image {img_path} size {img.size[0]}x{img.size[1]}")
     return res
-
-
-def _count_mask(task: tuple[str, str, dict, str, LabelFormat, int]) -> SampleResult:
-    split, where, rec, root, fmt, num_class = task
-    res = SampleResult(split, where)
-    _read_mask(res, os.path.join(root, rec["fpath_segm"]), fmt, num_class)
-    return res
-
-
-def _run_tasks(fn: Any, tasks: list, workers: int, progress: bool) -> list[SampleResult]:
-    """``fn`` over ``tasks`` in ``workers`` processes (0: one per core; 1 or few
-    tasks: in this process), in order, with a progress bar on stderr."""
-    from tqdm import tqdm
-    workers = workers or (os.cpu_count() or 1)
-    results: list[SampleResult] = []
-    with tqdm(total=len(tasks), desc="reading", unit="img", disable=not progress,
-              file=sys.stderr) as bar:
-        if workers > 1 and len(tasks) > 1:
-            with multiprocessing.get_context("spawn").Pool(min(workers, len(tasks))) as pool:
-                for res in pool.imap(fn, tasks, chunksize=4):
-                    results.append(res)
-                    bar.update(1)
-        else:
-            for task in tasks:
-                results.append(fn(task))
-                bar.update(1)
-    return results
-
-
-def _read_lists(lists: dict[str, str]) -> tuple[list[tuple[str, str, dict]], list[str]]:
-    """Parsed (split, where, record) entries of every list, and the problems found."""
-    entries, errors = [], []
-    for split, path in lists.items():
-        if not os.path.isfile(path):
-            errors.append(f"{path}: odgt file not found ({split} list)")
-            continue
-        found = 0
-        for where, rec, error in read_odgt_lines(path, strict_utf8=False):
-            if error is not None:
-                errors.append(error)
-                continue
-            missing = [k for k in ("fpath_img", "fpath_segm", "width", "height")
-                       if not isinstance(rec, dict) or k not in rec]
-            if missing:
-                errors.append(f"{where}: malformed odgt entry (missing {', '.join(missing)})")
-                continue
-            entries.append((split, where, rec))
-            found += 1
-        if not found:
-            errors.append(f"{path}: no samples ({split} list)")
-    return entries, errors
 
 
 def _line_order(message: str) -> tuple[str, int]:
@@ -573,22 +475,20 @@ class CheckReport:
     height_range: tuple[int, int] | None
     # split -> labeled pixels of the images containing each value 0..num_class
     present: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def _present_pixels(pixels: np.ndarray) -> np.ndarray:
-    """Per value 0..K: the image's labeled pixels where the value occurs, else 0."""
-    return np.where(pixels > 0, pixels[1:].sum(), 0)
+    names: dict[int, str] = field(default_factory=dict)  # class index -> name
+    label_format: str = ""  # DATASET.label_format the masks were read with
 
 
 def check_lists(lists: dict[str, str], root: str, fmt: LabelFormat, num_class: int,
-                names: dict[int, str], workers: int = 0, progress: bool = True,
+                names: dict[int, str], workers: int = 0, progress: Progress | None = None,
                 table: ClassTable | None = None) -> CheckReport:
     """Check every sample of ``lists`` (split name -> odgt path); ``workers`` processes
-    (0: one per core). ``table``: the class table, named in the hint for colours
-    of colour-coded masks that are not in it."""
-    entries, errors = _read_lists(lists)
+    (0: one per core), ``progress(done, total)`` as samples are read. ``table``:
+    the class table, named in the hint for colours of colour-coded masks that
+    are not in it."""
+    entries, errors = read_odgt_lists(lists)
     tasks = [(split, where, rec, root, fmt, num_class) for split, where, rec in entries]
-    results = _run_tasks(_check_sample, tasks, workers, progress)
+    results = map_samples(_check_sample, tasks, workers, progress)
     splits = list(lists)
     pixels = {s: np.zeros(num_class + 1, np.int64) for s in splits}
     images = {s: np.zeros(num_class + 1, np.int64) for s in splits}
@@ -599,7 +499,7 @@ def check_lists(lists: dict[str, str], root: str, fmt: LabelFormat, num_class: i
         if res.pixels is not None:
             pixels[res.split] += res.pixels
             images[res.split] += res.pixels > 0
-            present[res.split] += _present_pixels(res.pixels)
+            present[res.split] += present_pixels(res.pixels)
         if res.size is not None:
             sizes.append(res.size)
     errors.sort(key=_line_order)
@@ -616,107 +516,21 @@ def check_lists(lists: dict[str, str], root: str, fmt: LabelFormat, num_class: i
     counts = {s: sum(1 for e in entries if e[0] == s) for s in splits}
     w = (min(s[0] for s in sizes), max(s[0] for s in sizes)) if sizes else None
     h = (min(s[1] for s in sizes), max(s[1] for s in sizes)) if sizes else None
-    return CheckReport(counts, errors, warnings, pixels, images, w, h, present)
+    return CheckReport(counts, errors, warnings, pixels, images, w, h, present, dict(names),
+                       fmt.kind)
 
 
-@dataclass
-class ClassStatistics:
-    """Labeled pixels per class of an odgt list (0-based classes)."""
-
-    pixels: np.ndarray  # K: pixels of class k
-    present: np.ndarray  # K: labeled pixels of the images that contain class k
-    images: np.ndarray  # K: images that contain class k
-    num_samples: int
-
-    def weights(self, rule: str) -> np.ndarray:
-        """``class_weights_from_counts`` of these counts."""
-        return class_weights_from_counts(self.pixels, self.present, rule)
-
-
-def class_statistics(odgt: str, root: str, fmt: LabelFormat, num_class: int, workers: int = 0,
-                     progress: bool = False) -> ClassStatistics:
-    """Read every mask of ``odgt`` (``workers`` processes, 0: one per core) and count
-    the labeled pixels per class. Raises DatasetError naming the list, the line
-    and the mask at the first unreadable one (``datatools check`` lists them all)."""
-    entries, errors = _read_lists({"list": odgt})
-    tasks = [(split, where, rec, root, fmt, num_class) for split, where, rec in entries]
-    results = _run_tasks(_count_mask, tasks, workers if len(tasks) > 16 else 1, progress)
-    for res in results:
-        errors += [f"{res.where}: {e}" for e in res.errors + [res.unknown_message] if e]
-    if errors:
-        raise DatasetError(f"{errors[0]} (python -m mit_semseg datatools check lists every "
-                           f"problem)")
-    pixels = np.zeros(num_class + 1, np.int64)
-    present = np.zeros(num_class + 1, np.int64)
-    images = np.zeros(num_class + 1, np.int64)
-    for res in results:
-        pixels += res.pixels
-        present += _present_pixels(res.pixels)
-        images += res.pixels > 0
-    return ClassStatistics(pixels[1:], present[1:], images[1:], len(results))
-
-
-def _weights_split(splits: Sequence[str]) -> str:
-    return "train" if "train" in splits else splits[0]
-
-
-_SUGGESTED = (("median_frequency", "mf weight",
-               "median frequency (classes small where they occur)"),
-              ("inverse", "inv weight", "inverse share (classes few images show)"))
-
-
-def _print_check(report: CheckReport, names: dict[int, str], fmt: LabelFormat, out) -> None:
-    splits = list(report.num_samples)
-    print(f"Checked {sum(report.num_samples.values())} samples ("
-          + ", ".join(f"{s} {n}" for s, n in report.num_samples.items())
-          + f"); label_format {fmt.kind}, {len(names)} classes", file=out)
-    if report.width_range:
-        print(f"Image sizes: width {report.width_range[0]}..{report.width_range[1]}, "
-              f"height {report.height_range[0]}..{report.height_range[1]}", file=out)
-    base = _weights_split(splits) if splits else ""
-    weights = {}
-    if base and report.pixels[base][1:].sum():
-        weights = {rule: class_weights_from_counts(report.pixels[base][1:],
-                                                   report.present[base][1:], rule)
-                   for rule, _, _ in _SUGGESTED}
-    width = max([len(n) for n in names.values()] + [10])
-    head = "".join(f"  {s + ' px%':>14} {s + ' imgs':>12}" for s in splits)
-    head += "".join(f"  {column:>10}" for rule, column, _ in _SUGGESTED if rule in weights)
-    print(f"{'class':>5} {'name':<{width}}{head}", file=out)
-    totals = {s: max(int(report.pixels[s].sum()), 1) for s in splits}
-    for k in [-1] + list(range(len(names))):
-        name = "(unlabeled)" if k < 0 else names.get(k, f"class_{k}")
-        cells = "".join(f"  {report.pixels[s][k + 1] / totals[s] * 100:13.2f}% "
-                        f"{int(report.images[s][k + 1]):12d}" for s in splits)
-        if k >= 0:
-            cells += "".join(f"  {w[k]:10.3f}" for w in weights.values())
-        print(f"{'' if k < 0 else k:>5} {name:<{width}}{cells}", file=out)
-    if weights:
-        print(f"Suggested class weights from the {base} list (docs/training.md):", file=out)
-        pad = max(len(title) for _, _, title in _SUGGESTED) + 1
-        for rule, _, title in _SUGGESTED:
-            print(f"  {title + ':':<{pad}} TRAIN.class_weights "
-                  f"\"{format_weights(weights[rule])}\"", file=out)
-        print(f"  or TRAIN.class_weight_rule {'|'.join(CLASS_WEIGHT_RULES)} computes them when "
-              f"training starts", file=out)
-    for warning in report.warnings:
-        print(f"WARNING: {warning}", file=out)
-    for error in report.errors:
-        print(f"ERROR: {error}", file=out)
-    print(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)", file=out)
-
-
-def check_main(args: argparse.Namespace, cfg: Any, out=None) -> int:
-    """The ``check`` subcommand on a loaded config; returns the exit status."""
-    out = out or sys.stdout
+def check_dataset(cfg: CfgNode, odgt: Sequence[str] | None = None, workers: int = 0,
+                  progress: Progress | None = None) -> CheckReport:
+    """``check_lists`` of the config's training and validation lists (or of the
+    ``odgt`` lists, each named after its file), with its label convention
+    (``DATASET.label_format``, ``ignore_label``, ``class_table``). Raises the
+    config's errors (an unreadable class table) before reading any sample."""
     fmt = label_format(cfg)
     table = class_table(cfg, strict=True)
-    names = table.name_dict()
-    if args.odgt:
-        lists = {os.path.basename(p): p for p in args.odgt}
+    if odgt:
+        lists = {os.path.basename(p): p for p in odgt}
     else:
         lists = {"train": cfg.DATASET.list_train, "val": cfg.DATASET.list_val}
-    report = check_lists(lists, cfg.DATASET.root_dataset, fmt, int(cfg.DATASET.num_class),
-                         names, args.workers, progress=not args.quiet, table=table)
-    _print_check(report, names, fmt, out)
-    return 1 if report.errors else 0
+    return check_lists(lists, cfg.DATASET.root_dataset, fmt, int(cfg.DATASET.num_class),
+                       table.name_dict(), workers, progress=progress, table=table)

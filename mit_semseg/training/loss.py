@@ -24,7 +24,7 @@ from yacs.config import CfgNode
 from ..checkpoints.files import atomic_write_text
 from ..config import ConfigError
 from ..data.classes import class_names, label_format
-from ..data.tools import CLASS_WEIGHT_RULES, ClassStatistics, class_statistics, format_weights
+from ..data.stats import CLASS_WEIGHT_RULES, ClassStatistics, class_statistics, format_weights
 from ..runtime.process import loader_workers
 from . import distributed as D
 

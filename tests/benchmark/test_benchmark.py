@@ -13,6 +13,7 @@ import torch.nn as nn
 from mit_semseg import benchmark as B
 from mit_semseg.benchmark import testpy
 from mit_semseg.benchmark.harness import Bench
+from mit_semseg.commands.benchmark import main as benchmark_main
 
 from _support import ROOT
 
@@ -35,9 +36,9 @@ original_worker = _tool("original_worker")
 def test_quick_benchmark_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
-    results = B.main(["--quick", "--quiet", "--json", str(out)])
+    assert benchmark_main(["--quick", "--quiet", "--json", str(out)]) == 0
     assert torch.get_num_threads() == threads  # restored
-    data = json.loads(out.read_text())
+    data = results = json.loads(out.read_text())
     assert data["machine"]["device"] == "cpu"
     assert isinstance(data["machine"]["fused_conv_exact"], bool)
     assert isinstance(data["machine"]["banding_exact"], bool)
@@ -178,12 +179,12 @@ def test_memory_probe_reports_peak():
         assert mem.delta_mb is not None and mem.delta_mb >= 16
 
 
-def test_old_method_names_are_refused_with_the_new_name():
-    import pytest
-    with pytest.raises(SystemExit, match="'fast' is now 'default'"):
-        B.main(["--quick", "--methods", "plain,fast"])
-    with pytest.raises(SystemExit, match="expected some of plain,exact,default"):
-        B.main(["--quick", "--methods", "turbo"])
+def test_old_method_names_are_refused_with_the_new_name(capsys):
+    # a package error (BenchmarkError): one line on stderr, exit status 1
+    assert benchmark_main(["--quick", "--methods", "plain,fast"]) == 1
+    assert capsys.readouterr().err == "error: method 'fast' is now 'default'\n"
+    assert benchmark_main(["--quick", "--methods", "turbo"]) == 1
+    assert "expected some of plain,exact,default" in capsys.readouterr().err
 
 
 def test_worker_script_imports_no_package(tmp_path):
@@ -213,13 +214,10 @@ def test_testpy_section_times_default_and_exact(tmp_path):
     repo = tmp_path / "original"
     repo.mkdir()
     (repo / "test.py").write_text("raise SystemExit('needs CUDA')\n")
-    args = B.build_parser().parse_args(
-        ["--quick", "--sections", "testpy", "--testpy-images", "1", "--warmup", "0", "--quiet",
-         "--scales", "40",
-         "--compare-original", sys.executable, "--original-repo", str(repo)])
-    from mit_semseg.benchmark.cli import _apply_preset
-    _apply_preset(args)
-    bench = Bench(args)
+    options = B.resolve_options(B.BenchmarkOptions(
+        preset="quick", sections=["testpy"], testpy_images=1, warmup=0, quiet=True,
+        scales=(40,), compare_original=sys.executable, original_repo=str(repo)))
+    bench = Bench(options)
     try:
         testpy.run_testpy(bench)
     finally:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-from mit_semseg import benchmark as B
+from mit_semseg.commands.benchmark import build_parser, main
 
 
 def test_slide_section_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    B.main(["--quick", "--quiet", "--sections", "slide", "--slide-photo", "100x150",
-            "--json", str(out)])
+    assert main(["--quick", "--quiet", "--sections", "slide", "--slide-photo", "100x150",
+            "--json", str(out)]) == 0
     s = json.loads(out.read_text())["slide"]
     assert s["pair"] == "resnet18dilated+c1_deepsup" and s["photo"] == [100, 150]
     assert s["crop"] == [64, 64] and s["stride"] == [43, 43] and s["tiles"] == 2 * 3
@@ -23,8 +23,8 @@ def test_slide_section_end_to_end(tmp_path, capsys):
 
 
 def test_slide_section_is_opt_in_and_takes_its_options():
-    args = B.build_parser().parse_args(["--slide-photo", "3000x4000", "--slide-crop", "256",
+    args = build_parser().parse_args(["--slide-photo", "3000x4000", "--slide-crop", "256",
                                         "--slide-flip"])
     assert args.slide_photo == (3000, 4000) and args.slide_crop == (256, 256) and args.slide_flip
-    from mit_semseg.benchmark.cli import DEFAULT_SECTIONS, SECTIONS
+    from mit_semseg.benchmark.options import DEFAULT_SECTIONS, SECTIONS
     assert "slide" in SECTIONS and "slide" not in DEFAULT_SECTIONS

@@ -16,7 +16,9 @@ PACKAGE = os.path.join(ROOT, "mit_semseg")
 # bottom to top: a package may import those before it in this list
 LAYERS = ["errors", "nn", "runtime", "config", "checkpoints", "data", "models", "accel",
           "inference", "web", "export", "prediction", "evaluation", "training", "benchmark",
-          "commands", "__main__"]
+          "commands", "__main__",
+          # round 2's python -m mit_semseg.<module> paths: one line naming the command
+          "curves", "datatools", "pretrained", "synthetic"]
 OLD_PATHS = {"lib", "utils", "dataset", "models.models", "models.utils"}
 
 

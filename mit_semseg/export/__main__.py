@@ -1,0 +1,7 @@
+"""``python -m mit_semseg.export`` (round 2's command) is now ``python -m mit_semseg
+export``; running this path says so in one line and exits with status 2."""
+if __name__ == "__main__":
+    import sys
+
+    from ..runtime.command import moved_command
+    sys.exit(moved_command("mit_semseg.export", "python -m mit_semseg export"))

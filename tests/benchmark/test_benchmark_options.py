@@ -1,0 +1,66 @@
+"""The benchmark's typed options: the command's flags are BenchmarkOptions'
+fields with the same defaults, and resolve_options decides presets, config
+files and precisions and refuses what cannot run, before anything is measured."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+from mit_semseg.benchmark import BenchmarkError, BenchmarkOptions, resolve_options
+from mit_semseg.commands.benchmark import build_parser
+
+from _support import ROOT
+
+
+def test_flags_are_the_options_fields_with_their_defaults():
+    args = build_parser().parse_args([])
+    assert BenchmarkOptions(**vars(args)) == BenchmarkOptions()
+    args = build_parser().parse_args(["--quick", "--gpus", "cpu", "--photo", "30x40",
+                                      "--data-workers", "0,1", "--slide-crop", "256"])
+    options = BenchmarkOptions(**vars(args))
+    assert (options.preset, options.device, options.photo) == ("quick", "cpu", (30, 40))
+    assert options.data_workers == [0, 1] and options.slide_crop == (256, 256)
+
+
+def test_quick_preset_fills_what_was_left_at_the_default():
+    given = BenchmarkOptions(preset="quick", size=96, device="cpu", precisions=["fp32"])
+    o = resolve_options(given)
+    assert o.size == 96  # given: kept
+    assert (o.photo, o.scales, o.runs, o.threads) == ((48, 64), (32, 48), 1, 1)
+    assert o.single_pairs == o.multi_pairs == o.train_pairs == ["resnet18dilated+c1_deepsup"]
+    assert o.sections == ["peak", "single", "multi", "train", "data", "metrics"]
+    assert given.sections is None and given.photo == (480, 640)  # a copy; the input unchanged
+    assert resolve_options(o) == o
+
+
+def test_config_files_give_pairs_classes_and_sizes():
+    cfg = os.path.join(ROOT, "config", "ade20k-mobilenetv2dilated-c1_deepsup.yaml")
+    o = resolve_options(BenchmarkOptions(cfg=[cfg], device="cpu", precisions=["fp32"]))
+    assert o.single_pairs == ["mobilenetv2dilated+c1_deepsup"]
+    assert (o.num_class, o.scales, o.max_size, o.padding) == \
+        (150, (300, 375, 450, 525, 600), 1000, 8)
+    targets = resolve_options(BenchmarkOptions(preset="targets", device="cpu"))
+    assert "testpy" in targets.sections and len(targets.single_pairs) == 4
+    assert targets.precisions[0] == "fp32"
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(sections=["peak", "warp"]), "unknown section 'warp'"),
+    (dict(precisions=["fp8"]), "unknown precision 'fp8'"),
+    (dict(methods=["engine"]), "method 'engine' is now 'exact'"),
+    (dict(pairs=["resnet50dilated"]), "must be ENCODER\\+DECODER"),
+    (dict(train_pairs=["vgg16+c1"], sections=["train"]), "unknown encoder 'vgg16'"),
+    (dict(preset="fastest"), "unknown preset 'fastest'"),
+])
+def test_what_cannot_run_is_refused_up_front(change, message):
+    options = dataclasses.replace(BenchmarkOptions(device="cpu"), **change)
+    with pytest.raises(BenchmarkError, match=message):
+        resolve_options(options)
+
+
+def test_a_pair_of_a_section_not_run_is_not_checked():
+    o = resolve_options(BenchmarkOptions(sections=["metrics"], train_pairs=["vgg16+c1"],
+                                         device="cpu", precisions=["fp32"]))
+    assert o.train_pairs == ["vgg16+c1"]
