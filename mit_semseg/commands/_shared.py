@@ -5,7 +5,8 @@ from typing import Sequence
 
 from yacs.config import CfgNode
 
-from ..config import ConfigError, load_cfg
+from ..config import load_cfg
+from ..runtime.process import set_threads
 from ..runtime.log import setup_logger
 
 
@@ -19,12 +20,6 @@ def load_logged_config(cfg_file: str, opts: Sequence[str]) -> CfgNode:
 
 
 def set_num_threads(cfg: CfgNode, section: str) -> None:
-    """Apply ``<section>.num_threads`` (``VAL`` or ``TEST``): intra-op CPU threads;
-    0 keeps PyTorch's default."""
-    threads = int(cfg[section].num_threads)
-    if threads < 0:
-        raise ConfigError(f"{section}.num_threads must be >= 0 (0 = PyTorch's default), "
-                          f"got {threads}")
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
+    """Apply ``<section>.num_threads`` (``VAL`` or ``TEST``; checked when the config was
+    loaded) through the one thread policy, ``runtime.process.set_threads``."""
+    set_threads(int(cfg[section].num_threads))

@@ -13,18 +13,16 @@ from typing import Any, Sequence
 import yaml
 from yacs.config import CfgNode
 
-from ..errors import MitSemsegError
 from .defaults import _C as cfg
+from .schema import ConfigError, ConfigValueError, check_config, check_value
 
-__all__ = ["cfg", "load_cfg", "ConfigError"]
-
-
-class ConfigError(MitSemsegError, ValueError):
-    """A config file or override names a key that does not exist or is malformed."""
+__all__ = ["cfg", "load_cfg", "ConfigError", "ConfigValueError", "check_config",
+           "check_value"]
 
 
 def load_cfg(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CfgNode:
-    """Return a clone of the defaults merged with ``cfg_file`` then ``opts``."""
+    """Return a clone of the defaults merged with ``cfg_file`` then ``opts``, every
+    value checked against its rule (``schema.check_config``)."""
     out = cfg.clone()
     if cfg_file:
         if not os.path.isfile(cfg_file):
@@ -42,6 +40,8 @@ def load_cfg(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CfgNode:
         out.merge_from_list(opts)
     except (KeyError, AssertionError, ValueError) as exc:
         raise ConfigError(f"command-line override: {_reason(exc)}") from None
+    where = " + ".join(p for p in (cfg_file or "", "overrides" if opts else "") if p)
+    check_config(out, where)
     return out
 
 

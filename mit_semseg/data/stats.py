@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..config.schema import CLASS_WEIGHT_RULES
 from .datasets import read_odgt_lines
 from .io import DatasetError, LabelFormat, UnknownColorsError, read_annotation
 
@@ -26,7 +27,6 @@ __all__ = ["Progress", "SampleResult", "read_mask", "map_samples", "read_odgt_li
 Progress = Callable[[int, int], None]
 
 
-CLASS_WEIGHT_RULES = ("median_frequency", "inverse", "inverse_sqrt")
 
 
 def class_weights_from_counts(pixels: Any, present: Any, rule: str) -> np.ndarray:

@@ -33,7 +33,8 @@ import torch.nn as nn
 
 from ..accel import (mkldnn_bf16_available, optimize_for_inference, precision_dtype,
                      prepare_input)
-from ..config import ConfigError
+from ..config import ConfigError, check_value
+from ..config.schema import BACKENDS as SCHEMA_BACKENDS, TRUST as SCHEMA_TRUST
 from ..data.classes import ClassTable, class_table
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ..errors import InputNotFoundError
@@ -42,9 +43,9 @@ __all__ = ["TorchBackend", "OnnxBackend", "BACKENDS", "TRUST", "OnnxMismatchErro
            "decode_metadata", "make_backend", "config_claims", "check_metadata",
            "file_settings"]
 
-BACKENDS = ("pytorch", "onnxruntime")
+BACKENDS = SCHEMA_BACKENDS
 # who decides the preprocessing and classes of an exported file (TEST.onnx_trust)
-TRUST = ("config", "file")
+TRUST = SCHEMA_TRUST
 
 
 class OnnxMismatchError(ConfigError):
@@ -199,10 +200,8 @@ def make_backend(name: str, onnx_path: str, num_class: int | None = None, *,
     ``onnx_path`` and ``trust`` come from the config keys ``<section>.backend`` /
     ``.onnx`` / ``.onnx_trust``; bad values raise ``ConfigError`` (a missing file
     FileNotFoundError)."""
-    key = str(name or "pytorch").lower()
-    if key not in BACKENDS:
-        raise ConfigError(f"backend: unknown backend {name!r}; expected one of {list(BACKENDS)}")
-    trust = _trust(trust, section)
+    key = check_value(f"{section}.backend", name or "pytorch")
+    trust = check_value(f"{section}.onnx_trust", trust or "config")
     if key == "pytorch":
         return None
     if not onnx_path:
@@ -218,13 +217,6 @@ def make_backend(name: str, onnx_path: str, num_class: int | None = None, *,
             claims.setdefault("num_class", ("DATASET.num_class", int(num_class)))
         check_metadata(backend, claims, section)
     return backend
-
-
-def _trust(value: str, section: str) -> str:
-    trust = str(value or "config").lower()
-    if trust not in TRUST:
-        raise ConfigError(f"{section}.onnx_trust: expected one of {list(TRUST)}, got {value!r}")
-    return trust
 
 
 def config_claims(cfg: Any, *, sizes: bool = True) -> dict[str, tuple[str, Any]]:

@@ -65,14 +65,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..config import ConfigError
+from ..config import ConfigError, check_value
+from ..config.schema import MODES
 from ..data.transforms import normalize
 from .fusion import SMALL_OUTPUT_SIDES, Prediction, horizontal_cl_exact, row_plan
 
 __all__ = ["SlideWindow", "MODES", "slide_options", "tile_windows", "slide_predict",
            "predict_slide", "DEFAULT_SLIDE_BAND_BYTES"]
 
-MODES = ("whole", "slide")
 DEFAULT_SLIDE_BAND_BYTES = 32 * 2 ** 20
 # rows resized horizontally, or softmaxed, in one operation (float32, rows x width
 # x C): a few at a time, so that the next operation finds them in cache
@@ -116,10 +116,7 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
 def slide_options(node: Any, section: str = "TEST") -> SlideWindow | None:
     """``SlideWindow`` from a config section (``cfg.TEST`` / ``cfg.VAL``: ``mode``,
     ``crop_size``, ``stride``, ``slide_scale``); None for ``mode: whole``."""
-    mode = str(node.mode).lower()
-    if mode not in MODES:
-        raise ConfigError(f"{section}.mode: unknown inference mode {node.mode!r}; "
-                          f"expected one of {list(MODES)}")
+    mode = check_value(f"{section}.mode", node.mode)
     if mode == "whole":
         return None
     try:

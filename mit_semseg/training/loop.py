@@ -45,7 +45,7 @@ from yacs.config import CfgNode
 
 from ..accel import fast_training_
 from ..checkpoints.files import atomic_write_text, remove_stale_temporaries
-from ..config import ConfigError
+from ..config import check_config
 from ..data.classes import class_names
 from ..data.datasets import TrainDataset
 from ..models import SegmentationModule, SegmentationNetwork, build_model
@@ -55,13 +55,13 @@ from ..runtime.log import setup_logger
 from ..runtime.process import allocator_state, set_threads, tune_allocator
 from . import distributed as D
 from .hooks import build_hooks
-from .loss import check_class_weights, class_weights, make_criterion
+from .loss import class_weights, make_criterion
 from .monitor import parse_best_metric
 from .optim import create_optimizers
 from .original_stream import OriginalStream
 from .resume import ResumePoint, resume_point
 from .stream import DataNotFoundError, ResumableStream, check_dataset
-from .trainer import PRECISIONS, NonFiniteLossError, Trainer, TrainSummary
+from .trainer import NonFiniteLossError, Trainer, TrainSummary
 
 __all__ = ["DataNotFoundError", "NonFiniteLossError", "DeviceError", "TrainSummary",
            "select_devices", "build_trainer", "main", "STREAMS"]
@@ -113,24 +113,11 @@ def _wrap(module: SegmentationModule, device: torch.device, gpu_ids: list[int],
 
 
 def _check_cfg(cfg: CfgNode) -> None:
-    t = cfg.TRAIN
-    if t.precision not in PRECISIONS:
-        raise ConfigError(f"TRAIN.precision '{t.precision}' is not one of {sorted(PRECISIONS)}")
-    for key in ("epoch_iters", "num_epoch", "batch_size_per_gpu"):
-        if int(t[key]) < 1:
-            raise ConfigError(f"TRAIN.{key} must be >= 1, got {t[key]}")
-    for key in ("workers", "checkpoint_every", "precise_bn_iters", "num_threads", "eval_every",
-                "early_stop"):
-        if int(t[key]) < 0:
-            raise ConfigError(f"TRAIN.{key} must be >= 0, got {t[key]}")
-    if int(t.early_stop) > 0 and int(t.eval_every) == 0:
-        raise ConfigError(f"TRAIN.early_stop {t.early_stop} counts validations, but TRAIN."
-                          f"eval_every is 0 (no validation): set TRAIN.eval_every 1 (or N)")
-    if str(t.stream).lower() not in STREAMS:
-        raise ConfigError(f"TRAIN.stream '{t.stream}' is not one of {sorted(STREAMS)}")
+    """The schema's rules (a config built without ``load_cfg`` is checked here too),
+    and TRAIN.best_metric against the class names."""
+    check_config(cfg)
     names = class_names(cfg)
-    parse_best_metric(t.best_metric, [names[k] for k in range(len(names))])
-    check_class_weights(cfg)
+    parse_best_metric(cfg.TRAIN.best_metric, [names[k] for k in range(len(names))])
 
 
 def _seed_everything(seed: int) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from typing import Sequence
 
@@ -22,38 +21,16 @@ import torch.nn as nn
 from yacs.config import CfgNode
 
 from ..checkpoints.files import atomic_write_text
-from ..config import ConfigError
 from ..data.classes import class_names, label_format
-from ..data.stats import CLASS_WEIGHT_RULES, ClassStatistics, class_statistics, format_weights
+from ..data.stats import ClassStatistics, class_statistics, format_weights
 from ..runtime.process import loader_workers
 from . import distributed as D
 
-__all__ = ["WEIGHTS_FILE", "check_class_weights", "class_weights", "make_criterion"]
+__all__ = ["WEIGHTS_FILE", "class_weights", "make_criterion"]
 
 WEIGHTS_FILE = "class_weights.json"
 
 logger = logging.getLogger("Logger")
-
-
-def check_class_weights(cfg: CfgNode) -> None:
-    """Raise ConfigError when ``TRAIN.class_weights`` / ``class_weight_rule`` are malformed."""
-    t, num_class = cfg.TRAIN, int(cfg.DATASET.num_class)
-    given, rule = list(t.class_weights), str(t.class_weight_rule)
-    if given and rule:
-        raise ConfigError(f"TRAIN.class_weights and TRAIN.class_weight_rule '{rule}' are both "
-                          f"set; keep one of them")
-    if rule and rule not in CLASS_WEIGHT_RULES:
-        raise ConfigError(f"TRAIN.class_weight_rule '{rule}' is not one of "
-                          f"{', '.join(CLASS_WEIGHT_RULES)} (or \"\" for no weights)")
-    if not given:
-        return
-    if len(given) != num_class:
-        raise ConfigError(f"TRAIN.class_weights has {len(given)} numbers but DATASET.num_class "
-                          f"is {num_class}: give one weight per class, in class order")
-    bad = [w for w in given if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0]
-    if bad or not any(given):
-        raise ConfigError(f"TRAIN.class_weights must be finite numbers >= 0, not all 0; got "
-                          f"{bad[0] if bad else 'all 0'}")
 
 
 def _source(cfg: CfgNode) -> dict:

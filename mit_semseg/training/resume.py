@@ -24,7 +24,7 @@ from yacs.config import CfgNode
 from ..checkpoints.files import CheckpointError, atomic_save, find_weights, load_file
 from ..checkpoints.formats import WEIGHT_FORMATS, twin_path, write_weights
 from ..checkpoints.ledger import forget_sha256
-from ..config import ConfigError
+from ..config import check_value
 from ..runtime.process import loader_workers
 from . import distributed as D
 from .optim import load_optimizer_state
@@ -41,11 +41,7 @@ def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _weights_suffix(cfg: CfgNode) -> str:
-    fmt = str(cfg.TRAIN.save_format).lower()
-    if fmt not in WEIGHT_FORMATS:
-        raise ConfigError(f"TRAIN.save_format {cfg.TRAIN.save_format!r} is not one of "
-                          f"{', '.join(WEIGHT_FORMATS)}")
-    return WEIGHT_FORMATS[fmt]
+    return WEIGHT_FORMATS[check_value("TRAIN.save_format", cfg.TRAIN.save_format)]
 
 
 def _save_weights(state: dict[str, torch.Tensor], pth_path: str, suffix: str) -> None:

@@ -7,7 +7,7 @@ from PIL import Image
 
 from mit_semseg.data.classes import (ClassTableError, class_table, generated_palette, label_format,
                                 read_class_table)
-from mit_semseg.config import load_cfg
+from mit_semseg.config import ConfigError, load_cfg
 from mit_semseg.data.datasets import ValDataset
 from mit_semseg.inference import Segmenter
 from mit_semseg.data.io import DatasetError, LabelFormat, read_annotation
@@ -81,8 +81,9 @@ def test_dataset_error_names_odgt_line_and_values(tmp_path):
 
 
 def test_label_format_config_errors(tmp_path):
-    with pytest.raises(DatasetError, match=r"'voc' is not one of \['ade20k', 'zero_based', 'rgb'\]"):
-        label_format(load_cfg(None, ["DATASET.label_format", "voc"]))
+    # checked when the config is loaded (config/schema.py), before any mask is read
+    with pytest.raises(ConfigError, match=r"'voc' is not one of \['ade20k', 'zero_based', 'rgb'\]"):
+        load_cfg(None, ["DATASET.label_format", "voc"])
     with pytest.raises(DatasetError, match="needs DATASET.class_table"):
         label_format(load_cfg(None, ["DATASET.label_format", "rgb"]))
     with pytest.raises(DatasetError, match="ignore_label 1 is a class value"):
