@@ -23,6 +23,7 @@ test           segment photos, write PNGs (test.py)
 web            serve the web demo (needs the [web] extra)
 export         export to ONNX and check it (needs the [onnx] extra)
 datatools      prepare and check your own dataset
+prelabel       write predictions as pre-annotations (COCO, Label Studio, LabelMe, CVAT)
 curves         draw a training run's curves (needs the [plot] extra)
 pretrained     download a model MIT released (mirrors, resume, SHA-256)
 models         convert weights, save / fetch / push model folders

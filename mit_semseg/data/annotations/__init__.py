@@ -27,7 +27,8 @@ import os
 import zipfile
 from typing import Callable, Sequence
 
-from ._common import IGNORE_LABEL, AnnotationError, ImportProblem, ImportReport
+from ._common import (IGNORE_LABEL, AnnotationError, ImportProblem, ImportReport, Region, regions,
+                      require, unique_keys)
 from .coco import CocoWriter, import_coco
 from .cvat import CvatMaskWriter, import_cvat_masks
 from .labelme import DEFAULT_TOLERANCE, LabelMeWriter, import_labelme
@@ -36,9 +37,20 @@ from .labelstudio import LabelStudioWriter, import_label_studio
 __all__ = ["import_annotations", "detect_format", "IMPORT_FORMATS", "ImportReport",
            "ImportProblem", "AnnotationError", "IGNORE_LABEL", "import_labelme", "import_coco",
            "import_cvat_masks", "import_label_studio", "LabelMeWriter", "CocoWriter",
-           "LabelStudioWriter", "CvatMaskWriter", "DEFAULT_TOLERANCE"]
+           "LabelStudioWriter", "CvatMaskWriter", "DEFAULT_TOLERANCE", "Region", "regions",
+           "unique_keys", "require_extras"]
 
 IMPORT_FORMATS = ("labelme", "coco", "cvat", "label-studio")
+
+
+def require_extras(formats: Sequence[str]) -> None:
+    """Raise AnnotationError (naming the extra to install) when a writer of
+    ``formats`` needs a library that is missing: "coco" pycocotools, "labelme"
+    OpenCV."""
+    if "coco" in formats:
+        require("pycocotools.mask", "coco", "COCO export")
+    if "labelme" in formats:
+        require("cv2", "polygons", "LabelMe polygons")
 
 
 def detect_format(source: str) -> str:
