@@ -108,6 +108,7 @@ def _polygons(seg: list, file: str, index: int, where: str,
 
 
 def _annotation_mask(seg: Any, height: int, width: int) -> np.ndarray:
+    import warnings
     mask_api = _mask_api()
     if isinstance(seg, list):
         rles = mask_api.frPyObjects(seg, height, width)
@@ -116,7 +117,9 @@ def _annotation_mask(seg: Any, height: int, width: int) -> np.ndarray:
         rle = _check_rle(seg, height, width)
         if isinstance(rle["counts"], list):
             rle = mask_api.frPyObjects(rle, height, width)
-    return mask_api.decode(rle).astype(bool)
+    with warnings.catch_warnings():  # pycocotools' numpy 2 copy= notice, not ours to fix
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_api.decode(rle).astype(bool)
 
 
 def import_coco(annotations: str, out_dir: str, *, images: str | None = None,
