@@ -9,7 +9,7 @@
    labeled pixels a labeler has to correct (pre-label != ground truth).
 
     python tools/annotation_loop.py --root data/synthetic \\
-        [--cfg config/synthetic-demo.yaml --ckpt ckpt/synthetic-demo]
+        [--cfg config/synthetic-demo.yaml --ckpt ckpt/synthetic-demo --checkpoint epoch_4.pth]
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def round_trips(root: str, work: str) -> None:
               f"import {t2 - t1:.2f} s")
 
 
-def prelabel(root: str, cfg: str, ckpt: str, work: str) -> None:
+def prelabel(root: str, cfg: str, ckpt: str, work: str, checkpoint: str | None = None) -> None:
     from mit_semseg.commands import prelabel as command
     table = read_class_table(os.path.join(root, "classes.csv"))
     masks = _masks(root, table)
@@ -113,7 +113,8 @@ def prelabel(root: str, cfg: str, ckpt: str, work: str) -> None:
     status = command.main(["--cfg", cfg, "--gpus", "cpu", "--imgs",
                            os.path.join(root, "images", "validation"), "--out", out,
                            "--formats", "all", "--review-below", "0.6", "--quiet",
-                           "DIR", ckpt, "DATASET.root_dataset", root, "TEST.num_threads", "1"])
+                           "DIR", ckpt, "DATASET.root_dataset", root, "TEST.num_threads", "1",
+                           *(["TEST.checkpoint", checkpoint] if checkpoint else [])])
     elapsed = time.perf_counter() - t0
     assert status == 0
     wrong = labeled = 0
@@ -138,6 +139,8 @@ def main() -> None:
     parser.add_argument("--root", default="data/synthetic", help="synthetic set (made if missing)")
     parser.add_argument("--cfg", help="config of a trained demo model")
     parser.add_argument("--ckpt", help="its checkpoint folder (DIR)")
+    parser.add_argument("--checkpoint", help="TEST.checkpoint, e.g. epoch_2.pth (default: "
+                                                 "the config's)")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
     if not os.path.isfile(os.path.join(args.root, "validation.odgt")):
@@ -146,7 +149,7 @@ def main() -> None:
     work = args.work or tempfile.mkdtemp(prefix="annotation_loop_")
     round_trips(args.root, work)
     if args.cfg and args.ckpt:
-        prelabel(args.root, args.cfg, args.ckpt, work)
+        prelabel(args.root, args.cfg, args.ckpt, work, args.checkpoint)
 
 
 if __name__ == "__main__":
