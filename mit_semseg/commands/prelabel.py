@@ -42,7 +42,7 @@ examples:
   python -m mit_semseg prelabel --cfg CFG --imgs list.odgt --out pre/ --formats labelme \\
       --tolerance 0 TEST.checkpoint best.pth
 
-Formats that need an extra: coco (pip install -e '.[coco]'), labelme ('.[polygons]').
+Formats that need an extra: coco (pip install -e ".[coco]"), labelme (".[polygons]").
 Unreadable images are reported and skipped (the exit status stays 0).
 Exit status: 0 done, 1 error (one line on stderr), 2 usage error, 130 interrupted.
 """

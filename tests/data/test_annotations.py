@@ -344,3 +344,19 @@ def test_unreadable_exports_raise_one_clear_error(tmp_path):
         import_cvat_masks(str(notzip), str(tmp_path / "out"))
     with pytest.raises(AnnotationError, match="unknown annotation format"):
         import_annotations(str(bad), str(tmp_path / "out"), fmt="voc")
+
+
+def test_missing_extras_name_the_extra(tmp_path, monkeypatch):
+    import sys
+    from mit_semseg.data.annotations import CocoWriter, LabelMeWriter
+    for name in ("cv2", "pycocotools", "pycocotools.mask"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    with pytest.raises(AnnotationError, match=r'OpenCV .*pip install -e "\.\[polygons\]"'):
+        LabelMeWriter(str(tmp_path), NAMES)
+    with pytest.raises(AnnotationError, match=r'pycocotools: pip install -e "\.\[coco\]"'):
+        CocoWriter(str(tmp_path / "c.json"), NAMES, np.zeros((3, 3)))
+    with pytest.raises(AnnotationError, match=r"\[coco\]"):
+        import_coco(str(tmp_path / "none.json"), str(tmp_path / "out"))
+    # the other formats need nothing beyond the core packages
+    src = _labelme_dataset(tmp_path / "labelme")
+    assert import_labelme(str(src), str(tmp_path / "ds"), classes=NAMES).samples

@@ -27,14 +27,18 @@ class AnnotationError(MitSemsegError, ValueError):
     """An annotation export cannot be read at all (the message names the file)."""
 
 
+_PACKAGES = {"cv2": "OpenCV (opencv-python-headless)", "pycocotools": "pycocotools"}
+
+
 def require(module: str, extra: str, what: str) -> Any:
     """Import an optional library or raise AnnotationError naming the extra."""
     import importlib
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise AnnotationError(f"{what} needs the {module.split('.')[0]} package: "
-                              f"pip install -e '.[{extra}]'") from None
+        top = module.split(".")[0]
+        raise AnnotationError(f"{what} needs {_PACKAGES.get(top, top)}: "
+                              f'pip install -e ".[{extra}]"') from None
 
 
 # ============================================================================ report
