@@ -36,7 +36,8 @@ def _masks(root: str, table) -> dict[str, np.ndarray]:
     with open(os.path.join(root, "validation.odgt")) as fh:
         for line in fh:
             rec = json.loads(line)
-            rel = os.path.relpath(os.path.join(root, rec["fpath_img"]), os.path.join(root, "images"))
+            images = os.path.join(root, "images")
+            rel = os.path.relpath(os.path.join(root, rec["fpath_img"]), images)
             out[rel] = read_label_map(os.path.join(root, rec["fpath_segm"]), table.num_class)
     return out
 

@@ -75,7 +75,7 @@ def _labelme_dataset(root):
         {"label": "car", "points": square, "shape_type": "polygon"},         # over road
         {"label": "__ignore__", "points": [[10, 10], [14, 14]], "shape_type": "rectangle"},  # hole
         {"label": "sky", "points": [[40, 30], [44, 30]], "shape_type": "circle"},
-        {"label": "car", "points": [[1, 1], [5, 5]], "shape_type": "polygon"},  # malformed: 2 points
+        {"label": "car", "points": [[1, 1], [5, 5]], "shape_type": "polygon"},  # 2 points
         {"label": "boat", "points": square, "shape_type": "polygon"},        # unknown class
         {"label": "car", "points": [[0, 0], [9, 9]], "shape_type": "line"},    # no area
         {"label": "sky", "points": [["a", 1], [2, 3], [4, 5]], "shape_type": "polygon"},
@@ -216,8 +216,8 @@ def _coco_dataset(root):
 
 def test_coco_import_rle_polygons_holes_problems_check_and_train(tmp_path):
     ann_file = _coco_dataset(tmp_path / "coco")
-    report = import_coco(str(ann_file), str(tmp_path / "ds"), images=str(tmp_path / "coco" / "images"),
-                         val_fraction=0.25, seed=0)
+    report = import_coco(str(ann_file), str(tmp_path / "ds"),
+                         images=str(tmp_path / "coco" / "images"), val_fraction=0.25, seed=0)
     # categories in id order, names kept
     assert report.class_names == ("car", "road", "sky")
     labels = _mask(tmp_path, report, "0")

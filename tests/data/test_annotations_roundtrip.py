@@ -30,7 +30,8 @@ def synthetic(tmp_path_factory):
     with open(os.path.join(root, "training.odgt")) as fh:
         for line in fh:
             rec = json.loads(line)
-            rel = os.path.relpath(os.path.join(root, rec["fpath_img"]), os.path.join(root, "images"))
+            images = os.path.join(root, "images")
+            rel = os.path.relpath(os.path.join(root, rec["fpath_img"]), images)
             masks[rel.replace(os.sep, "/")] = read_label_map(os.path.join(root, rec["fpath_segm"]),
                                                              table.num_class)
     assert any((m < 0).any() for m in masks.values())  # unlabeled outlines, as ADE20K

@@ -113,6 +113,10 @@ class Classes:
 
     def __init__(self, names: Sequence[str], colors: np.ndarray | None = None) -> None:
         self.names = tuple(names)
+        odd = [n for n in self.names if ";" in n or not n.strip()]
+        if odd:
+            raise AnnotationError(f"class names {odd} cannot go into a class table (';' "
+                                  f"separates synonyms there, and names must not be empty)")
         if len(set(self.names)) != len(self.names):
             dup = sorted({n for n in self.names if self.names.count(n) > 1})
             raise AnnotationError(f"class names given twice: {dup}")

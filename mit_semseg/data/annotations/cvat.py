@@ -136,8 +136,9 @@ def _mask_shapes(data: bytes, file: str, labels: list[str], colors: np.ndarray,
         index = index.reshape(packed.shape)
         unknown = [(int(v), int((packed == v).sum())) for v in values if int(v) not in lut]
         for v, n in unknown:
-            problems.append(ImportProblem(file, None, f"colour {(v >> 16, (v >> 8) & 255, v & 255)} "
-                                          f"({n} px) is not in labelmap.txt; left unlabeled"))
+            rgb = (v >> 16, (v >> 8) & 255, v & 255)
+            problems.append(ImportProblem(file, None, f"colour {rgb} ({n} px) is not in "
+                                                      f"labelmap.txt; left unlabeled"))
     else:
         bad = (index < 0) | (index >= len(labels))
         if bad.any():
@@ -203,9 +204,9 @@ def import_cvat_masks(export: str, out_dir: str, *, images: str | None = None,
                                                              f"left out"))
             continue
         image = _find_image(stem, source, images)
+        where = images or "the archive (JPEGImages/)"
         items.append(Item(stem, image, file, size, shapes,
-                          "" if image is not None else
-                          f"no image {stem}.* in {images or 'the archive (JPEGImages/)'}; left out"))
+                          "" if image is not None else f"no image {stem}.* in {where}; left out"))
     keep = [k for k, n in enumerate(labels) if n != _BACKGROUND]
     cls = Classes.resolve(classes, out_dir, [labels[k] for k in keep], [],
                           colors[keep] if keep else None)
