@@ -10,6 +10,8 @@ with open(os.path.join(HERE, "README.md"), encoding="utf-8") as fh:
 WEB = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"]
 ONNX = ["onnx>=1.17", "onnxruntime>=1.19"]
 HUB = ["safetensors>=0.4", "huggingface_hub>=0.20"]
+COCO = ["pycocotools>=2.0.6"]
+POLYGONS = ["opencv-python-headless>=4.5"]
 
 setuptools.setup(
     name="mit_semseg",
@@ -43,9 +45,15 @@ setuptools.setup(
         "onnx": ONNX,
         # .safetensors weights and Hugging Face Hub folders / repo ids
         "hub": HUB,
+        # COCO JSON in and out (RLE, polygons): the annotation importers and prelabel
+        "coco": COCO,
+        # LabelMe polygons out of label maps (contour tracing, Douglas-Peucker): prelabel
+        "polygons": POLYGONS,
+        # every annotation format (datatools import, prelabel)
+        "annotations": COCO + POLYGONS,
         # the web tests drive FastAPI's TestClient (httpx) and headless Chromium (selenium)
         "test": ["pytest", *WEB, "httpx>=0.27", "selenium>=4.11", "matplotlib>=3.5",
-                 "tensorboard>=2.10", *ONNX, *HUB],
+                 "tensorboard>=2.10", *ONNX, *HUB, *COCO, *POLYGONS],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

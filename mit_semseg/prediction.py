@@ -15,7 +15,10 @@ Beside each ``NAME.png``, on request: ``NAME_confidence.png`` (``TEST.confidence
 the probability of each pixel's predicted class, 8-bit grayscale, value
 ``round(255 p)``, ``data.io.confidence_uint8``) and ``NAME_probs.npz``
 (``TEST.save_probs``: key ``probs``, the averaged class probabilities as
-``[num_class, H, W]`` float16 at the photo's size; ``data.io.write_probs``).
+``[num_class, H, W]`` float16 at the photo's size; ``data.io.write_probs``) and
+``NAME_labels.png`` + ``NAME_labels.json`` (``TEST.save_labels``: the label map in
+the dataset's convention with the class table's palette, and the classes present
+with their pixel shares; ``data.labelmap``).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from .data.classes import class_table, colorEncode
 from .data.datasets import TestDataset, inference_loader
 from .data.io import (IMAGE_EXTENSIONS, DatasetError, confidence_uint8, find_recursive, write_png,
                       write_probs)
+from .data.labelmap import class_shares, label_convention, write_class_shares, write_label_map
 from .data.naming import companion_names, result_names
 from .errors import InputNotFoundError
 from .inference.engine import engine_from_config
@@ -80,6 +84,25 @@ def _resolve_listed(path: str, *folders: str) -> str:
     return os.path.join(folders[0], path)
 
 
+class _LabelMapWriter:
+    """Writes a prediction's label map (``TEST.save_labels``) and its class shares
+    (the same path with ``.json``), in the dataset's convention and colours."""
+
+    def __init__(self, cfg: CfgNode, num_class: int, table: Any) -> None:
+        self.num_class, self.names, self.colors = num_class, table.names, table.colors
+        self.convention = label_convention(cfg)
+        self.ignore = int(cfg.DATASET.get("ignore_label", 255))
+        unlabeled = table.unlabeled_colors
+        self.unlabeled = tuple(unlabeled[0]) if len(unlabeled) else (0, 0, 0)
+
+    def __call__(self, labels: np.ndarray, path: str) -> None:
+        write_label_map(path, labels, self.num_class, self.colors, convention=self.convention,
+                        ignore_label=self.ignore, unlabeled_color=self.unlabeled)
+        write_class_shares(os.path.splitext(path)[0] + ".json",
+                           class_shares(labels, self.names, self.colors,
+                                        convention=self.convention, ignore_label=self.ignore))
+
+
 class _Readable(torch.utils.data.Dataset):
     """TestDataset items, with unreadable images turned into {'error', 'info'} items."""
 
@@ -125,8 +148,9 @@ def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = 
     """Segment the images named by ``imgs`` (see ``list_test_images``) with
     ``DIR/{encoder,decoder}_<TEST.checkpoint>``; write image | prediction PNGs to
     ``TEST.result`` (input folder structure kept), with ``TEST.confidence`` /
-    ``TEST.save_probs`` also the confidence PNGs / probability files beside
-    them, and print the classes found. Returns the number of images skipped as
+    ``TEST.save_probs`` / ``TEST.save_labels`` also the confidence PNGs /
+    probability files / label maps and their class-share JSON beside them, and
+    print the classes found. Returns the number of images skipped as
     unreadable."""
     stream, err = stream or sys.stdout, err or sys.stderr
     engine = engine_from_config(cfg, "TEST", device)
@@ -143,10 +167,12 @@ def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = 
     taken = inputs | {os.path.abspath(p) for p in outputs}
     conf_paths = companion_names(outputs, "_confidence.png", taken) if want_conf else []
     prob_paths = companion_names(outputs, "_probs.npz", taken) if want_probs else []
+    label_paths = companion_names(outputs, "_labels.png", taken) if cfg.TEST.save_labels else []
     steps = _StepBar("tile" if engine.mode == "slide" else "step", err, disable=not progress)
     dataset = _Readable(TestDataset([{"fpath_img": p} for p in paths], cfg.DATASET))
     table = engine.classes or class_table(cfg)  # the model file's own, when it decides
     colors, class_name = table.colors, table.name_dict()
+    label_map = _LabelMapWriter(cfg, engine.num_class, table)
     skipped = 0
     with tqdm(total=len(paths), disable=not progress, file=err) as bar:
         for i, batch in enumerate(inference_loader(dataset, cfg.TEST.workers)):
@@ -172,6 +198,8 @@ def run_test(cfg: CfgNode, imgs: str, device: Any = "auto", *, progress: bool = 
                 write_png(confidence_uint8(pred.confidence), conf_paths[i])
             if want_probs:
                 write_probs(pred.probs, prob_paths[i])
+            if label_paths:
+                label_map(labels, label_paths[i])
             bar.update(1)
     done = len(paths) - skipped
     print(f"Inference done! {done} image(s) written to {out_dir}"

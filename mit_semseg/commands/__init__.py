@@ -33,7 +33,10 @@ COMMANDS: dict[str, Command] = {
     "test": Command("test", "segment photos, write PNGs (test.py)"),
     "web": Command("web", "serve the web demo (needs the [web] extra)"),
     "export": Command("export", "export to ONNX and check it (needs the [onnx] extra)"),
-    "datatools": Command("datatools", "prepare and check your own dataset"),
+    "datatools": Command("datatools", "prepare and check your own dataset, import "
+                                      "annotations (LabelMe, COCO, CVAT, Label Studio)"),
+    "prelabel": Command("prelabel", "write predictions as pre-annotations (COCO, Label "
+                                    "Studio, LabelMe, CVAT)"),
     "curves": Command("curves", "draw a training run's curves (needs the [plot] extra)"),
     "pretrained": Command("pretrained", "download a model MIT released (mirrors, resume, "
                                         "SHA-256)"),

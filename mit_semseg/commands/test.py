@@ -17,6 +17,10 @@ examples:
   python test.py --imgs photos/ --cfg CFG TEST.result out/ TEST.confidence True TEST.save_probs True
     (beside each out/NAME.png also NAME_confidence.png, the probability of the predicted
      class as 8-bit grayscale, and NAME_probs.npz, key "probs": [num_class, H, W] float16)
+  python test.py --imgs photos/ --cfg CFG TEST.result out/ TEST.save_labels True
+    (beside each out/NAME.png also NAME_labels.png, the label map: class id + 1, or the
+     0-based id for DATASET.label_format zero_based, palette = the class colours, 16-bit
+     above 255 classes; and NAME_labels.json, the classes present with their shares)
   (TEST.num_threads 1: one CPU thread, often faster on a small shared CPU)
 
 Unreadable images are reported and skipped (the exit status stays 0).

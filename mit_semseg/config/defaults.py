@@ -273,6 +273,13 @@ _C.TEST = CN({
     # new: also write <name>_probs.npz beside each result: the averaged class
     # probabilities, key "probs", [num_class, H, W] float16 (2 C H W bytes).
     "save_probs": False,
+    # new: also write <name>_labels.png beside each result: the label map, one class
+    # id per pixel in the dataset's convention (DATASET.label_format zero_based: the
+    # 0-based id; otherwise ADE20K's id + 1), 8-bit indexed PNG whose palette is the
+    # class table's colours (16-bit grayscale above 255 classes), and
+    # <name>_labels.json, the classes present with their pixel shares
+    # (mit_semseg.data.labelmap).
+    "save_labels": False,
     **_inference_keys(),
     # new: DataLoader worker processes reading test images (the original used 5).
     "workers": 4,

@@ -16,6 +16,7 @@ from PIL import Image
 from ..config import load_cfg
 from ..data.classes import class_colors, class_names, colorEncode
 from ..data.io import read_image
+from ..data.labelmap import class_shares, label_map_image, write_class_shares
 from .engine import DEFAULT_BAND_BYTES, InferenceEngine, Progress
 from .slide import SlideWindow
 
@@ -214,6 +215,26 @@ class Segmenter:
         """H x W x 3 uint8 colour image of ``labels`` (the class table's colours;
         ADE20K's for 150 classes without one)."""
         return colorEncode(labels, self.colors).astype(np.uint8)
+
+    def label_map(self, labels: np.ndarray, path: str | os.PathLike | None = None, *,
+                  convention: str = "ade20k", ignore_label: int = 255) -> Image.Image:
+        """The label map of ``labels`` (H x W, 0-based) as a PIL image other tools read:
+        value k + 1 per pixel for class k in the ``ade20k`` convention, k in
+        ``zero_based``; 8-bit indexed with this model's class colours as the palette
+        up to 255 classes, 16-bit grayscale above (see ``data.labelmap``). With
+        ``path`` it is also written there as PNG, and beside it ``<path stem>.json``:
+        the classes present with their pixel shares and colours."""
+        num_class = self.engine.num_class
+        img = label_map_image(labels, num_class, self.colors, convention=convention,
+                              ignore_label=ignore_label)
+        if path is not None:
+            path = os.fspath(path)
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            img.save(path, format="PNG", compress_level=1)
+            write_class_shares(os.path.splitext(path)[0] + ".json",
+                               class_shares(labels, self.names, self.colors,
+                                            convention=convention, ignore_label=ignore_label))
+        return img
 
     def describe(self, labels: np.ndarray, min_percent: float = 0.0) -> list[ClassShare]:
         """Classes present in ``labels`` with their share of pixels, largest first;

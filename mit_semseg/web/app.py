@@ -197,16 +197,28 @@ def create_app(models: Sequence[WebModel], *, max_upload_mb: float = 20, queue: 
              response_class=Response, responses={200: {"content": {"image/png": {}}}})
     async def result_labels(
             rid: str,
-            encoding: Literal["raw", "rgb"] = Query(
+            encoding: Literal["raw", "rgb", "palette"] = Query(
                 "raw", description="'raw': 8-bit (16-bit above 255 classes) grayscale; 'rgb': "
-                                   "red = (k+1) mod 256, green = (k+1) div 256, for pages")
+                                   "red = (k+1) mod 256, green = (k+1) div 256, for pages; "
+                                   "'palette': 8-bit indexed with the class colours as its "
+                                   "palette, for image viewers (16-bit grayscale above 255 "
+                                   "classes)")
     ) -> Response:
         """The label map as PNG, value k+1 for class id k."""
         entry = store.get(rid)
         png = entry.labels_png
-        if encoding == "rgb":
+        if encoding != "raw":
+            if encoding == "rgb":
+                def job() -> bytes:
+                    return label_png_rgb(read_label_png(entry.labels_png))
+            else:
+                chosen = by_name[entry.model]
+
+                def job() -> bytes:
+                    return label_png(read_label_png(entry.labels_png), chosen.num_class,
+                                     chosen.segmenter.colors)
             try:
-                png = await downloads.run(lambda: label_png_rgb(read_label_png(entry.labels_png)))
+                png = await downloads.run(job)
             except Busy:
                 raise _busy() from None
         return Response(png, media_type="image/png", headers=_attachment(entry.name, "labels"))

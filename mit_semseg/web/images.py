@@ -14,6 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..data.classes import colorEncode
 from ..data.io import DatasetError, confidence_uint8, to_rgb
+from ..data.labelmap import label_map_image
 
 __all__ = ["UploadError", "decode_upload", "label_png", "label_png_rgb", "read_label_png",
            "result_png", "confidence_png"]
@@ -74,12 +75,14 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def label_png(labels: np.ndarray, num_class: int) -> bytes:
-    """The raw label map as a PNG in the dataset convention: value k+1 for 0-based
-    class k (0 would be unlabeled); 8-bit grayscale up to 255 classes, else 16-bit."""
-    if num_class <= 255:
-        return _png((labels + 1).astype(np.uint8))
-    return _png((labels + 1).astype(np.uint16))
+def label_png(labels: np.ndarray, num_class: int, colors: np.ndarray | None = None) -> bytes:
+    """The label map as a PNG in the ADE20K convention: value k+1 for 0-based class k
+    (0 would be unlabeled), written by ``data.labelmap``: 8-bit grayscale up to 255
+    classes (indexed, with ``colors`` as the palette, when they are given), else
+    16-bit grayscale."""
+    buf = io.BytesIO()
+    label_map_image(labels, num_class, colors).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
 
 
 def label_png_rgb(labels: np.ndarray) -> bytes:
