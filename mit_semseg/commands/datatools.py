@@ -41,6 +41,19 @@ _CHECK_DESCRIPTION = (
     "and image sizes. Exit status 1 on errors.")
 _CHECK_EPILOG = ("example: python -m mit_semseg datatools check --cfg config/custom.yaml "
                  "DATASET.num_class 21")
+_IMPORT_DESCRIPTION = (
+    "Paint the shapes of an annotation export into masks in the ADE20K convention (0 "
+    "unlabeled, class k as k), keeping the tools' class names in classes.csv, and write the "
+    "odgt lists. Overlapping shapes: the later one in the file is on top. Every skipped or "
+    "malformed shape and unknown class is reported with its file and index; exit status 1 "
+    "when anything was skipped. The last line gives the overrides to train on the result.")
+_IMPORT_EPILOG = (
+    "examples:\n"
+    "  datatools import labelme_folder/ --out data/mine --val-fraction 0.1\n"
+    "  datatools import instances.json --images coco/images --out data/mine\n"
+    "  datatools import task.zip --out data/mine            (CVAT segmentation masks)\n"
+    "  datatools import export.json --images photos/ --out data/mine   (Label Studio)\n"
+    "Needs the [coco] extra for COCO RLE (pip install -e '.[coco]').")
 
 
 def build_parser() -> CommandParser:
@@ -94,6 +107,34 @@ def build_parser() -> CommandParser:
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     add_overrides(check, help="config overrides, before or after the flags, e.g. "
                               "DATASET.root_dataset data/mine")
+
+    imp = subcommand_parser(
+        parser, sub, "import",
+        "turn a LabelMe / COCO / CVAT / Label Studio export into masks + odgt + class table",
+        _IMPORT_DESCRIPTION, _IMPORT_EPILOG, overrides=False)
+    imp.add_argument("source", help="a LabelMe folder or JSON file, a COCO JSON file, a CVAT "
+                                    "'Segmentation mask 1.1' .zip (or its folder), or a Label "
+                                    "Studio JSON export")
+    imp.add_argument("--out", required=True, metavar="DIR",
+                     help="dataset folder to write (images/, annotations/, training.odgt, "
+                          "validation.odgt, classes.csv); importing again adds to it")
+    imp.add_argument("--format", dest="fmt", default="auto",
+                     choices=("auto", "labelme", "coco", "cvat", "label-studio"),
+                     help="the export's format (default: auto, from the file)")
+    imp.add_argument("--images", metavar="DIR",
+                     help="where the images are when the export does not hold them")
+    imp.add_argument("--classes", metavar="CSV|NAMES",
+                     help="class table CSV or comma-separated names in id order, to keep ids "
+                          "stable (default: DIR/classes.csv of an earlier import, else the "
+                          "export's own list)")
+    imp.add_argument("--val-fraction", type=float, default=0.0,
+                     help="share of the images that go to validation.odgt (default: 0)")
+    imp.add_argument("--seed", type=int, default=0, help="seed of that draw (default: 0)")
+    imp.add_argument("--crowd", choices=("class", "unlabeled"), default="class",
+                     help="COCO iscrowd regions: painted with their class, or left unlabeled")
+    imp.add_argument("--use-predictions", action="store_true",
+                     help="Label Studio: tasks without an annotation use their prediction")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -253,6 +294,28 @@ def _check(parser: CommandParser, args: argparse.Namespace) -> int:
     return run_command(body)
 
 
+# ============================================================================ import
+
+def _import(parser: CommandParser, args: argparse.Namespace) -> int:
+    if not 0 <= args.val_fraction < 1:
+        parser.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+
+    def body() -> int:
+        from ..data.annotations import import_annotations
+        classes = args.classes
+        if classes and not classes.lower().endswith(".csv"):
+            classes = [c.strip() for c in classes.split(",") if c.strip()]
+        with _progress_bar(not args.quiet) as progress:
+            report = import_annotations(args.source, args.out, args.fmt, images=args.images,
+                                        classes=classes, val_fraction=args.val_fraction,
+                                        seed=args.seed, crowd=args.crowd,
+                                        use_predictions=args.use_predictions, progress=progress)
+        print(report.summary())
+        print("train on it with: " + " ".join(report.config_opts))
+        return 0 if report.ok else 1
+    return run_command(body)
+
+
 # action -> handler (its parser and arguments; returns the exit status)
 ACTIONS: dict[str, Callable[[CommandParser, argparse.Namespace], int]] = {
-    "odgt": _odgt, "check": _check}
+    "odgt": _odgt, "check": _check, "import": _import}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from ..runtime.command import command_parser, parse_command, run_command
+from ..runtime.command import CommandParser, command_parser, parse_command, run_command
 
 FORMATS = ("coco", "label-studio", "labelme", "cvat", "labels")
 
@@ -163,7 +163,8 @@ def prelabel(args: Any, cfg: Any, device: Any) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> CommandParser:
+    """The command's parser (flags and overrides)."""
     parser = command_parser("python -m mit_semseg prelabel", _DESCRIPTION, EPILOG,
                             config="required", devices="one")
     parser.add_argument("--imgs", required=True,
@@ -181,6 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="Label Studio: put before each image's relative path in "
                              "data.image, e.g. /data/local-files/?d=photos/ (default: none)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = build_parser()
     args = parse_command(parser, argv)
     if args.review_below is not None and not 0 <= args.review_below <= 1:
         parser.error(f"--review-below must be in 0..1, got {args.review_below}")

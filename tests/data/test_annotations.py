@@ -54,7 +54,7 @@ def _check_and_train(report, tmp_path):
     cfg = load_cfg(None, opts)
     lists = {"train": cfg.DATASET.list_train, "val": cfg.DATASET.list_val}
     checked = check_lists(lists, cfg.DATASET.root_dataset, label_format(cfg), 3,
-                          class_table(cfg).name_dict(), workers=1, progress=False)
+                          class_table(cfg).name_dict(), workers=1)
     assert checked.errors == [] and sum(checked.num_samples.values()) == len(report.samples)
     summary = train_main(cfg, "cpu")
     assert summary.global_iter == 4
@@ -360,3 +360,21 @@ def test_missing_extras_name_the_extra(tmp_path, monkeypatch):
     # the other formats need nothing beyond the core packages
     src = _labelme_dataset(tmp_path / "labelme")
     assert import_labelme(str(src), str(tmp_path / "ds"), classes=NAMES).samples
+
+
+def test_datatools_import_command_reports_problems_and_the_overrides(tmp_path, capsys):
+    """``python -m mit_semseg datatools import``: the library's report printed, exit
+    status 1 because shapes were skipped, and the overrides that train on it."""
+    from mit_semseg.commands import datatools
+    src = _labelme_dataset(tmp_path / "labelme")
+    out = tmp_path / "out"
+    code = datatools.main(["import", str(src), "--out", str(out), "--classes", ",".join(NAMES),
+                           "--val-fraction", "0.25", "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 1  # the malformed shape and the unknown class were skipped
+    assert "problem: " in printed and "6 problem(s)" in printed
+    assert f"DATASET.root_dataset {out}" in printed and "DATASET.num_class 3" in printed
+    assert (out / "training.odgt").is_file() and (out / "classes.csv").is_file()
+    with pytest.raises(SystemExit) as usage:
+        datatools.main(["import", str(src), "--out", str(out), "--val-fraction", "1.5"])
+    assert usage.value.code == 2
