@@ -6,7 +6,7 @@ cache with ``huggingface_hub.snapshot_download`` (``HF_HUB_OFFLINE=1``, or
 ``local_files_only=True``, uses the cache only). :func:`push_to_hub` uploads a
 folder. Without huggingface_hub folders work the same and a repo id is a
 one-line error saying what to install. What a model folder holds is
-:mod:`mit_semseg.inference.model_folder`'s business.
+:mod:`mit_semseg.models.folder`'s business.
 """
 from __future__ import annotations
 

@@ -134,7 +134,7 @@ def _save(parser: CommandParser, args: argparse.Namespace) -> int:
 
     def body() -> None:
         from ..checkpoints.released import RELEASED_MODELS, canonical_name, preset_config
-        from ..inference.model_folder import save_pretrained
+        from ..models.folder import save_pretrained
         config, checkpoint_dir, checkpoint = args.cfg, args.checkpoint_dir, args.checkpoint
         if args.released:
             key = canonical_name(args.released)

@@ -114,7 +114,7 @@ class Segmenter:
         ``options``: as :meth:`from_config` (device, flip, precision, slide, ...).
         A config or weights that do not match the folder raise ModelFolderError."""
         from ..models.weights import WeightsError
-        from .model_folder import open_pretrained
+        from ..models.folder import open_pretrained
         opened = open_pretrained(model, config=config, opts=opts, revision=revision,
                                  cache_dir=cache_dir, local_files_only=local_files_only)
         unknown = sorted(set(options) - _OPTIONS)
@@ -129,11 +129,11 @@ class Segmenter:
 
     def save_pretrained(self, folder: str, *, evaluation: Any = None,
                         name: str | None = None) -> str:
-        """Write this model as a model folder (see ``model_folder.save_pretrained``:
+        """Write this model as a model folder (see ``models.folder.save_pretrained``:
         safetensors weights, config, class table, preprocessing, model card);
         returns ``folder``. Only for a Segmenter built from a config or folder with
         PyTorch weights."""
-        from .model_folder import save_pretrained
+        from ..models.folder import save_pretrained
         source = getattr(self, "_source", None)
         if source is None or self.engine.encoder is None:
             raise ValueError("save_pretrained needs a Segmenter made by from_config or "

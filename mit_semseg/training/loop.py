@@ -143,8 +143,7 @@ def build_trainer(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: l
     else:
         _seed_everything(seed)
     network = _build_network(cfg, point, env)
-    deep_sup = cfg.TRAIN.deep_sup_scale if str(cfg.MODEL.arch_decoder).lower().endswith("deepsup") \
-        else None
+    deep_sup = cfg.TRAIN.deep_sup_scale if getattr(network.decoder, "deep_sup", False) else None
     module = SegmentationModule.from_network(network, make_criterion(loss_weights), deep_sup)
     module.to(device)
     if not cfg.TRAIN.exact:

@@ -33,7 +33,7 @@ from mit_semseg.checkpoints.files import atomic_save
 from mit_semseg.checkpoints.formats import write_weights
 from mit_semseg.checkpoints.ledger import record_sha256
 from mit_semseg.commands import main
-from mit_semseg.inference.model_folder import save_pretrained
+from mit_semseg.models.folder import save_pretrained
 
 src, out, cfg, *opts = ARGS
 # models convert, both ways
