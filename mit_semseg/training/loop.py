@@ -72,7 +72,7 @@ from . import distributed as D
 from .loss import check_class_weights, class_weights, make_criterion
 from .monitor import TrainingMonitor, parse_best_metric, validation_sizes
 from .optim import adjust_learning_rate, create_optimizers
-from .resume import ResumePoint, restore, resume_point, write_checkpoint
+from .resume import ResumePoint, restart_source, restore, resume_point, write_checkpoint
 from .state import restore_rng_state
 from .stream import (BN_STREAM, TRAIN_STREAM, DataNotFoundError, check_dataset, derive_seed,
                      make_loader, segment_start)
@@ -466,11 +466,10 @@ def main(cfg: CfgNode, gpus: str | Sequence[str] = "auto", resume: str | None = 
     configure_mirrors(cfg.MODEL.mirrors)  # for the ImageNet weights an encoder starts from
     env = D.from_environment()
     device, gpu_ids = select_devices(gpus, env)
-    D.init_process_group(env, device, float(cfg.TRAIN.dist_timeout))
-    try:
+    # Bounded start-up and waits; a lost peer ends this rank with one line (distributed.py).
+    with D.process_group(env, device, float(cfg.TRAIN.dist_timeout),
+                         float(cfg.TRAIN.peer_timeout), lambda: restart_source(cfg, resume)):
         return _train(cfg, env, device, gpu_ids, resume)
-    finally:
-        D.shutdown()
 
 
 def _train(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: list[int],
