@@ -174,6 +174,8 @@ class _Job:
         self.store.set(self._beat_key(self.env.rank), "0")
         self.store.set(self.key(f"who/{self.env.rank}"),
                        f"{socket.gethostname()} pid {os.getpid()}")
+        if self.env.world_size < 2:
+            return
         watcher = self.store.clone()
         self._thread = threading.Thread(target=self._heartbeat, args=(watcher,),
                                         name="mit_semseg-heartbeat", daemon=True)
@@ -236,21 +238,37 @@ class _Job:
         return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(names)
 
     def message(self, lost: list[int] | None, how: str, store: Any = None) -> str:
+        """The one line of a rank that stops: who is lost (``lost``: ranks; None: the
+        store's node; []: nobody silent, so peers that failed on their own, if any),
+        what happened here, and where the restart resumes."""
         store = store or self.store
         if lost is None:
             host = os.environ.get("MASTER_ADDR", "?")
             port = os.environ.get("MASTER_PORT", "?")
-            who = f"the node of rank 0 (it serves the job's store, {host}:{port})"
+            who = f"lost the node of rank 0 (it serves the job's store, {host}:{port})"
         elif lost:
-            who = self._who(lost, store)
+            who = f"lost {self._who(lost, store)}"
         else:
-            who = "no rank (every rank still answers; a peer may be stuck)"
+            failed = self._failed_peers(store)
+            who = ("; ".join(f"{self._who([r], store)} failed ({why})" for r, why in failed)
+                   if failed else "no rank is silent (a peer may be stuck)")
         try:
             resume = self.resume_from()
         except Exception as exc:  # never let the report itself fail
             resume = f"? ({_describe(exc)})"
-        return (f"rank {self.env.rank} of {self.env.world_size} stops: lost {who}: {how}; "
+        return (f"rank {self.env.rank} of {self.env.world_size} stops: {who}: {how}; "
                 f"torchrun restarts the group, resuming from {resume}")
+
+    def _failed_peers(self, store: Any) -> list[tuple[int, str]]:
+        """Peers that said goodbye with an error of their own: (rank, reason)."""
+        found = []
+        for r in range(self.env.world_size):
+            with contextlib.suppress(Exception):
+                if r != self.env.rank and store.check([self._left_key(r)]):
+                    why = store.get(self._left_key(r)).decode()
+                    if why.startswith("failed: "):
+                        found.append((r, why[len("failed: "):]))
+        return found
 
     def failure(self, exc: BaseException) -> BaseException | None:
         """What the main thread raises for ``exc`` (None: ``exc`` itself). Says goodbye
@@ -364,8 +382,8 @@ def _record(message: str, env: DistEnv) -> None:
     for handler in logger.handlers:
         if isinstance(handler, logging.FileHandler):
             with contextlib.suppress(Exception):
-                handler.emit(logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message,
-                                               None, None))
+                handler.emit(logger.makeRecord(logger.name, logging.ERROR, __file__,
+                                               sys._getframe(1).f_lineno, message, None, None))
                 handler.flush()
 
 
@@ -506,8 +524,8 @@ def _active() -> bool:
 def barrier(timeout_s: float | None = None) -> None:
     """Wait until every rank gets here, at most ``timeout_s`` seconds (default:
     ``TRAIN.dist_timeout``, for waits on rank 0's one-sided work: validation,
-    checkpoint writing, downloads). Raises :class:`PeerLostError` naming the ranks
-    that did not arrive."""
+    checkpoint writing, downloads); the error names the ranks that did not arrive.
+    gloo: a monitored barrier; NCCL: a barrier in the store."""
     if not _active():
         return
     job = _Holder.job
@@ -516,6 +534,10 @@ def barrier(timeout_s: float | None = None) -> None:
         return
     store, rank, world = job.store, job.env.rank, job.env.world_size
     timeout_s = job.patient_timeout_s if timeout_s is None else timeout_s
+    if dist.get_backend() == "gloo":  # fails at once when a peer's sockets close
+        dist.monitored_barrier(timeout=timedelta(seconds=timeout_s), wait_all_ranks=True)
+        return
+    # NCCL: in the store (a GPU barrier would be bound by the training-step timeout)
     job.barriers += 1
     key = job.key(f"barrier/{job.barriers}")
     store.set(f"{key}/{rank}", "")

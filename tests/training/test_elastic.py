@@ -297,3 +297,38 @@ def test_handshake_names_the_rank_that_never_joins():
     alone = _handshake_in_threads(server.port, 3, [2], 0.5)  # and rank 0 never comes
     assert isinstance(alone[2], D.PeerLostError)
     assert "rank 2 of 3: no answer from rank 0 within 0.5 s" in str(alone[2])
+
+
+# ----------------------------------------------------------------------------- the report
+
+def _job_of_rank0(store, peer_timeout_s: float = 1.0) -> D._Job:
+    job = D._Job(D.DistEnv(0, 2, 0, True), store, 7, peer_timeout_s, 60.0,
+                 lambda: "DIR/state_iter_8.pth")
+    store.set(job.key("who/1"), "node-b pid 4321")
+    store.set(job.key("beat/1"), "5")
+    return job
+
+
+def test_failure_names_the_silent_rank_and_the_state_file():
+    store = dist.TCPStore("127.0.0.1", 0, 1, True, timeout=timedelta(seconds=30))
+    job = _job_of_rank0(store)
+    error = job.failure(RuntimeError("[pair.cc:553] Connection closed by peer [10.0.0.2]:4711. "
+                                     "This is typically caused by a remote worker crashing"))
+    assert isinstance(error, D.PeerLostError)
+    assert str(error) == ("rank 0 of 2 stops: lost rank 1 (node-b pid 4321): RuntimeError: "
+                          "Connection closed by peer [10.0.0.2]:4711; torchrun restarts the "
+                          "group, resuming from DIR/state_iter_8.pth")
+    assert store.get(job.key("left/0")).startswith(b"failed: ")  # peers will not blame rank 0
+
+
+def test_failure_of_a_peer_with_its_own_error_is_not_called_lost():
+    store = dist.TCPStore("127.0.0.1", 0, 1, True, timeout=timedelta(seconds=30))
+    job = _job_of_rank0(store)
+    store.set(job.key("left/1"), "failed: CheckpointError: state_iter_8.pth is damaged")
+    error = job.failure(RuntimeError("Connection closed by peer"))
+    assert "stops: rank 1 (node-b pid 4321) failed (CheckpointError: state_iter_8.pth is " \
+           "damaged)" in str(error)
+    # an error of this rank's own (not from the transport) stays what it is
+    job2 = _job_of_rank0(dist.TCPStore("127.0.0.1", 0, 1, True, timeout=timedelta(seconds=30)))
+    job2.store.set(job2.key("left/1"), "done")
+    assert job2.failure(ValueError("a bug")) is None
