@@ -177,6 +177,8 @@ class _Job:
         if self.env.world_size < 2:
             return
         watcher = self.store.clone()
+        # a store that went silent must not block a beat for the whole peer timeout
+        watcher.set_timeout(timedelta(seconds=min(self.peer_timeout_s, max(2.0, 4 * self.interval))))
         self._thread = threading.Thread(target=self._heartbeat, args=(watcher,),
                                         name="mit_semseg-heartbeat", daemon=True)
         self._thread.start()
