@@ -118,11 +118,12 @@ def _agents(checkout: str, cfg: str, out: str, overrides: list[str], max_restart
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
-    """SIGKILL the sessions this tool started (agents and their workers)."""
-    for p in procs:
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
+    """SIGKILL the sessions this tool started: the agents' and their workers' (each
+    worker is a session of its own, with its loader processes)."""
+    workers = [pid for p in procs for pid in _children(p.pid)]
+    for pid in [p.pid for p in procs if p.poll() is None] + workers:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
     for p in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=10)

@@ -88,12 +88,7 @@ def _wait_for(predicate, what: str, deadline_s: float = DEADLINE, poll: float = 
 def _worker(agents: list[subprocess.Popen], rank: int) -> int | None:
     """PID of the torchrun worker with RANK ``rank`` (a child of one of the agents)."""
     for agent in agents:
-        try:
-            with open(f"/proc/{agent.pid}/task/{agent.pid}/children") as fh:
-                children = [int(c) for c in fh.read().split()]
-        except OSError:
-            continue
-        for pid in children:
+        for pid in _children(agent.pid):
             try:
                 with open(f"/proc/{pid}/environ", "rb") as fh:
                     if f"\0RANK={rank}\0".encode() in b"\0" + fh.read():
@@ -103,10 +98,24 @@ def _worker(agents: list[subprocess.Popen], rank: int) -> int | None:
     return None
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(c) for c in fh.read().split()]
+    except OSError:
+        return []
+
+
 def _stop(procs) -> None:
+    """SIGKILL what a test started: its processes' sessions and those of their children
+    (torchrun starts every worker in a session of its own)."""
+    for pid in [p.pid for p in procs if p.poll() is None] + \
+            [c for p in procs for c in _children(p.pid)]:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
         p.wait(timeout=30)
 
 
