@@ -409,7 +409,7 @@ def main() -> int:
     parser.add_argument("--against", default="", help="same: another checkout to compare with")
     parser.add_argument("--work", default="", help="work folder (default: a new temporary one)")
     parser.add_argument("opts", nargs="*", default=[], help="KEY VALUE overrides for train.py")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     args.checkout = os.path.abspath(args.checkout)
     args.work = args.work or tempfile.mkdtemp(prefix="elastic_drill_")
     os.makedirs(args.work, exist_ok=True)
