@@ -347,7 +347,10 @@ class _Job:
             time.sleep(delay)
 
     def leave(self, why: str) -> None:
-        """Tell the peers this rank ends on purpose, and stop beating."""
+        """Tell the peers this rank ends on purpose (the first reason given stays), and
+        stop beating."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         with contextlib.suppress(Exception):
             self.store.set(self._left_key(self.env.rank), why)
@@ -356,10 +359,9 @@ class _Job:
 class _Hurry(Exception):
     """SIGTERM (torchrun's agent stopping the workers) while a rank writes its report."""
 
-    def __init__(self, previous: Any = None) -> None:
+    def __init__(self) -> None:
         super().__init__("SIGTERM")
-        self.previous = previous
-        self.received = False
+        self.previous: Any = None
 
     @classmethod
     def install(cls) -> "_Hurry":
@@ -367,7 +369,6 @@ class _Hurry(Exception):
         hurry = cls()
         if threading.current_thread() is threading.main_thread():
             def _raise(signum: int, frame: Any) -> None:
-                hurry.received = True
                 raise cls()
             hurry.previous = signal.signal(signal.SIGTERM, _raise)
         return hurry
@@ -481,9 +482,17 @@ def init_process_group(env: DistEnv, device: torch.device, timeout_s: float,
         for name, value in NCCL_WATCHDOG_ENV.items():
             os.environ.setdefault(name, value)
     peer = float(peer_timeout_s if peer_timeout_s is not None else timeout_s)
-    _Holder.job = _start_job(env, backend, peer, float(timeout_s),
-                             resume_from or (lambda: "the newest state file (--resume auto)"))
-    barrier(peer)  # every rank has its process group and its heartbeat
+    try:
+        _Holder.job = _start_job(env, backend, peer, float(timeout_s),
+                                 resume_from or (lambda: "the newest state file (--resume auto)"))
+        barrier(peer)  # every rank has its process group and its heartbeat
+    except MitSemsegError:
+        shutdown(failed=True)
+        raise
+    except Exception as exc:
+        shutdown(failed=True)
+        raise PeerLostError(f"rank {env.rank} of {env.world_size}: the process group did not "
+                            f"come up: {_describe(exc)}; torchrun restarts the group") from exc
 
 
 def shutdown(failed: bool = False) -> None:
@@ -494,7 +503,9 @@ def shutdown(failed: bool = False) -> None:
         job.leave("failed" if failed else "done")
         if not failed and job.env.is_main and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
             job.linger()  # this process serves the store: stay until every rank said goodbye
-    if dist.is_available() and dist.is_initialized() and not failed:
+    if dist.is_available() and dist.is_initialized():
+        if failed and dist.get_backend() != "gloo":
+            return  # a broken NCCL communicator can hang in its teardown; the process ends
         dist.destroy_process_group()
 
 
