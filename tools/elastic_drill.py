@@ -143,7 +143,8 @@ def _worker_of_rank(agents: list[subprocess.Popen], rank: int) -> int | None:
         for pid in _children(agent.pid):
             try:
                 with open(f"/proc/{pid}/environ", "rb") as fh:
-                    env = dict(item.split(b"=", 1) for item in fh.read().split(b"\0") if b"=" in item)
+                    env = dict(item.split(b"=", 1) for item in fh.read().split(b"\0")
+                               if b"=" in item)
             except OSError:
                 continue
             if env.get(b"RANK") == str(rank).encode():

@@ -18,8 +18,9 @@ from the newest state file (``--resume auto``). For that to work:
   wait is bounded by ``TRAIN.peer_timeout``; a barrier ends the start-up.
 * No rank waits forever. Collectives of a training step time out after
   ``TRAIN.peer_timeout`` seconds; waits for rank 0's one-sided work
-  (validation, writing checkpoints, downloading weights) are barriers in the
-  store, bounded by ``TRAIN.dist_timeout``. A heartbeat thread per rank
+  (validation, writing checkpoints, downloading weights) are barriers (gloo's
+  monitored barrier, or one in the store under NCCL) bounded by
+  ``TRAIN.dist_timeout``. A heartbeat thread per rank
   writes a counter to the store; rank 0 watches every rank, the others watch
   rank 0, and a rank silent for ``TRAIN.peer_timeout`` seconds is lost: the
   watcher exits (status 1) even while its main thread is blocked.
@@ -178,7 +179,8 @@ class _Job:
             return
         watcher = self.store.clone()
         # a store that went silent must not block a beat for the whole peer timeout
-        watcher.set_timeout(timedelta(seconds=min(self.peer_timeout_s, max(2.0, 4 * self.interval))))
+        quick = min(self.peer_timeout_s, max(2.0, 4 * self.interval))
+        watcher.set_timeout(timedelta(seconds=quick))
         self._thread = threading.Thread(target=self._heartbeat, args=(watcher,),
                                         name="mit_semseg-heartbeat", daemon=True)
         self._thread.start()
@@ -447,7 +449,8 @@ def _handshake(store: Any, env: DistEnv, timeout_s: float) -> int:
             nonces = [v.decode() for v in store.multi_get([f"{_NS}hello/{r}" for r in present])]
             fresh = [n for n in nonces if n not in answered]
             if fresh:
-                store.multi_set([f"{_NS}answer/{n}" for n in fresh], [str(generation)] * len(fresh))
+                store.multi_set([f"{_NS}answer/{n}" for n in fresh],
+                                [str(generation)] * len(fresh))
                 answered.update(fresh)
         pending = [r for r in pending if not store.check([f"{_NS}{generation}/joined/{r}"])]
         if not pending:
@@ -501,7 +504,8 @@ def shutdown(failed: bool = False) -> None:
     job, _Holder.job = _Holder.job, None
     if job is not None:
         job.leave("failed" if failed else "done")
-        if not failed and job.env.is_main and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        serves_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+        if not failed and job.env.is_main and serves_store:
             job.linger()  # this process serves the store: stay until every rank said goodbye
     if dist.is_available() and dist.is_initialized():
         if failed and dist.get_backend() != "gloo":

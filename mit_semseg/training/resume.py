@@ -170,9 +170,10 @@ def _newest_complete(directory: str, epoch_iters: int) -> ResumePoint | None:
     chosen = [os.path.basename(p) if p else None
               for p in D.all_gather_objects(point.source if point else None)]
     if len(set(chosen)) > 1:
+        seen = ", ".join(f"rank {r}: {c}" for r, c in enumerate(chosen))
         raise CheckpointError(f"--resume auto: the ranks found different newest state files in "
-                              f"{directory} ({', '.join(f'rank {r}: {c}' for r, c in enumerate(chosen))}); "
-                              f"DIR must be one folder that every node sees up to date")
+                              f"{directory} ({seen}); DIR must be one folder that every node "
+                              f"sees up to date")
     return point
 
 
