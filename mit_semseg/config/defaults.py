@@ -169,9 +169,16 @@ _C.TRAIN = CN({
     # new: also write TensorBoard event files to DIR/tensorboard (needs the
     # tensorboard package: pip install tensorboard).
     "tensorboard": False,
-    # new: seconds a torchrun rank waits in a collective (e.g. for a dead or stuck
-    # rank) before the run fails instead of hanging.
+    # new: seconds a torchrun rank waits for rank 0's one-sided work (validation,
+    # writing checkpoints, downloading weights, class statistics) before the run
+    # fails instead of hanging. Collectives of a training step: TRAIN.peer_timeout.
     "dist_timeout": 1800,
+    # new: seconds a torchrun rank waits for its peers: at start-up (every rank of
+    # the round must join), in a training step's collectives, and for a peer's
+    # heartbeat. A rank that hears nothing for this long exits with status 1,
+    # naming the lost rank, so that torchrun restarts the group (docs/training.md,
+    # "When a node dies"). Larger than the slowest training step.
+    "peer_timeout": 300,
     # new: the validation result that picks DIR/*_best.pth: "mean_iou" (default),
     # "pixel_accuracy", "mean_class_accuracy", "frequency_weighted_iou",
     # "mean_f1", "overall_score", or one class's IoU as "iou:NAME" (a class-table

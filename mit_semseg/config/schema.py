@@ -108,6 +108,7 @@ RULES: dict[str, Rule] = {
     "TRAIN.weight_decay": Rule("float", low=0),
     "TRAIN.deep_sup_scale": Rule("float", low=0),
     "TRAIN.dist_timeout": Rule("float", low=0, open_low=True),
+    "TRAIN.peer_timeout": Rule("float", low=0, open_low=True),
     "TRAIN.precision": _choice(PRECISIONS),
     "TRAIN.stream": _choice(STREAMS),
     "TRAIN.save_format": _choice(SAVE_FORMATS, "{key} {value!r} is not one of "

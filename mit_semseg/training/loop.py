@@ -59,7 +59,7 @@ from .loss import class_weights, make_criterion
 from .monitor import parse_best_metric
 from .optim import create_optimizers
 from .original_stream import OriginalStream
-from .resume import ResumePoint, resume_point
+from .resume import ResumePoint, restart_source, resume_point
 from .stream import DataNotFoundError, ResumableStream, check_dataset
 from .trainer import NonFiniteLossError, Trainer, TrainSummary
 
@@ -178,11 +178,10 @@ def main(cfg: CfgNode, gpus: str | Sequence[str] = "auto", resume: str | None = 
     tune_allocator()
     env = D.from_environment()
     device, gpu_ids = select_devices(gpus, env)
-    D.init_process_group(env, device, float(cfg.TRAIN.dist_timeout))
-    try:
+    # Bounded start-up and waits; a lost peer ends this rank with one line (distributed.py).
+    with D.process_group(env, device, float(cfg.TRAIN.dist_timeout),
+                         float(cfg.TRAIN.peer_timeout), lambda: restart_source(cfg, resume)):
         return _train(cfg, env, device, gpu_ids, resume)
-    finally:
-        D.shutdown()
 
 
 def _train(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: list[int],

@@ -31,7 +31,7 @@ from .optim import load_optimizer_state
 from .state import (STATE_VERSION, capture_rng_state, epoch_paths, iter_state_path,
                     latest_state, list_states, load_training_state)
 
-__all__ = ["ResumePoint", "resume_point", "write_checkpoint", "restore"]
+__all__ = ["ResumePoint", "resume_point", "write_checkpoint", "restore", "restart_source"]
 
 logger = logging.getLogger("Logger")
 
@@ -114,10 +114,13 @@ class ResumePoint:
 def resume_point(cfg: CfgNode, resume: str | None) -> ResumePoint | None:
     _weights_suffix(cfg)  # a wrong TRAIN.save_format fails now, not after an epoch
     epoch_iters = cfg.TRAIN.epoch_iters
+    if resume == "auto":
+        point = _newest_complete(cfg.DIR, epoch_iters)
+        if point is not None:
+            return point
+    elif resume:
+        return _point_from_state(resume, load_training_state(resume), epoch_iters)
     if resume:
-        path = latest_state(cfg.DIR, epoch_iters) if resume == "auto" else resume
-        if path is not None:
-            return _point_from_state(path, load_training_state(path), epoch_iters)
         if cfg.TRAIN.start_epoch <= 0:
             logger.info("--resume auto: no state file in %s, starting from scratch", cfg.DIR)
             return None
@@ -141,6 +144,43 @@ def resume_point(cfg: CfgNode, resume: str | None) -> ResumePoint | None:
     state = {"history": history} if isinstance(history, dict) and "train" in history else None
     return ResumePoint(n + 1, 0, weights["encoder"], weights["decoder"], state,
                        weights["encoder"])
+
+
+def _newest_complete(directory: str, epoch_iters: int) -> ResumePoint | None:
+    """``--resume auto``: the state file furthest along that loads, with its weights.
+
+    Files are written whole or not at all (temporary file, then rename), so a
+    write cut short leaves no state file; one damaged later (a bad copy, a full
+    disk) is skipped with a warning naming it. Under torchrun every rank must
+    continue from the same file: ranks that see different newest files (a
+    shared file system that shows a node an older listing) fail with
+    CheckpointError, which restarts the group.
+    """
+    point = None
+    for _, path in reversed(list_states(directory, epoch_iters)):
+        try:
+            point = _point_from_state(path, load_training_state(path), epoch_iters)
+            break
+        except CheckpointError as exc:
+            logger.warning("--resume auto: skipping %s: %s", path, exc)
+    chosen = [os.path.basename(p) if p else None
+              for p in D.all_gather_objects(point.source if point else None)]
+    if len(set(chosen)) > 1:
+        seen = ", ".join(f"rank {r}: {c}" for r, c in enumerate(chosen))
+        raise CheckpointError(f"--resume auto: the ranks found different newest state files in "
+                              f"{directory} ({seen}); DIR must be one folder that every node "
+                              f"sees up to date")
+    return point
+
+
+def restart_source(cfg: CfgNode, resume: str | None) -> str:
+    """Where a restart of this command continues (for the report of a lost peer)."""
+    if not resume:
+        return "the beginning (no --resume auto on the command line)"
+    if resume != "auto":
+        return f"{resume} again (--resume auto would take the newest state file)"
+    path = latest_state(cfg.DIR, cfg.TRAIN.epoch_iters)
+    return path if path is not None else f"the start (no state file in {cfg.DIR} yet)"
 
 
 def _point_from_state(path: str, state: dict, epoch_iters: int) -> ResumePoint:
