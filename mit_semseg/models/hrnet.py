@@ -78,9 +78,10 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
+        # the shortcut after the body, as the original (the order of gradient sums)
+        shortcut = x if self.downsample is None else self.downsample(x)
         return self.relu(y + shortcut)
 
 
@@ -103,10 +104,10 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
+        shortcut = x if self.downsample is None else self.downsample(x)
         return self.relu(y + shortcut)
 
 

@@ -118,6 +118,17 @@ def _given(weights: Any) -> bool:
     return isinstance(weights, Mapping) or bool(weights)
 
 
+def declared_channels(encoder: nn.Module) -> tuple[int, ...] | None:
+    """The channels of each feature map an encoder declares (``out_channels``, a
+    sequence), or None: then the decoder is built on ``MODEL.fc_dim`` as the
+    original's are (a number there, as HRNetV2's total width, is not a
+    declaration)."""
+    value = getattr(encoder, "out_channels", None)
+    if isinstance(value, (list, tuple)) and value:
+        return tuple(int(c) for c in value)
+    return None
+
+
 class SegmentationNetwork(nn.Module):
     """Encoder + decoder: a normalised image batch -> class scores.
 
@@ -189,7 +200,7 @@ class SegmentationNetwork(nn.Module):
                                 bn_momentum=momentum, options=options)
         decoder = build_decoder(model.arch_decoder, num_class=int(cfg.DATASET.num_class),
                                 fc_dim=int(model.fc_dim), weights=dec_w or "",
-                                in_channels=getattr(encoder, "out_channels", None),
+                                in_channels=declared_channels(encoder),
                                 reinit_classifier=reinit_classifier, bn_momentum=momentum)
         return cls(encoder, decoder, config=cfg)
 
@@ -234,6 +245,6 @@ def network_from_archs(arch_encoder: str, arch_decoder: str, *, num_class: int, 
     enc_w, dec_w = weights if weights is not None else ("", "")
     encoder = build_encoder(arch_encoder, enc_w or "")
     decoder = build_decoder(arch_decoder, num_class=num_class, fc_dim=fc_dim, weights=dec_w or "",
-                            in_channels=getattr(encoder, "out_channels", None),
+                            in_channels=declared_channels(encoder),
                             use_softmax=use_softmax)
     return SegmentationNetwork(encoder, decoder)

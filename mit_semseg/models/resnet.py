@@ -63,12 +63,14 @@ class _ResidualBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
         out = x
         for i in range(1, self.depth + 1):
             out = getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(out))
             if i < self.depth:
                 out = self.relu(out)
+        # The shortcut after the body, as the original: autograd sums the gradients
+        # that reach x in the reverse order of its uses, and float sums depend on order.
+        shortcut = x if self.downsample is None else self.downsample(x)
         return self.relu(out + shortcut)
 
 

@@ -1,5 +1,7 @@
 """One template over every encoder/decoder pair, plus the builder's contracts."""
 import copy
+import glob
+import os
 import urllib.error
 import urllib.request
 
@@ -8,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from _support import load_case, parity_names, rule_state_dict
+from _support import ROOT, load_case, parity_names, rule_state_dict
 from mit_semseg.nn import SynchronizedBatchNorm2d
 from mit_semseg.models import DECODERS, ENCODERS, ModelBuilder, SegmentationModule, WeightsError
 
@@ -263,3 +265,22 @@ def test_pyramid_term_with_padding_and_dilation():
         assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
     with pytest.raises(ValueError, match="channels"):
         pyramid_term(branches[:2], weight, size, (2, 1), (2, 1))
+
+
+@pytest.mark.parametrize("preset", sorted(glob.glob(os.path.join(ROOT, "config", "ade20k-*.yaml"))),
+                         ids=lambda p: os.path.basename(p)[7:-5])
+def test_build_model_makes_every_preset_as_the_model_builder_does(preset):
+    """``build_model`` (the one config -> network function) gives the original's
+    modules for every released preset: same classes, keys and shapes as
+    ``ModelBuilder`` with the preset's fc_dim."""
+    from mit_semseg.config import load_cfg
+    from mit_semseg.models import build_model
+    cfg = load_cfg(preset)
+    net = build_model(cfg)
+    m = cfg.MODEL
+    enc = ModelBuilder.build_encoder(m.arch_encoder, m.fc_dim, pretrained=False)
+    dec = ModelBuilder.build_decoder(m.arch_decoder, m.fc_dim, cfg.DATASET.num_class)
+    for mine, theirs in ((net.encoder, enc), (net.decoder, dec)):
+        assert type(mine) is type(theirs)
+        assert {k: v.shape for k, v in mine.state_dict().items()} == \
+            {k: v.shape for k, v in theirs.state_dict().items()}
