@@ -55,7 +55,7 @@ from ..runtime.log import setup_logger
 from ..runtime.process import allocator_state, set_threads, tune_allocator
 from . import distributed as D
 from .hooks import build_hooks
-from .loss import class_weights, make_criterion
+from .loss import build_criterion, class_weights
 from .monitor import parse_best_metric
 from .optim import create_optimizers
 from .original_stream import OriginalStream
@@ -145,7 +145,7 @@ def build_trainer(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: l
     network = _build_network(cfg, point, env)
     deep_sup = cfg.TRAIN.deep_sup_scale if str(cfg.MODEL.arch_decoder).lower().endswith("deepsup") \
         else None
-    module = SegmentationModule.from_network(network, make_criterion(loss_weights), deep_sup)
+    module = SegmentationModule.from_network(network, build_criterion(cfg, loss_weights), deep_sup)
     module.to(device)
     if not cfg.TRAIN.exact:
         fast_training_(module)
