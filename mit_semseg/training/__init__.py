@@ -3,10 +3,9 @@
 schedule, precise BN, checkpoints and resume, validation and the best
 checkpoint, early stop, metrics file and TensorBoard, EMA), the optimizers and
 the schedule (``optim``), the loss and its class weights (``loss``, ``losses``),
-the data streams (``stream``,
-``original_stream``), checkpoint files (``resume``, ``state``), the metrics
-records (``monitor``), curves (``curves``) and torch.distributed helpers
-(``distributed``)."""
+the data streams (``stream``, ``original_stream``), checkpoint files
+(``resume``, ``state``), the metrics records (``monitor``), curves (``curves``)
+and torch.distributed helpers (``distributed``)."""
 from .hooks import HOOKS, build_hooks, precise_bn, register_hook
 from .loop import DeviceError, build_trainer, main, select_devices
 from .optim import (adjust_learning_rate, create_optimizers, group_weight, make_sgd, poly_lr,
