@@ -241,6 +241,10 @@ def _cross_rules(cfg: Any) -> list[str]:
     if int(t.get("accumulate", 1)) > 1 and str(t.stream).lower() == "original":
         problems.append(f"TRAIN.accumulate {t.accumulate} needs TRAIN.stream resumable: the "
                         f"original stream replays the original's one batch per iteration")
+    if str(cfg.DATASET.get("augment", "original")).lower() != "original" and \
+            str(t.stream).lower() == "original":
+        problems.append(f"DATASET.augment {cfg.DATASET.augment} needs TRAIN.stream resumable: "
+                        f"the original stream replays the original's augmentation")
     if float(t.get("ema_decay", 0.0)) >= 1.0:
         problems.append("TRAIN.ema_decay must be below 1 (1 would never move the average; "
                         "0 = off)")
