@@ -180,7 +180,8 @@ def _name_layer_ids(names: Sequence[str], mode: str) -> dict[str, int]:
     also as timm's feature wrappers name them (``stages_S``, ``stem_0``). Depth 0: the
     stem, patch embedding, position embeddings and tokens; then one depth per block
     (``mode`` "layer") or per stage ("stage"), a stage's downsampling layer with its
-    first block. Names matching none are left out."""
+    first block (a ViT has no stages: one depth per block in both modes). Names
+    matching none are left out."""
     keys: dict[str, tuple[int, int] | None] = {}
     for name in names:
         if _EMBED.search(name):
@@ -190,9 +191,9 @@ def _name_layer_ids(names: Sequence[str], mode: str) -> dict[str, int]:
         elif m := _STAGE.search(name):
             keys[name] = (int(m.group(1)), 0)
         elif m := _BLOCK.search(name):
-            keys[name] = (0, int(m.group(1)))
-    if mode == "stage":
-        keys = {n: (k[0], 0) if k is not None else None for n, k in keys.items()}
+            keys[name] = (-1, int(m.group(1)))  # a ViT: blocks without stages
+    if mode == "stage":  # a ViT's blocks stay one depth each, as timm's coarse groups
+        keys = {n: (k[0], 0) if k is not None and k[0] >= 0 else k for n, k in keys.items()}
     order = sorted({k for k in keys.values() if k is not None})
     rank = {k: i + 1 for i, k in enumerate(order)}
     if not order:
