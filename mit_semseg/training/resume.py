@@ -4,8 +4,9 @@
 ``state_iter_G.pth`` inside an epoch) with everything an exact continuation
 needs; ``resume_point(cfg, resume)`` finds where to continue (``--resume`` or
 ``TRAIN.start_epoch``, the original's weights-only checkpoints included) and
-``restore(run, point)`` puts optimizers, scaler and history back (and hands the
-hooks' saved states, such as the EMA's average, to the hooks). File names and
+``restore(run, point)`` puts optimizers, scaler and history back. States that
+hooks keep (the EMA's average) are saved under ``hooks`` by their ``state_key``;
+each hook reads its own back from ``run.point.state``. File names and
 formats: :mod:`mit_semseg.training.state`; ``TRAIN.save_format safetensors``
 writes the epoch-N weights as ``{encoder,decoder}_epoch_N.safetensors``
 instead of ``.pth`` (the state and history files stay ``.pth``), and either
@@ -180,8 +181,6 @@ def restore(run: Any, point: ResumePoint) -> None:
         return
     if isinstance(state.get("history"), dict):
         run.history = state["history"]
-    if isinstance(state.get("hooks"), dict):  # picked up by each hook's before_train
-        run.storage["resume_hooks"] = state["hooks"]
     if "optimizers" not in state:
         return
     for opt, key in zip(run.optimizers, ("encoder", "decoder")):

@@ -51,10 +51,11 @@ def ema_epoch_paths(directory: str, epoch: int) -> dict[str, str]:
 class EMAHook(HookBase):
     """Keeps, saves and restores the moving average (see the module docstring).
 
-    Runs after the checkpoint hook (which hands it the resume point's average) and
-    before validation (which evaluates ``trainer.storage["eval_network"]``)."""
+    Runs before the checkpoint hook (a step's update is in the state file written
+    after that step) and before validation (which evaluates
+    ``trainer.storage["eval_network"]``); after precise BN."""
 
-    priority = 35
+    priority = 25
     state_key = EMA_STATE_KEY  # resume.write_checkpoint stores state_dict() under it
 
     def __init__(self, cfg: CfgNode) -> None:
@@ -73,7 +74,8 @@ class EMAHook(HookBase):
         for t in list(net.parameters()) + list(net.buffers()):
             if t.is_floating_point() and t.dtype != torch.float32:
                 t.data = t.data.float()
-        saved = (trainer.storage.pop("resume_hooks", None) or {}).get(self.state_key)
+        state = trainer.point.state if trainer.point is not None else None
+        saved = ((state or {}).get("hooks") or {}).get(self.state_key)
         if saved is not None:
             for part in ("encoder", "decoder"):
                 getattr(net, part).load_state_dict(saved[part])
