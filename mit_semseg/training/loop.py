@@ -204,9 +204,11 @@ def _train(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: list[int
     if env.is_main:
         atomic_write_text(cfg.dump(), os.path.join(cfg.DIR, "config.yaml"))
         logger.info("Running with config:\n%s", cfg.dump())
-    logger.info("1 Epoch = %d iters; global batch = %d images (%d per device x %d devices)",
+    accumulate = trainer.accumulate
+    logger.info("1 Epoch = %d iters; global batch = %d images (%d per device x %d devices%s)",
                 trainer.epoch_iters,
-                cfg.TRAIN.batch_size_per_gpu * trainer.per_iter * env.world_size,
-                cfg.TRAIN.batch_size_per_gpu, trainer.per_iter * env.world_size)
+                cfg.TRAIN.batch_size_per_gpu * trainer.per_iter * env.world_size * accumulate,
+                cfg.TRAIN.batch_size_per_gpu, trainer.per_iter * env.world_size,
+                f" x {accumulate} accumulated" if accumulate > 1 else "")
     return trainer.train()
 
