@@ -18,8 +18,8 @@ mmsegmentation's standard pipeline for ADE20K (``RandomResize`` with
 4. photometric distortion, each step with probability 1/2, on 8-bit values clipped
    and truncated after each step: brightness (add a value from [-32, 32)), contrast
    (multiply by a value from [0.5, 1.5)) either now or as the last step (a coin
-   decides), saturation (HSV saturation times [0.5, 1.5)), hue (HSV hue shifted by an
-   integer from [-18, 18) in OpenCV's 0-180 units, i.e. 2 degrees each);
+   decides), saturation (HSV saturation times [0.5, 1.5)), hue (turned by 2k
+   degrees, k an integer from [-18, 18): mmseg's shift in OpenCV's 8-bit hue units);
 5. pad: the batch is ``crop_size`` rounded up to ``DATASET.padding_constant``; the
    padding is image value 0 (after normalisation, as the original's batches) and
    unlabeled (ignored by the loss) labels.
@@ -28,9 +28,9 @@ Labels are then downsampled by ``DATASET.segm_downsampling_rate`` as the origina
 batches are. Every draw comes from the dataset's stream generator
 (``TrainDataset``: seeded from ``TRAIN.seed``, rank, worker and the stream
 segment), in a fixed order per image, so runs are reproducible and resume
-exactly. Unlike mmsegmentation (OpenCV), resizing uses PIL and the HSV conversion
-is written with NumPy (OpenCV's 8-bit convention), so pixels can differ by
-rounding.
+exactly. Unlike mmsegmentation (OpenCV), resizing and the HSV conversion use PIL
+(hue in steps of 1.4 degrees instead of 2), and saturation and hue share one trip
+through HSV (mmseg rounds to RGB between them), so pixels can differ by rounding.
 """
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ from PIL import Image
 from ..config.schema import AUGMENTS
 from .transforms import imresize, normalize, round2nearest_multiple
 
-__all__ = ["AUGMENTS", "MMSegAugment", "make_augment", "resize_labels", "rgb_to_hsv",
-           "hsv_to_rgb", "photometric_distortion"]
+__all__ = ["AUGMENTS", "MMSegAugment", "make_augment", "resize_labels", "shift_saturation_hue",
+           "photometric_distortion"]
 
 def resize_labels(labels: np.ndarray, width: int, height: int) -> np.ndarray:
     """Nearest-neighbour resize through PIL (the original's label resampling)."""
@@ -59,44 +59,22 @@ def resize_labels(labels: np.ndarray, width: int, height: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- colour
 
-def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
-    """uint8 RGB ``[..., 3]`` -> uint8 HSV in OpenCV's 8-bit convention: H in 0..179
-    (degrees / 2), S and V in 0..255."""
-    x = rgb.astype(np.float32)
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    v = x.max(axis=-1)
-    delta = v - x.min(axis=-1)
-    s = np.where(v > 0, delta * 255.0 / np.maximum(v, 1e-6), 0.0)
-    safe = np.maximum(delta, 1e-6)
-    h = np.where(v == r, 60.0 * (g - b) / safe,
-                 np.where(v == g, 120.0 + 60.0 * (b - r) / safe, 240.0 + 60.0 * (r - g) / safe))
-    h = np.where(delta > 0, np.mod(h, 360.0), 0.0)
-    out = np.stack([np.rint(h / 2.0) % 180, np.rint(s), v], axis=-1)
-    return out.astype(np.uint8)
-
-
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`rgb_to_hsv` (uint8, rounded)."""
-    h = hsv[..., 0].astype(np.float32) * 2.0
-    s = hsv[..., 1].astype(np.float32) / 255.0
-    v = hsv[..., 2].astype(np.float32)
-    c = v * s
-    sector = (h / 60.0) % 6.0
-    x = c * (1.0 - np.abs(sector % 2.0 - 1.0))
-    m = v - c
-    zeros = np.zeros_like(c)
-    index = np.floor(sector).astype(np.int64).clip(0, 5)
-    # (r, g, b) before adding m, per 60-degree sector
-    table = np.stack([np.stack([c, x, zeros], -1), np.stack([x, c, zeros], -1),
-                      np.stack([zeros, c, x], -1), np.stack([zeros, x, c], -1),
-                      np.stack([x, zeros, c], -1), np.stack([c, zeros, x], -1)], 0)
-    rgb = np.take_along_axis(table, index[None, ..., None].repeat(3, -1), 0)[0] + m[..., None]
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-
-
 def _affine(values: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
     """``values * alpha + beta`` in float32, clipped to 0..255 and truncated to uint8."""
     return np.clip(values.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+def shift_saturation_hue(img: np.ndarray, saturation: float = 1.0, hue_degrees: float = 0.0
+                         ) -> np.ndarray:
+    """uint8 RGB with the HSV saturation times ``saturation`` (clipped, truncated) and the
+    hue turned by ``hue_degrees``; HSV through PIL (hue in steps of 360/256 degrees)."""
+    h, s, v = (np.asarray(c) for c in Image.fromarray(img, "RGB").convert("HSV").split())
+    if saturation != 1.0:
+        s = _affine(s, alpha=saturation)
+    if hue_degrees:
+        h = ((h.astype(np.int64) + int(round(hue_degrees * 256.0 / 360.0))) % 256).astype(np.uint8)
+    hsv = Image.merge("HSV", [Image.fromarray(c, "L") for c in (h, s, v)])
+    return np.asarray(hsv.convert("RGB"))
 
 
 def photometric_distortion(img: np.ndarray, rng: np.random.Generator,
@@ -104,7 +82,7 @@ def photometric_distortion(img: np.ndarray, rng: np.random.Generator,
                            saturation: Sequence[float] = (0.5, 1.5), hue: int = 18) -> np.ndarray:
     """mmsegmentation's PhotoMetricDistortion on a uint8 RGB array (see the module
     docstring); draws from ``rng`` in this order: brightness coin (and value), mode,
-    [contrast], saturation, hue, [contrast]."""
+    [contrast], saturation coin (and factor), hue coin (and shift), [contrast]."""
     def contrast_step(x: np.ndarray) -> np.ndarray:
         if rng.integers(2):
             return _affine(x, alpha=float(rng.uniform(contrast[0], contrast[1])))
@@ -115,14 +93,11 @@ def photometric_distortion(img: np.ndarray, rng: np.random.Generator,
     contrast_first = bool(rng.integers(2))
     if contrast_first:
         img = contrast_step(img)
-    if rng.integers(2):
-        hsv = rgb_to_hsv(img)
-        hsv[..., 1] = _affine(hsv[..., 1], alpha=float(rng.uniform(saturation[0], saturation[1])))
-        img = hsv_to_rgb(hsv)
-    if rng.integers(2):
-        hsv = rgb_to_hsv(img)
-        hsv[..., 0] = (hsv[..., 0].astype(np.int64) + int(rng.integers(-hue, hue))) % 180
-        img = hsv_to_rgb(hsv)
+    factor = float(rng.uniform(saturation[0], saturation[1])) if rng.integers(2) else 1.0
+    # mmseg's hue unit is OpenCV's 8-bit hue: 2 degrees
+    degrees = 2.0 * int(rng.integers(-hue, hue)) if rng.integers(2) else 0.0
+    if factor != 1.0 or degrees:
+        img = shift_saturation_hue(img, factor, degrees)
     if not contrast_first:
         img = contrast_step(img)
     return img

@@ -9,7 +9,10 @@ or ``TRAIN.class_weight_rule`` ask for them, see ``loss``) plus
 ``TRAIN.deep_sup_scale`` times the auxiliary loss for ``*_deepsup`` decoders,
 ``TRAIN.epoch_iters`` iterations per epoch whatever the batch size, and
 checkpoints ``encoder/decoder/history_epoch_N.pth`` in ``cfg.DIR`` (see
-:mod:`mit_semseg.training.state`).
+:mod:`mit_semseg.training.state`). The recipes modern encoders need (``TRAIN.optim
+AdamW``, ``layer_decay``, ``lr_schedule`` and warmup, ``ema_decay``, ``accumulate``,
+``loss``, ``DATASET.augment mmseg``) are registry entries and hooks whose defaults
+keep this recipe (docs/training.md, "Training recipes").
 
 Devices: the CPU, one GPU, several GPUs in one process
 (``UserScatteredDataParallel``: every GPU gets its own batch), or one process
@@ -25,8 +28,8 @@ Data stream (``TRAIN.stream``): ``resumable`` (default) restarts every rank's
 resumed from any checkpoint therefore sees the same batches, learning rates,
 optimizer momenta and random numbers as a run that never stopped, provided
 ``TRAIN.seed``, ``TRAIN.workers``, ``TRAIN.checkpoint_every``,
-``TRAIN.epoch_iters``, ``TRAIN.num_epoch`` and the number of devices are
-unchanged. ``original`` draws the original train.py's batch sequence (see
+``TRAIN.epoch_iters``, ``TRAIN.num_epoch``, ``TRAIN.accumulate`` and the number
+of devices are unchanged. ``original`` draws the original train.py's batch sequence (see
 :mod:`mit_semseg.training.original_stream`); with ``TRAIN.exact True`` a run on
 one device equals the original's iteration by iteration.
 """

@@ -246,8 +246,10 @@ class LovaszSoftmax(nn.Module):
         probs, flat = probs[valid], flat[valid]
         if flat.numel() == 0:
             return _zero(log_probs)
-        fg = F.one_hot(flat, num_class).float()  # [P, C]
-        errors = (fg - probs).abs()
+        present = torch.bincount(flat, minlength=num_class).nonzero().squeeze(1)
+        # only the classes present: [P, K], sorted per class by decreasing error
+        fg = (flat.unsqueeze(1) == present.unsqueeze(0)).float()
+        errors = (fg - probs[:, present]).abs()
         errors, order = errors.sort(dim=0, descending=True)
         fg = fg.gather(0, order)
         # gradient of the Lovasz extension of the Jaccard loss at the sorted errors
@@ -256,9 +258,7 @@ class LovaszSoftmax(nn.Module):
         union = total + (1.0 - fg).cumsum(dim=0)
         jaccard = 1.0 - intersection / union
         grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]], dim=0)
-        per_class = (errors * grad).sum(dim=0)
-        present = total.squeeze(0) > 0
-        return per_class[present].mean()
+        return (errors * grad).sum(dim=0).mean()
 
 
 @register_loss("lovasz", "lovasz_softmax")

@@ -33,31 +33,30 @@ class _Scripted:
         return self._next("random", *args)
 
 
-def test_hsv_conversion_uses_opencv_8bit_units():
-    colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [128, 128, 128],
-                        [0, 0, 0]], np.uint8)
-    hsv = A.rgb_to_hsv(colours)
-    assert hsv.tolist() == [[0, 255, 255], [60, 255, 255], [120, 255, 255], [30, 255, 255],
-                            [0, 0, 128], [0, 0, 0]]
-    assert np.array_equal(A.hsv_to_rgb(hsv), colours)
-    rgb = np.random.default_rng(0).integers(0, 256, (500, 3)).astype(np.uint8)
-    assert np.abs(A.hsv_to_rgb(A.rgb_to_hsv(rgb)).astype(int) - rgb).max() <= 4  # 2-degree hues
+def test_saturation_and_hue_in_hsv():
+    colours = np.array([[[255, 0, 0], [0, 0, 255], [128, 128, 128], [200, 100, 100]]], np.uint8)
+    assert np.array_equal(A.shift_saturation_hue(colours), colours)  # the identity
+    # red turned by 120 degrees is green, blue by -120 green too; grey has no hue
+    turned = A.shift_saturation_hue(colours, hue_degrees=120).astype(int)
+    assert np.abs(turned[0, :3] - [[0, 255, 0], [255, 0, 0], [128, 128, 128]]).max() <= 3
+    pale = A.shift_saturation_hue(colours, saturation=0.0)
+    assert np.array_equal(pale[0, 3], [200, 200, 200])  # no saturation: grey of the same value
+    assert np.array_equal(A.shift_saturation_hue(colours, saturation=1.5)[0, 0], [255, 0, 0])
 
 
 def test_photometric_steps_and_their_order():
     img = np.array([[[10, 100, 250], [255, 0, 0]]], np.uint8)
-    # brightness +20.7 (truncated), contrast last x2, no saturation, hue +30 (60 degrees)
-    rng = _Scripted(1, 20.7, 0, 0, 1, 30, 1, 2.0)
+    # brightness +20.7 (truncated), contrast last (x2), saturation x0.8, hue +30 (60 degrees)
+    rng = _Scripted(1, 20.7, 0, 1, 0.8, 1, 30, 1, 2.0)
     out = A.photometric_distortion(img.copy(), rng)
     bright = np.clip(img.astype(np.float32) + 20.7, 0, 255).astype(np.uint8)
-    hsv = A.rgb_to_hsv(bright)
-    hsv[..., 0] = (hsv[..., 0].astype(int) + 30) % 180
-    want = np.clip(A.hsv_to_rgb(hsv).astype(np.float32) * 2.0, 0, 255).astype(np.uint8)
+    shifted = A.shift_saturation_hue(bright, 0.8, 60.0)
+    want = np.clip(shifted.astype(np.float32) * 2.0, 0, 255).astype(np.uint8)
     assert np.array_equal(out, want)
     assert [c[0] for c in rng.calls] == ["integers", "uniform", "integers", "integers",
-                                         "integers", "integers", "integers", "uniform"]
-    assert rng.calls[5] == ("integers", (-18, 18))  # mmseg's hue range: -18..17
-    # mode 1: contrast first; every coin tails otherwise
+                                         "uniform", "integers", "integers", "integers", "uniform"]
+    assert rng.calls[6] == ("integers", (-18, 18))  # mmseg's hue range: -18..17
+    # mode 1: contrast first; every other coin tails
     rng = _Scripted(0, 1, 1, 0.5, 0, 0)
     out = A.photometric_distortion(img.copy(), rng)
     assert np.array_equal(out, (img.astype(np.float32) * 0.5).astype(np.uint8))

@@ -63,7 +63,8 @@ class EMAHook(HookBase):
         self.decay = float(cfg.TRAIN.ema_decay)
         self.network: torch.nn.Module | None = None
         self.updates = 0
-        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._floats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        self._others: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # ------------------------------------------------------------------ events
     def before_train(self, trainer: Trainer) -> None:
@@ -89,16 +90,19 @@ class EMAHook(HookBase):
                 **{f"decoder.{k}": v for k, v in trainer.module.decoder.state_dict().items()}}
         own = {**{f"encoder.{k}": v for k, v in net.encoder.state_dict().items()},
                **{f"decoder.{k}": v for k, v in net.decoder.state_dict().items()}}
-        self._pairs = [(own[k], live[k]) for k in own]
+        self._floats = ([own[k] for k in own if own[k].is_floating_point()],
+                        [live[k] for k in own if own[k].is_floating_point()])
+        self._others = [(own[k], live[k]) for k in own if not own[k].is_floating_point()]
         trainer.storage["eval_network"] = net
 
     def after_step(self, trainer: Trainer) -> None:
         with torch.no_grad():
-            for avg, now in self._pairs:
-                if avg.is_floating_point():
-                    avg.lerp_(now.detach().to(avg.dtype), 1.0 - self.decay)
-                else:
-                    avg.copy_(now)
+            averages, weights = self._floats
+            if averages:  # one multi-tensor kernel (float32 average, weights as they are)
+                torch._foreach_lerp_(averages, [w.to(torch.float32) for w in weights],
+                                     1.0 - self.decay)
+            for avg, now in self._others:
+                avg.copy_(now)
         self.updates += 1
 
     def before_checkpoint(self, trainer: Trainer) -> None:
