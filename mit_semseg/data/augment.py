@@ -177,7 +177,7 @@ class MMSegAugment:
         images = torch.zeros(len(group), 3, height, width)
         labels = torch.full((len(group), height // r, width // r), -1, dtype=torch.int64)
         for k, index in enumerate(group):
-            img, segm = dataset._load_pair(index, dataset.root_dataset)
+            img, segm = dataset.read_pair(index)
             image, seg = self.sample(img, segm, rng)
             h, w = seg.shape
             images[k, :, :h, :w] = normalize(image)

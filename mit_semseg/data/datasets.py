@@ -307,6 +307,11 @@ class TrainDataset(BaseDataset):
             labels[k, :sh, :sw] = small[:sh, :sw]
         return {"img_data": images, "seg_label": labels}
 
+    def read_pair(self, index: int) -> tuple[Image.Image, np.ndarray]:
+        """Sample ``index``'s RGB image and annotation (values: 0 unlabeled, k class k),
+        checked to be the same size; bad files raise DatasetError naming the odgt line."""
+        return self._load_pair(index, self.root_dataset)
+
     def downsample_labels(self, segm: np.ndarray) -> torch.Tensor:
         """Annotation values ``[h, w]`` -> int64 labels (-1 unlabeled) downsampled by
         ``segm_downsampling_rate``."""
