@@ -90,10 +90,10 @@ def test_sgd_stays_the_original_two_groups_and_unknown_names_fail():
         O.create_optimizers((net, net), _cfg("TRAIN.optim", "Lion"))
 
 
-@pytest.mark.parametrize("mode", ["layer", "stage"])
-def test_layer_decay_of_convnext_names(mode):
+@pytest.mark.parametrize("mode,optim", [("layer", "AdamW"), ("stage", "AdamW"), ("layer", "SGD")])
+def test_layer_decay_of_convnext_names(mode, optim):
     enc, dec = _ConvNeXtLike(depths=(2, 1, 2)), nn.Conv2d(4, 3, 1)
-    cfg = _cfg("TRAIN.optim", "AdamW", "TRAIN.layer_decay", 0.5, "TRAIN.layer_decay_mode", mode,
+    cfg = _cfg("TRAIN.optim", optim, "TRAIN.layer_decay", 0.5, "TRAIN.layer_decay_mode", mode,
                "TRAIN.lr_encoder", 0.4, "TRAIN.lr_decoder", 0.1)
     opt_enc, opt_dec = O.create_optimizers((enc, dec), cfg)
     # depths: stem 0; layer mode: one per block (a stage's downsampling with its first
@@ -110,6 +110,9 @@ def test_layer_decay_of_convnext_names(mode):
         assert g["layer_id"] == d and g["lr_scale"] == 0.5 ** (depth - d)
         assert g["lr"] == pytest.approx(0.4 * 0.5 ** (depth - d))
     assert _group_of(opt_enc, enc.norm.weight)["lr_scale"] == 1.0  # in no layer: the top
+    # each optimizer's own weight-decay rule within the layers (GroupNorm weights: 1-D)
+    assert _group_of(opt_enc, enc.stem[1].weight)["weight_decay"] == 0.0
+    assert _group_of(opt_enc, enc.stem[0].weight)["weight_decay"] == cfg.TRAIN.weight_decay
     # the schedule keeps each group's factor and reports the base rates
     lrs = O.adjust_learning_rate((opt_enc, opt_dec), 10, cfg)
     max_iters = cfg.TRAIN.epoch_iters * cfg.TRAIN.num_epoch
