@@ -8,6 +8,7 @@ the data streams (``stream``, ``original_stream``), checkpoint files
 and torch.distributed helpers (``distributed``)."""
 from .hooks import HOOKS, build_hooks, precise_bn, register_hook
 from .loop import DeviceError, build_trainer, main, select_devices
+from .losses import register_loss
 from .optim import (adjust_learning_rate, create_optimizers, group_weight, make_sgd, poly_lr,
                     register_optimizer)
 from .stream import DataNotFoundError, check_dataset
@@ -17,4 +18,4 @@ __all__ = ["DataNotFoundError", "DeviceError", "NonFiniteLossError", "TrainSumma
            "Trainer", "HookBase", "StepResult", "HOOKS", "register_hook", "build_hooks",
            "build_trainer", "main", "precise_bn", "select_devices",
            "adjust_learning_rate", "create_optimizers", "group_weight", "make_sgd", "poly_lr",
-           "register_optimizer", "check_dataset"]
+           "register_optimizer", "register_loss", "check_dataset"]
