@@ -77,7 +77,8 @@ def register_loss(name: str, *aliases: str) -> Callable[[_F], _F]:
     return wrap
 
 
-_TERM = re.compile(r"^(?:(?P<w>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?(?P<name>[A-Za-z_]\w*)$")
+_TERM = re.compile(r"^(?:(?P<w>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?"
+                   r"(?P<name>[A-Za-z_]\w*)$")
 
 
 def parse_loss(spec: str) -> list[tuple[float, str]]:

@@ -119,8 +119,9 @@ class Trainer:
     ``module``: the network's encoder and decoder with the loss
     (``SegmentationModule``); ``model``: ``module`` or its DataParallel / DDP
     wrapper. ``batches``: the data stream (one list of ``draws_per_iter`` batches
-    per step: ``per_iter`` times ``TRAIN.accumulate``), opened by ``train``. ``storage``: what hooks share (e.g. the best
-    validation so far). ``record``: the epoch's record, filled by the hooks of
+    per step: ``per_iter`` times ``TRAIN.accumulate``), opened by ``train``.
+    ``storage``: what hooks share (e.g. the best validation so far; the EMA's
+    ``eval_network``). ``record``: the epoch's record, filled by the hooks of
     ``after_epoch`` and written by the metrics hook.
     """
 

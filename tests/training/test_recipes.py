@@ -203,7 +203,8 @@ def test_ema_is_the_average_validated_and_saved(data, tmp_path):
     live = _weights(out, "encoder_epoch_1.pth")
     assert not torch.equal(live["stem.0.weight"], ema["stem.0.weight"])
     best = json.loads((out / "best.json").read_text())  # the average was validated and kept
-    assert best["encoder"] == "encoder_ema_epoch_1.pth" and best["decoder"] == "decoder_ema_epoch_1.pth"
+    assert (best["encoder"], best["decoder"]) == ("encoder_ema_epoch_1.pth",
+                                                  "decoder_ema_epoch_1.pth")
     _assert_same_files(out, out, ["encoder_best.pth"])
     for kind in ("encoder", "decoder"):
         best_w, ema_w = _weights(out, f"{kind}_best.pth"), _weights(out, f"{kind}_ema_epoch_1.pth")

@@ -90,7 +90,8 @@ def test_crop_avoids_one_class_windows():
 def _dataset(data, *extra, seed=7):
     root, layout = data
     cfg = load_cfg(None, tiny_model_opts(root, "unused", layout["table"], *layout["opts"],
-                                         "DATASET.augment", "mmseg", "DATASET.crop_size", "(24, 36)",
+                                         "DATASET.augment", "mmseg",
+                                         "DATASET.crop_size", "(24, 36)",
                                          "DATASET.augment_scale", "(64, 32)", *extra))
     return TrainDataset(root, cfg.DATASET.list_train, cfg.DATASET, batch_per_gpu=2, seed=seed)
 
@@ -106,7 +107,8 @@ def test_batches_are_crops_padded_and_reproducible(data):
     again = _dataset(data)
     for b in batches:
         c = again[0]
-        assert torch.equal(b["img_data"], c["img_data"]) and torch.equal(b["seg_label"], c["seg_label"])
+        assert torch.equal(b["img_data"], c["img_data"])
+        assert torch.equal(b["seg_label"], c["seg_label"])
     other = _dataset(data, seed=8)[0]
     assert not torch.equal(other["img_data"], batches[0]["img_data"])
     # columns 36..39 are padding: ignored labels, zero image

@@ -127,7 +127,8 @@ def test_lovasz_softmax_is_one_minus_iou_at_certain_predictions():
 
 
 def test_weighted_sum_and_criterion_options():
-    cfg = load_cfg(None, ["TRAIN.loss", "ohem + 0.5*lovasz + 0.25*focal", "TRAIN.ohem_thresh", "0.6",
+    cfg = load_cfg(None, ["TRAIN.loss", "ohem + 0.5*lovasz + 0.25*focal",
+                          "TRAIN.ohem_thresh", "0.6",
                           "TRAIN.ohem_min_kept", "2", "TRAIN.focal_gamma", "1.5"])
     w = torch.tensor([1.0, 3.0, 0.5])
     crit = build_criterion(cfg, w)

@@ -124,7 +124,8 @@ def test_layer_decay_of_convnext_names(mode, optim):
 
 def test_layer_decay_of_vit_names_and_of_a_family_declaration():
     ids, depth = O.encoder_layer_ids(_ViTLike(), "stage")
-    assert depth == 4 and ids["cls_token"] == ids["pos_embed"] == ids["patch_embed.proj.weight"] == 0
+    assert depth == 4
+    assert ids["cls_token"] == ids["pos_embed"] == ids["patch_embed.proj.weight"] == 0
     assert [ids[f"blocks.{b}.1.weight"] for b in range(3)] == [1, 2, 3]  # a ViT: per block
     assert "norm.weight" not in ids
     net = _ConvNeXtLike()
@@ -162,9 +163,11 @@ def test_warmup_poly_and_cosine_schedules():
     assert O.scheduled_lr(1.0, 0, warm) == pytest.approx(0.1)
     assert O.scheduled_lr(1.0, 10, warm) == pytest.approx((0.1 + 0.9 * 0.5) * 0.9)
     assert O.scheduled_lr(1.0, 20, warm) == pytest.approx(0.8)
-    cos = _cfg(*base, "TRAIN.lr_schedule", "cosine", "TRAIN.warmup_iters", 4, "TRAIN.warmup_ratio", 0.0)
+    cos = _cfg(*base, "TRAIN.lr_schedule", "cosine", "TRAIN.warmup_iters", 4,
+               "TRAIN.warmup_ratio", 0.0)
     assert O.scheduled_lr(2.0, 0, cos) == 0.0
-    assert O.scheduled_lr(2.0, 2, cos) == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 0.02)) * 0.5)
+    cosine = 2.0 * 0.5 * (1 + math.cos(math.pi * 0.02))
+    assert O.scheduled_lr(2.0, 2, cos) == pytest.approx(cosine * 0.5)  # half way up the warmup
     assert O.scheduled_lr(2.0, 50, cos) == pytest.approx(1.0)
     assert O.scheduled_lr(2.0, 100, cos) == pytest.approx(0.0, abs=1e-12)
     assert O.scheduled_lr(2.0, 120, cos) == pytest.approx(0.0, abs=1e-12)

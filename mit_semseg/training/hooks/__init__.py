@@ -37,7 +37,8 @@ from .precise_bn import PreciseBNHook, precise_bn
 from .validation import ValidationHook
 
 __all__ = ["HOOKS", "register_hook", "build_hooks", "HookBase", "CheckpointHook",
-           "EarlyStopHook", "EMAHook", "LRScheduleHook", "MetricsHook", "PreciseBNHook", "ValidationHook",
+           "EarlyStopHook", "EMAHook", "LRScheduleHook", "MetricsHook", "PreciseBNHook",
+           "ValidationHook",
            "precise_bn"]
 
 # hooks that TRAIN.hooks may name: name -> factory(cfg) -> HookBase

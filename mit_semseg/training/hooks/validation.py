@@ -2,8 +2,8 @@
 last one) on rank 0, keep the checkpoint of the best ``TRAIN.best_metric`` as
 ``DIR/encoder_best.pth`` / ``decoder_best.pth`` with ``DIR/best.json``, and log
 the result. With ``TRAIN.ema_decay`` the moving average is validated and kept
-(``trainer.storage["eval_network"]``, ``*_ema_epoch_N`` files). The epoch record gets the ``val_*`` and ``best_*`` fields (see
-:mod:`mit_semseg.training.monitor`)."""
+(``trainer.storage["eval_network"]``, ``*_ema_epoch_N`` files). The epoch record
+gets the ``val_*`` and ``best_*`` fields (see :mod:`mit_semseg.training.monitor`)."""
 from __future__ import annotations
 
 import json
