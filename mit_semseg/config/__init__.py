@@ -36,6 +36,7 @@ def load_cfg(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CfgNode:
     if len(opts) % 2:
         raise ConfigError(f"overrides must be KEY VALUE pairs; '{opts[-1]}' has no value")
     _warn_replaced_keys(opts[0::2], "command line")
+    opts = _add_open_keys(out, opts)
     try:
         out.merge_from_list(opts)
     except (KeyError, AssertionError, ValueError) as exc:
@@ -52,6 +53,25 @@ _REPLACED = {
 }
 for _key in _REPLACED:
     cfg.register_deprecated_key(_key)
+
+
+def _add_open_keys(out: CfgNode, opts: list[str]) -> list[str]:
+    """Merge the overrides that add a key to a node accepting new keys (such as
+    ``MODEL.encoder_options``, which ``merge_from_list`` refuses); return the rest.
+    Values are read as YAML (``0.3`` a number, ``True`` a bool)."""
+    rest: list[str] = []
+    for key, value in zip(opts[0::2], opts[1::2]):
+        node, parts = out, str(key).split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, CfgNode) else None
+        if isinstance(node, CfgNode) and node.is_new_allowed() and parts[-1] not in node:
+            tree: Any = {parts[-1]: yaml.safe_load(str(value))}
+            for part in reversed(parts[:-1]):
+                tree = {part: tree}
+            out.merge_from_other_cfg(CfgNode(tree))
+        else:
+            rest += [key, value]
+    return rest
 
 
 def _file_keys(path: str) -> list[str]:

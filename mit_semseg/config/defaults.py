@@ -53,6 +53,25 @@ _C.DATASET = CN({
     # new: colours read as unlabeled in "rgb" masks besides the class table's
     # Idx 0 rows, e.g. [[0, 0, 0]] for a table without an "unlabeled" row.
     "ignore_colors": [],
+    # new: training augmentation. "original" (default): batches of one orientation
+    # rescaled to a short side from imgSizes, random flip (the original's). "mmseg":
+    # mmsegmentation's standard pipeline, per image: resize by a random ratio of
+    # DATASET.augment_scale, random crop of DATASET.crop_size with at most
+    # DATASET.cat_max_ratio of one class, flip (DATASET.random_flip), photometric
+    # distortion; padded to crop_size with unlabeled pixels (mit_semseg/data/augment.py,
+    # docs/training.md "Training recipes").
+    "augment": "original",
+    # new ("mmseg" augmentation): base scale (long side, short side) that the random
+    # ratio multiplies; the image is resized to fit inside it keeping its aspect ratio
+    # (mmseg's ADE20K setting: 2048 x 512).
+    "augment_scale": (2048, 512),
+    # new ("mmseg" augmentation): the resize ratio is drawn uniformly from [low, high).
+    "augment_ratio": (0.5, 2.0),
+    # new ("mmseg" augmentation): crop size (height, width) of every training image.
+    "crop_size": (512, 512),
+    # new ("mmseg" augmentation): a crop is drawn again (up to 10 times) while one class
+    # covers this share or more of its labeled pixels; 1.0 = any crop.
+    "cat_max_ratio": 0.75,
 })
 
 # -----------------------------------------------------------------------------
@@ -88,6 +107,11 @@ _C.MODEL = CN({
     # the released models were trained.
     "bn_momentum": -1.0,
 })
+# new: settings of the encoder family, passed to its factory as EncoderSpec.options
+# (any keys; the original's families take none). E.g. drop_path_rate (stochastic
+# depth: the rate of the deepest block, for the timm and transformer families);
+# also on the command line: MODEL.encoder_options.drop_path_rate 0.3.
+_C.MODEL.encoder_options = CN(new_allowed=True)
 
 # -----------------------------------------------------------------------------
 # Training
@@ -101,7 +125,10 @@ _C.TRAIN = CN({
     "start_epoch": 0,
     # Iterations per epoch, whatever the batch size.
     "epoch_iters": 5000,
-    # Optimizer; only "SGD" (as the original).
+    # Optimizer: "SGD" (the original's: momentum beta1, weight decay on conv/linear
+    # weights) or, new, "AdamW" (betas (beta1, beta2); no weight decay on norms,
+    # biases, position embeddings and tokens; docs/training.md). More can be
+    # registered (mit_semseg.training.optim.register_optimizer).
     "optim": "SGD",
     # Base learning rate of the encoder.
     "lr_encoder": 0.02,
@@ -109,9 +136,52 @@ _C.TRAIN = CN({
     "lr_decoder": 0.02,
     # Power of the poly schedule: lr * (1 - iter / max_iters) ** lr_pow.
     "lr_pow": 0.9,
-    # SGD momentum.
+    # SGD momentum (AdamW: the first-moment coefficient).
     "beta1": 0.9,
-    # Weight decay of conv/linear weights (biases and BatchNorm are not decayed).
+    # new: AdamW's second-moment coefficient.
+    "beta2": 0.999,
+    # new: layer-wise learning-rate decay of the encoder: a parameter at depth d of
+    # D encoder layers learns at lr_encoder * layer_decay ** (D - d); the decoder at
+    # lr_decoder. 1.0 = off (the original). For ConvNeXt, Swin and ViT-style encoders
+    # (timm's group_matcher, or parameter names; docs/training.md).
+    "layer_decay": 1.0,
+    # new: what one "layer" of layer_decay is: "layer" (every block) or "stage".
+    "layer_decay_mode": "layer",
+    # new: the learning-rate schedule over the run: "poly" (the original's,
+    # lr * (1 - iter / max_iters) ** lr_pow) or "cosine" (lr * (1 + cos(pi * iter /
+    # max_iters)) / 2).
+    "lr_schedule": "poly",
+    # new: linear warmup over the first warmup_iters iterations: the schedule's rate
+    # times a factor rising from warmup_ratio to 1. 0 = no warmup (the original).
+    "warmup_iters": 0,
+    # new: the warmup's starting factor (mmseg's 1e-6).
+    "warmup_ratio": 1e-6,
+    # new: exponential moving average of the weights, ema = decay * ema + (1 - decay) *
+    # weights after every iteration; validated when on and saved as
+    # DIR/{encoder,decoder}_ema_epoch_N.pth (evaluate them with VAL.checkpoint
+    # ema_epoch_N.pth). 0 = off (the original).
+    "ema_decay": 0.0,
+    # new: gradient accumulation: every iteration sums the gradients of this many
+    # batches per device before one optimizer step (BatchNorm statistics stay per
+    # batch). 1 = off (the original).
+    "accumulate": 1,
+    # new: the loss, a weighted sum of registered losses, e.g. "cross_entropy",
+    # "ohem + 0.5*lovasz", "cross_entropy + dice": cross_entropy (the original's
+    # NLLLoss; aliases ce, nll), ohem (cross-entropy on the pixels predicted with
+    # confidence below ohem_thresh, at least ohem_min_kept per image), dice, focal,
+    # lovasz (Lovasz-softmax). All ignore unlabeled pixels; class weights apply to
+    # cross_entropy, ohem and focal. Deep supervision adds deep_sup_scale times the
+    # same loss of the auxiliary output (docs/training.md).
+    "loss": "cross_entropy",
+    # new: OHEM: pixels whose predicted probability of the true class is below this
+    # are kept.
+    "ohem_thresh": 0.7,
+    # new: OHEM: at least this many pixels per image are kept (the least confident).
+    "ohem_min_kept": 100000,
+    # new: focal loss exponent gamma ((1 - p) ** gamma times the cross-entropy).
+    "focal_gamma": 2.0,
+    # Weight decay of conv/linear weights (biases and BatchNorm are not decayed;
+    # with AdamW neither are norms, biases, position embeddings and tokens).
     "weight_decay": 1e-4,
     # Weight of the deep-supervision loss (*_deepsup decoders).
     "deep_sup_scale": 0.4,

@@ -21,7 +21,8 @@ from ..errors import MitSemsegError
 __all__ = ["Rule", "RULES", "check_value", "check_config", "ConfigError", "ConfigValueError",
            "PRECISIONS",
            "INFERENCE_PRECISIONS", "STREAMS", "SAVE_FORMATS", "BACKENDS", "TRUST", "MODES",
-           "CLASS_WEIGHT_RULES", "LABEL_FORMATS"]
+           "CLASS_WEIGHT_RULES", "LABEL_FORMATS", "LR_SCHEDULES", "LAYER_DECAY_MODES",
+           "AUGMENTS"]
 
 
 class ConfigError(MitSemsegError, ValueError):
@@ -42,6 +43,9 @@ TRUST = ("config", "file")  # VAL/TEST.onnx_trust
 MODES = ("whole", "slide")  # VAL/TEST.mode
 CLASS_WEIGHT_RULES = ("median_frequency", "inverse", "inverse_sqrt")  # TRAIN.class_weight_rule
 LABEL_FORMATS = ("ade20k", "zero_based", "rgb")  # DATASET.label_format
+LR_SCHEDULES = ("poly", "cosine")  # TRAIN.lr_schedule
+LAYER_DECAY_MODES = ("layer", "stage")  # TRAIN.layer_decay_mode
+AUGMENTS = ("original", "mmseg")  # DATASET.augment
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,10 @@ RULES: dict[str, Rule] = {
     "DATASET.segm_downsampling_rate": _int(1),
     "DATASET.label_format": _choice(LABEL_FORMATS, "DATASET.label_format {value!r} is not one "
                                                    "of {choices_list}"),
+    "DATASET.augment": _choice(AUGMENTS),
+    "DATASET.augment_scale": Rule("pair"),
+    "DATASET.crop_size": Rule("pair"),
+    "DATASET.cat_max_ratio": Rule("float", low=0, high=1, open_low=True),
     "MODEL.fc_dim": _int(1),
     "TRAIN.batch_size_per_gpu": _int(1),
     "TRAIN.num_epoch": _int(1),
@@ -107,6 +115,17 @@ RULES: dict[str, Rule] = {
     "TRAIN.beta1": Rule("float", low=0, high=1),
     "TRAIN.weight_decay": Rule("float", low=0),
     "TRAIN.deep_sup_scale": Rule("float", low=0),
+    "TRAIN.beta2": Rule("float", low=0, high=1),
+    "TRAIN.layer_decay": Rule("float", low=0, high=1, open_low=True),
+    "TRAIN.layer_decay_mode": _choice(LAYER_DECAY_MODES),
+    "TRAIN.lr_schedule": _choice(LR_SCHEDULES),
+    "TRAIN.warmup_iters": _int(0),
+    "TRAIN.warmup_ratio": Rule("float", low=0, high=1),
+    "TRAIN.ema_decay": Rule("float", low=0, high=1),
+    "TRAIN.accumulate": _int(1),
+    "TRAIN.ohem_thresh": Rule("float", low=0, high=1),
+    "TRAIN.ohem_min_kept": _int(0),
+    "TRAIN.focal_gamma": Rule("float", low=0),
     "TRAIN.dist_timeout": Rule("float", low=0, open_low=True),
     "TRAIN.peer_timeout": Rule("float", low=0, open_low=True),
     "TRAIN.precision": _choice(PRECISIONS),
@@ -220,6 +239,22 @@ def _cross_rules(cfg: Any) -> list[str]:
             if bad or not any(given):
                 problems.append(f"TRAIN.class_weights must be finite numbers >= 0, not all 0; "
                                 f"got {bad[0] if bad else 'all 0'}")
+    if int(t.get("accumulate", 1)) > 1 and str(t.stream).lower() == "original":
+        problems.append(f"TRAIN.accumulate {t.accumulate} needs TRAIN.stream resumable: the "
+                        f"original stream replays the original's one batch per iteration")
+    if str(cfg.DATASET.get("augment", "original")).lower() != "original" and \
+            str(t.stream).lower() == "original":
+        problems.append(f"DATASET.augment {cfg.DATASET.augment} needs TRAIN.stream resumable: "
+                        f"the original stream replays the original's augmentation")
+    if float(t.get("ema_decay", 0.0)) >= 1.0:
+        problems.append("TRAIN.ema_decay must be below 1 (1 would never move the average; "
+                        "0 = off)")
+    ratio = cfg.DATASET.get("augment_ratio", (0.5, 2.0))
+    if not isinstance(ratio, (list, tuple)) or len(ratio) != 2 or \
+            any(isinstance(r, bool) or not isinstance(r, (int, float)) for r in ratio) or \
+            not 0 < float(ratio[0]) <= float(ratio[1]):
+        problems.append(f"DATASET.augment_ratio must be two numbers 0 < low <= high, got "
+                        f"{ratio!r}")
     for section in ("VAL", "TEST"):
         node = cfg[section]
         if str(node.mode).lower() == "slide":

@@ -3,7 +3,8 @@ width, height), with the original toolkit's resizing and output dicts.
 
 * ``TrainDataset`` returns a whole batch per ``__getitem__`` (images of one
   orientation, rescaled to a random short side, padded to a multiple of
-  ``padding_constant``, labels downsampled by ``segm_downsampling_rate``).
+  ``padding_constant``, labels downsampled by ``segm_downsampling_rate``; with
+  ``DATASET.augment mmseg``, mmsegmentation's crops, see ``data.augment``).
   Use it with ``DataLoader(batch_size=<number of devices>, shuffle=False,
   collate_fn=user_scattered_collate, worker_init_fn=worker_init_fn)``; its
   length is a fake 1e10 because every worker walks its own shuffled copy of
@@ -41,6 +42,8 @@ from PIL import Image
 
 from ..nn.data_parallel import user_scattered_collate
 from ..runtime.process import loader_workers
+from .augment import make_augment
+from .augment import resize_labels as _resize_labels
 from .classes import label_format
 from .io import DatasetError, LabelFormat, read_annotation, read_image
 from .transforms import Preprocess, imresize, normalize, round2nearest_multiple, scaled_size
@@ -49,16 +52,6 @@ __all__ = ["DatasetError", "BaseDataset", "TrainDataset", "ValDataset", "TestDat
            "worker_init_fn", "imresize", "inference_loader", "read_odgt_lines"]
 
 logger = logging.getLogger(__name__)
-
-def _resize_labels(labels: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Nearest-neighbour resize through PIL (the original's label resampling)."""
-    if labels.shape == (height, width):
-        return labels
-    # uint8 maps become mode "L", wider ones mode "I" (int32).
-    dtype = np.uint8 if labels.dtype == np.uint8 else np.int32
-    img = Image.fromarray(np.ascontiguousarray(labels, dtype=dtype))
-    return np.asarray(imresize(img, (width, height), "nearest"))
-
 
 def read_odgt_lines(path: str, strict_utf8: bool = True
                     ) -> Iterator[tuple[str, Any, str | None]]:
@@ -227,6 +220,8 @@ class TrainDataset(BaseDataset):
                 f"DATASET.segm_downsampling_rate ({self.segm_downsampling_rate})")
         self._rng: np.random.Generator | None = None
         self._rng_owner: tuple[int, int] | None = None
+        # DATASET.augment: None = the original's batches (make_batch)
+        self.augment = make_augment(opt)
 
     # -- per-worker random stream -----------------------------------------------
     def init_worker(self, worker_id: int) -> None:
@@ -271,6 +266,8 @@ class TrainDataset(BaseDataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = self._stream()
         group = self._next_group(rng)
+        if self.augment is not None:  # its draws come from the same stream
+            return self.augment.batch(self, group, rng)
         short = self.imgSizes[int(rng.integers(len(self.imgSizes)))]
         flips = [bool(self.random_flip and rng.integers(2)) for _ in group]
         return self.make_batch(group, short, flips)
@@ -303,18 +300,30 @@ class TrainDataset(BaseDataset):
             img = imresize(img, (w, h), "bilinear")
             segm = _resize_labels(segm, w, h)
 
-            # Downsample by r without shifting: pad to a multiple of r with
-            # "unlabeled" and keep the centre pixel (k*r + r//2) of every r x r
-            # cell, which is exactly PIL's NEAREST resize by an integer factor.
-            padded = np.zeros((self.round2nearest_multiple(h, r), self.round2nearest_multiple(w, r)),
-                              dtype=segm.dtype)
-            padded[:h, :w] = segm
-            small = self.segm_transform(padded[r // 2::r, r // 2::r])
+            small = self.downsample_labels(segm)
             sh, sw = min(small.shape[0], labels.shape[1]), min(small.shape[1], labels.shape[2])
 
             images[k, :, :h, :w] = self.img_transform(img)
             labels[k, :sh, :sw] = small[:sh, :sw]
         return {"img_data": images, "seg_label": labels}
+
+    def read_pair(self, index: int) -> tuple[Image.Image, np.ndarray]:
+        """Sample ``index``'s RGB image and annotation (values: 0 unlabeled, k class k),
+        checked to be the same size; bad files raise DatasetError naming the odgt line."""
+        return self._load_pair(index, self.root_dataset)
+
+    def downsample_labels(self, segm: np.ndarray) -> torch.Tensor:
+        """Annotation values ``[h, w]`` -> int64 labels (-1 unlabeled) downsampled by
+        ``segm_downsampling_rate``."""
+        r = self.segm_downsampling_rate
+        h, w = segm.shape
+        # Downsample by r without shifting: pad to a multiple of r with
+        # "unlabeled" and keep the centre pixel (k*r + r//2) of every r x r
+        # cell, which is exactly PIL's NEAREST resize by an integer factor.
+        padded = np.zeros((self.round2nearest_multiple(h, r), self.round2nearest_multiple(w, r)),
+                          dtype=segm.dtype)
+        padded[:h, :w] = segm
+        return self.segm_transform(padded[r // 2::r, r // 2::r])
 
     def __len__(self) -> int:
         return int(1e10)  # fake: every worker keeps its own endless stream

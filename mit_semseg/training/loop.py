@@ -9,7 +9,10 @@ or ``TRAIN.class_weight_rule`` ask for them, see ``loss``) plus
 ``TRAIN.deep_sup_scale`` times the auxiliary loss for ``*_deepsup`` decoders,
 ``TRAIN.epoch_iters`` iterations per epoch whatever the batch size, and
 checkpoints ``encoder/decoder/history_epoch_N.pth`` in ``cfg.DIR`` (see
-:mod:`mit_semseg.training.state`).
+:mod:`mit_semseg.training.state`). The recipes modern encoders need (``TRAIN.optim
+AdamW``, ``layer_decay``, ``lr_schedule`` and warmup, ``ema_decay``, ``accumulate``,
+``loss``, ``DATASET.augment mmseg``) are registry entries and hooks whose defaults
+keep this recipe (docs/training.md, "Training recipes").
 
 Devices: the CPU, one GPU, several GPUs in one process
 (``UserScatteredDataParallel``: every GPU gets its own batch), or one process
@@ -25,8 +28,8 @@ Data stream (``TRAIN.stream``): ``resumable`` (default) restarts every rank's
 resumed from any checkpoint therefore sees the same batches, learning rates,
 optimizer momenta and random numbers as a run that never stopped, provided
 ``TRAIN.seed``, ``TRAIN.workers``, ``TRAIN.checkpoint_every``,
-``TRAIN.epoch_iters``, ``TRAIN.num_epoch`` and the number of devices are
-unchanged. ``original`` draws the original train.py's batch sequence (see
+``TRAIN.epoch_iters``, ``TRAIN.num_epoch``, ``TRAIN.accumulate`` and the number
+of devices are unchanged. ``original`` draws the original train.py's batch sequence (see
 :mod:`mit_semseg.training.original_stream`); with ``TRAIN.exact True`` a run on
 one device equals the original's iteration by iteration.
 """
@@ -55,7 +58,7 @@ from ..runtime.log import setup_logger
 from ..runtime.process import allocator_state, set_threads, tune_allocator
 from . import distributed as D
 from .hooks import build_hooks
-from .loss import class_weights, make_criterion
+from .loss import build_criterion, class_weights
 from .monitor import parse_best_metric
 from .optim import create_optimizers
 from .original_stream import OriginalStream
@@ -144,7 +147,7 @@ def build_trainer(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: l
         _seed_everything(seed)
     network = _build_network(cfg, point, env)
     deep_sup = cfg.TRAIN.deep_sup_scale if getattr(network.decoder, "deep_sup", False) else None
-    module = SegmentationModule.from_network(network, make_criterion(loss_weights), deep_sup)
+    module = SegmentationModule.from_network(network, build_criterion(cfg, loss_weights), deep_sup)
     module.to(device)
     if not cfg.TRAIN.exact:
         fast_training_(module)
@@ -202,9 +205,11 @@ def _train(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: list[int
     if env.is_main:
         atomic_write_text(cfg.dump(), os.path.join(cfg.DIR, "config.yaml"))
         logger.info("Running with config:\n%s", cfg.dump())
-    logger.info("1 Epoch = %d iters; global batch = %d images (%d per device x %d devices)",
+    accumulate = trainer.accumulate
+    logger.info("1 Epoch = %d iters; global batch = %d images (%d per device x %d devices%s)",
                 trainer.epoch_iters,
-                cfg.TRAIN.batch_size_per_gpu * trainer.per_iter * env.world_size,
-                cfg.TRAIN.batch_size_per_gpu, trainer.per_iter * env.world_size)
+                cfg.TRAIN.batch_size_per_gpu * trainer.per_iter * env.world_size * accumulate,
+                cfg.TRAIN.batch_size_per_gpu, trainer.per_iter * env.world_size,
+                f" x {accumulate} accumulated" if accumulate > 1 else "")
     return trainer.train()
 

@@ -1,5 +1,7 @@
 """The training loss: ``NLLLoss(ignore_index=-1)`` as the original, optionally
-with class weights (``TRAIN.class_weights`` or ``TRAIN.class_weight_rule``).
+with class weights (``TRAIN.class_weights`` or ``TRAIN.class_weight_rule``), or
+the weighted sum of registered losses that ``TRAIN.loss`` names
+(:mod:`mit_semseg.training.losses`: OHEM, Dice, focal, Lovasz-softmax).
 
 Weights from a rule are computed from the training list's masks when training
 starts (:func:`mit_semseg.data.tools.class_statistics`; the rules are
@@ -25,8 +27,9 @@ from ..data.classes import class_names, label_format
 from ..data.stats import ClassStatistics, class_statistics, format_weights
 from ..runtime.process import loader_workers
 from . import distributed as D
+from .losses import LossOptions, build_loss, is_plain_cross_entropy
 
-__all__ = ["WEIGHTS_FILE", "class_weights", "make_criterion"]
+__all__ = ["WEIGHTS_FILE", "class_weights", "make_criterion", "build_criterion"]
 
 WEIGHTS_FILE = "class_weights.json"
 
@@ -109,3 +112,16 @@ def make_criterion(weights: torch.Tensor | None) -> nn.NLLLoss:
     """The original's ``NLLLoss(ignore_index=-1)``, with ``weight=weights`` when given
     (each pixel's loss times its class's weight, the mean taken over those weights)."""
     return nn.NLLLoss(weight=weights, ignore_index=-1)
+
+
+def build_criterion(cfg: CfgNode, weights: torch.Tensor | None) -> nn.Module:
+    """The loss of ``TRAIN.loss`` with class weights ``weights``: exactly
+    :func:`make_criterion` for the original's loss, else the registered losses'
+    weighted sum (:func:`mit_semseg.training.losses.build_loss`)."""
+    t = cfg.TRAIN
+    spec = str(t.loss)
+    if is_plain_cross_entropy(spec):
+        return make_criterion(weights)
+    return build_loss(spec, LossOptions(class_weights=weights, ohem_thresh=float(t.ohem_thresh),
+                                        ohem_min_kept=int(t.ohem_min_kept),
+                                        focal_gamma=float(t.focal_gamma)))

@@ -4,7 +4,9 @@
 ``state_iter_G.pth`` inside an epoch) with everything an exact continuation
 needs; ``resume_point(cfg, resume)`` finds where to continue (``--resume`` or
 ``TRAIN.start_epoch``, the original's weights-only checkpoints included) and
-``restore(run, point)`` puts optimizers, scaler and history back. File names and
+``restore(run, point)`` puts optimizers, scaler and history back. States that
+hooks keep (the EMA's average) are saved under ``hooks`` by their ``state_key``;
+each hook reads its own back from ``run.point.state``. File names and
 formats: :mod:`mit_semseg.training.state`; ``TRAIN.save_format safetensors``
 writes the epoch-N weights as ``{encoder,decoder}_epoch_N.safetensors``
 instead of ``.pth`` (the state and history files stay ``.pth``), and either
@@ -85,6 +87,11 @@ def write_checkpoint(run: Any, epoch: int, iteration: int) -> str:
             "grad_scaler": run.scaler.state_dict() if run.scaler is not None else None,
             "history": run.history, "rng": rng_states,
         }
+        # what hooks keep across a resume (the EMA's average), by their state_key
+        hook_states = {h.state_key: h.state_dict(run) for h in run.hooks
+                       if getattr(h, "state_key", None)}
+        if hook_states:
+            state["hooks"] = hook_states
         if end_of_epoch:
             suffix = _weights_suffix(cfg)
             atomic_save(run.history, paths["history"])

@@ -15,6 +15,9 @@ and, new, what an exact continuation needs:
   iteration G inside an epoch, with the weights inside (keys ``encoder`` and
   ``decoder``). Only the newest one is kept.
 
+Both hold, under ``hooks``, what hooks keep across a resume (``TRAIN.ema_decay``:
+the moving average, key ``ema``, also written as ``{encoder,decoder}_ema_epoch_N.pth``).
+
 Writing and reading go through :mod:`mit_semseg.checkpoints.files` (atomic,
 ``weights_only``).
 """

@@ -147,12 +147,15 @@ class ResumableStream:
     never stopped."""
 
     def open(self, trainer: Any, global_iter: int) -> Iterator[list]:
-        """This process's batches from iteration ``global_iter`` to the run's end."""
+        """This process's batches from iteration ``global_iter`` to the run's end
+        (``trainer.draws_per_iter`` per iteration)."""
         cfg = trainer.cfg
         epoch_iters, every = int(cfg.TRAIN.epoch_iters), int(cfg.TRAIN.checkpoint_every)
         seed = int(cfg.TRAIN.seed)
+        # with TRAIN.accumulate K, one iteration's K micro-steps come from one loader
+        # item: the same segment stream, drawn in order by one worker
         loader, placeholders = make_loader(
-            trainer.dataset, cfg, loader_workers(cfg.TRAIN.workers), trainer.per_iter,
+            trainer.dataset, cfg, loader_workers(cfg.TRAIN.workers), trainer.draws_per_iter,
             global_iter, int(cfg.TRAIN.num_epoch) * epoch_iters,
             lambda g: derive_seed(seed, TRAIN_STREAM, segment_start(g, epoch_iters, every)),
             trainer.device.type == "cuda")

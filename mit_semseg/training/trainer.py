@@ -118,9 +118,10 @@ class Trainer:
 
     ``module``: the network's encoder and decoder with the loss
     (``SegmentationModule``); ``model``: ``module`` or its DataParallel / DDP
-    wrapper. ``batches``: the data stream (one list of ``per_iter`` batches per
-    step), opened by ``train``. ``storage``: what hooks share (e.g. the best
-    validation so far). ``record``: the epoch's record, filled by the hooks of
+    wrapper. ``batches``: the data stream (one list of ``draws_per_iter`` batches
+    per step: ``per_iter`` times ``TRAIN.accumulate``), opened by ``train``.
+    ``storage``: what hooks share (e.g. the best validation so far; the EMA's
+    ``eval_network``). ``record``: the epoch's record, filled by the hooks of
     ``after_epoch`` and written by the metrics hook.
     """
 
@@ -170,6 +171,17 @@ class Trainer:
         return max(1, len(self.gpu_ids))
 
     @property
+    def accumulate(self) -> int:
+        """Batches per device whose gradients one optimizer step sums (``TRAIN.accumulate``)."""
+        return int(self.cfg.TRAIN.get("accumulate", 1))
+
+    @property
+    def draws_per_iter(self) -> int:
+        """Batches the data stream hands this process per iteration: ``per_iter`` for
+        each of the ``accumulate`` micro-steps."""
+        return self.per_iter * self.accumulate
+
+    @property
     def epoch_iters(self) -> int:
         return int(self.cfg.TRAIN.epoch_iters)
 
@@ -198,7 +210,10 @@ class Trainer:
     def run_step(self, batches: list) -> tuple[float, float]:
         """Forward, backward and the optimizer steps on ``batches``; returns the loss and
         accuracy averaged over the ranks. Raises :class:`NonFiniteLossError` (on every
-        rank) before the update when the loss is NaN or infinite."""
+        rank) before the update when the loss is NaN or infinite. With ``TRAIN.accumulate``
+        K > 1, ``batches`` holds K groups of ``per_iter`` (:meth:`_accumulated_step`)."""
+        if self.accumulate > 1:
+            return self._accumulated_step(batches)
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         with self.autocast():
@@ -206,14 +221,7 @@ class Trainer:
         # Mean over ranks; also a NaN on one rank stops every rank at the same iteration.
         loss_value, acc_value = D.all_reduce_mean(
             torch.stack([loss.detach().float(), acc.detach().float()])).tolist()
-        if not math.isfinite(loss_value):
-            where = self.last_checkpoint or "none yet"
-            raise NonFiniteLossError(
-                f"loss is {loss_value} at epoch {self.epoch}, iteration {self.iter}/"
-                f"{self.epoch_iters} (global iteration {self.global_iter}); training stopped "
-                f"before this update. Last checkpoint written: {where}. Lower "
-                f"TRAIN.lr_encoder/lr_decoder or check the data, then resume from that "
-                f"checkpoint (train.py --resume PATH).")
+        self._check_finite(loss_value)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             for optimizer in self.optimizers:
@@ -224,6 +232,53 @@ class Trainer:
             for optimizer in self.optimizers:
                 optimizer.step()
         return loss_value, acc_value
+
+    def _accumulated_step(self, batches: list) -> tuple[float, float]:
+        """One optimizer step over K = ``accumulate`` micro-steps of ``per_iter`` batches
+        each: the gradient is that of the mean of the K losses (each micro-step's loss
+        divided by K, its gradients summed; GradScaler's scale over all, its step and
+        update once). BatchNorm normalises and updates its statistics per micro-step.
+        Under DDP gradients are all-reduced with the last micro-step only. Returns the
+        mean loss and accuracy of the micro-steps over the ranks; a NaN or infinite loss
+        stops before the update."""
+        k, n = self.accumulate, self.per_iter
+        if len(batches) != k * n:
+            raise ValueError(f"accumulation of {k} x {n} batches got {len(batches)}")
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        losses, accs = [], []
+        for j in range(k):
+            last = j == k - 1
+            sync = self.model.no_sync() if not last and isinstance(
+                self.model, nn.parallel.DistributedDataParallel) else nullcontext()
+            with sync:
+                with self.autocast():
+                    loss, acc = self.forward(batches[j * n:(j + 1) * n])
+                share = loss / k
+                (self.scaler.scale(share) if self.scaler is not None else share).backward()
+            losses.append(loss.detach().float())
+            accs.append(acc.detach().float())
+        loss_value, acc_value = D.all_reduce_mean(
+            torch.stack([torch.stack(losses).mean(), torch.stack(accs).mean()])).tolist()
+        self._check_finite(loss_value)
+        for optimizer in self.optimizers:
+            if self.scaler is not None:
+                self.scaler.step(optimizer)
+            else:
+                optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update()
+        return loss_value, acc_value
+
+    def _check_finite(self, loss_value: float) -> None:
+        if not math.isfinite(loss_value):
+            where = self.last_checkpoint or "none yet"
+            raise NonFiniteLossError(
+                f"loss is {loss_value} at epoch {self.epoch}, iteration {self.iter}/"
+                f"{self.epoch_iters} (global iteration {self.global_iter}); training stopped "
+                f"before this update. Last checkpoint written: {where}. Lower "
+                f"TRAIN.lr_encoder/lr_decoder or check the data, then resume from that "
+                f"checkpoint (train.py --resume PATH).")
 
     def checkpoint(self, epoch: int, iteration: int) -> str:
         """``before_checkpoint`` hooks (precise BN), then the checkpoint after

@@ -71,7 +71,7 @@ def test_config_checks(voc, tmp_path):
 def test_weights_reach_the_loss(voc, tmp_path, monkeypatch):
     made = []
     real = L.make_criterion
-    monkeypatch.setattr("mit_semseg.training.loop.make_criterion",
+    monkeypatch.setattr("mit_semseg.training.loss.make_criterion",
                         lambda w: made.append(real(w)) or made[-1])
 
     def first_loss(out, *extra):

@@ -2,8 +2,9 @@
 
 ``build_hooks(cfg)`` returns the hooks a config asks for: always the learning-rate
 schedule, checkpoints and resume, and the metrics file (TensorBoard with
-``TRAIN.tensorboard``); precise BN with ``TRAIN.precise_bn_iters``; validation and the
-best checkpoint with ``TRAIN.eval_every``; early stopping with ``TRAIN.early_stop``;
+``TRAIN.tensorboard``); precise BN with ``TRAIN.precise_bn_iters``; the moving
+average of the weights with ``TRAIN.ema_decay``; validation and the best
+checkpoint with ``TRAIN.eval_every``; early stopping with ``TRAIN.early_stop``;
 then every hook named in ``TRAIN.hooks``. A hook of your own is a module that
 registers its class::
 
@@ -29,13 +30,15 @@ from ...config import ConfigError
 from ..trainer import HookBase
 from .checkpoint import CheckpointHook
 from .early_stop import EarlyStopHook
+from .ema import EMAHook
 from .lr_schedule import LRScheduleHook
 from .metrics import MetricsHook
 from .precise_bn import PreciseBNHook, precise_bn
 from .validation import ValidationHook
 
 __all__ = ["HOOKS", "register_hook", "build_hooks", "HookBase", "CheckpointHook",
-           "EarlyStopHook", "LRScheduleHook", "MetricsHook", "PreciseBNHook", "ValidationHook",
+           "EarlyStopHook", "EMAHook", "LRScheduleHook", "MetricsHook", "PreciseBNHook",
+           "ValidationHook",
            "precise_bn"]
 
 # hooks that TRAIN.hooks may name: name -> factory(cfg) -> HookBase
@@ -82,6 +85,8 @@ def build_hooks(cfg: CfgNode) -> list[HookBase]:
     hooks: list[HookBase] = [LRScheduleHook(cfg), CheckpointHook(cfg), MetricsHook(cfg)]
     if int(t.precise_bn_iters) > 0:
         hooks.append(PreciseBNHook(cfg))
+    if float(t.get("ema_decay", 0.0)) > 0:
+        hooks.append(EMAHook(cfg))
     if int(t.eval_every) > 0:
         hooks.append(ValidationHook(cfg))
         if int(t.early_stop) > 0:

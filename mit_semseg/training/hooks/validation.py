@@ -1,8 +1,9 @@
 """The validation hook: validate every ``TRAIN.eval_every`` epochs (and after the
 last one) on rank 0, keep the checkpoint of the best ``TRAIN.best_metric`` as
 ``DIR/encoder_best.pth`` / ``decoder_best.pth`` with ``DIR/best.json``, and log
-the result. The epoch record gets the ``val_*`` and ``best_*`` fields (see
-:mod:`mit_semseg.training.monitor`)."""
+the result. With ``TRAIN.ema_decay`` the moving average is validated and kept
+(``trainer.storage["eval_network"]``, ``*_ema_epoch_N`` files). The epoch record
+gets the ``val_*`` and ``best_*`` fields (see :mod:`mit_semseg.training.monitor`)."""
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ from ..monitor import (BEST_FILE, METRICS_FILE, BestMetric, parse_best_metric, r
                        val_fields, validation_due, validation_sizes)
 from ..state import epoch_paths
 from ..trainer import HookBase, Trainer
+from .ema import ema_epoch_paths
 
 __all__ = ["ValidationHook", "BestCheckpoint"]
 
@@ -35,10 +37,15 @@ class BestCheckpoint:
     Only the main rank's copy writes files."""
 
     def __init__(self, folder: str, metric: BestMetric, sizes: tuple[int, ...],
-                 is_main: bool = True) -> None:
+                 is_main: bool = True, ema: bool = False) -> None:
         self.folder, self.metric, self.sizes, self.is_main = folder, metric, sizes, is_main
+        self.ema = ema  # the validated weights are the EMA's {encoder,decoder}_ema_epoch_N
         self.best: dict | None = None
         self.since_best = 0
+
+    def _paths(self, epoch: int) -> dict[str, str]:
+        return ema_epoch_paths(self.folder, epoch) if self.ema else \
+            epoch_paths(self.folder, epoch)
 
     def update(self, epoch: int, record: dict) -> None:
         """Count a validation of ``epoch`` (its record holds the ``val_*`` fields)."""
@@ -51,7 +58,7 @@ class BestCheckpoint:
 
     def save(self, epoch: int, record: dict) -> None:
         """Copy the epoch-``epoch`` checkpoint to ``*_best.*`` and write best.json."""
-        paths = epoch_paths(self.folder, epoch)
+        paths = self._paths(epoch)
         sources = {kind: find_weights(paths[kind]) or paths[kind]
                    for kind in ("encoder", "decoder")}
         for kind, src in sources.items():
@@ -90,7 +97,7 @@ class BestCheckpoint:
         if validated and all(v is not None for v in scores):
             top = max(range(len(validated)), key=lambda i: (scores[i], -i))  # first of equals
             record = validated[top]
-            paths = epoch_paths(self.folder, record["epoch"])
+            paths = self._paths(record["epoch"])
             if saved is not None and saved.get("epoch") == record["epoch"] \
                     and saved["metric"] == self.metric.spec:
                 self.best = saved
@@ -129,7 +136,7 @@ class ValidationHook(HookBase):
 
     def before_train(self, trainer: Trainer) -> None:
         self.tracker = BestCheckpoint(self.cfg.DIR, self.metric, validation_sizes(self.cfg),
-                                      trainer.env.is_main)
+                                      trainer.env.is_main, "eval_network" in trainer.storage)
         path = os.path.join(self.cfg.DIR, METRICS_FILE)
         if trainer.env.is_main and trainer.point is not None and os.path.isfile(path):
             kept = [r for r in read_metrics(path)
@@ -148,7 +155,8 @@ class ValidationHook(HookBase):
             return
         val = None
         if trainer.env.is_main:
-            val = validate(self.cfg, trainer.network, trainer.device, validation_sizes(self.cfg))
+            network = trainer.storage.get("eval_network", trainer.network)  # EMA's, when on
+            val = validate(self.cfg, network, trainer.device, validation_sizes(self.cfg))
         D.barrier()
         trainer.model.train(not self.cfg.TRAIN.fix_bn)
         if val is None:
