@@ -21,7 +21,7 @@ from ..errors import MitSemsegError
 __all__ = ["Rule", "RULES", "check_value", "check_config", "ConfigError", "ConfigValueError",
            "PRECISIONS",
            "INFERENCE_PRECISIONS", "STREAMS", "SAVE_FORMATS", "BACKENDS", "TRUST", "MODES",
-           "CLASS_WEIGHT_RULES", "LABEL_FORMATS"]
+           "CLASS_WEIGHT_RULES", "LABEL_FORMATS", "FEATURE_CACHE_DTYPES"]
 
 
 class ConfigError(MitSemsegError, ValueError):
@@ -42,6 +42,7 @@ TRUST = ("config", "file")  # VAL/TEST.onnx_trust
 MODES = ("whole", "slide")  # VAL/TEST.mode
 CLASS_WEIGHT_RULES = ("median_frequency", "inverse", "inverse_sqrt")  # TRAIN.class_weight_rule
 LABEL_FORMATS = ("ade20k", "zero_based", "rgb")  # DATASET.label_format
+FEATURE_CACHE_DTYPES = ("float32", "float16")  # TRAIN.feature_cache_dtype
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ RULES: dict[str, Rule] = {
     "TRAIN.stream": _choice(STREAMS),
     "TRAIN.save_format": _choice(SAVE_FORMATS, "{key} {value!r} is not one of "
                                                "{choices_comma}"),
+    "TRAIN.feature_cache_dtype": _choice(FEATURE_CACHE_DTYPES),
     "TRAIN.class_weight_rule": Rule("choice", choices=("",) + CLASS_WEIGHT_RULES,
                                     message="{key} {value!r} is not one of {rules} (or \"\" for "
                                             "no weights)"),
@@ -219,6 +221,10 @@ def _cross_rules(cfg: Any) -> list[str]:
             if bad or not any(given):
                 problems.append(f"TRAIN.class_weights must be finite numbers >= 0, not all 0; "
                                 f"got {bad[0] if bad else 'all 0'}")
+    if str(t.get("feature_cache", "")) and not bool(cfg.MODEL.get("freeze_encoder", False)):
+        problems.append(f"TRAIN.feature_cache '{t.feature_cache}' caches the encoder's "
+                        f"features, which must not change while training: set "
+                        f"MODEL.freeze_encoder True (or TRAIN.feature_cache \"\")")
     for section in ("VAL", "TEST"):
         node = cfg[section]
         if str(node.mode).lower() == "slide":
