@@ -225,6 +225,11 @@ def _cross_rules(cfg: Any) -> list[str]:
         problems.append(f"TRAIN.feature_cache '{t.feature_cache}' caches the encoder's "
                         f"features, which must not change while training: set "
                         f"MODEL.freeze_encoder True (or TRAIN.feature_cache \"\")")
+    augment = str(cfg.DATASET.get("augment", "original"))
+    if str(t.get("feature_cache", "")) and augment != "original":
+        problems.append(f"TRAIN.feature_cache caches a fixed set of views (DATASET.imgSizes x "
+                        f"flip); DATASET.augment '{augment}' draws new crops every step: use "
+                        f"DATASET.augment original with the cache")
     for section in ("VAL", "TEST"):
         node = cfg[section]
         if str(node.mode).lower() == "slide":
