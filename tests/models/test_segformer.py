@@ -200,3 +200,27 @@ def test_equal_to_transformers_segformer_on_the_same_weights(tmp_path, capsys):
               f"eps 1e-6 (default) {diffs[1e-6][0]:.2e} / {diffs[1e-6][1]:.2e}")
     assert diffs[1e-5][0] < 1e-5 and diffs[1e-5][1] < 1e-5
     assert diffs[1e-6][1] < 1e-3
+
+
+def test_import_command_writes_files_the_preset_loads(tmp_path, capsys):
+    from mit_semseg.commands import models as command
+    from mit_semseg.config import load_cfg
+    from mit_semseg.models import build_model
+    cfg = load_cfg("config/ade20k-segformer_b0.yaml", ["MODEL.pretrained", "False"])
+    torch.manual_seed(0)
+    source = build_model(cfg).eval()
+    src = str(tmp_path / "pytorch_model.bin")
+    torch.save(_hf_names(source), src)
+    out = str(tmp_path / "ckpt")
+    assert command.main(["import-segformer", src, "--out", out, "--cfg",
+                         "config/ade20k-segformer_b0.yaml"]) == 0
+    printed = capsys.readouterr().out
+    assert "encoder_hf.pth" in printed and "decoder_hf.pth" in printed
+    net = build_model(cfg, (f"{out}/encoder_hf.pth", f"{out}/decoder_hf.pth")).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(net(x), source(x))
+    # a file that is not a SegFormer's: one line, exit 1
+    torch.save({"backbone.conv.weight": torch.zeros(1)}, src)
+    assert command.main(["import-segformer", src, "--out", out]) == 1
+    assert "error:" in capsys.readouterr().err
