@@ -62,10 +62,14 @@ def crop_back(maps: torch.Tensor, height: int, width: int, patch: int = PATCH) -
     scale_y, scale_x = height / float(h * patch), width / float(w * patch)
     if scale_y == 1.0 and scale_x == 1.0:
         return maps
-    theta = maps.new_tensor([[scale_x, 0.0, scale_x - 1.0], [0.0, scale_y, scale_y - 1.0]])
+    # in float32 whatever the maps' precision: bf16 sample positions would be ~1% off
+    theta = torch.tensor([[scale_x, 0.0, scale_x - 1.0], [0.0, scale_y, scale_y - 1.0]],
+                         dtype=torch.float32, device=maps.device)
     grid = F.affine_grid(theta.expand(maps.shape[0], 2, 3), list(maps.shape),
                          align_corners=False)
-    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(maps.float(), grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    return out.to(maps.dtype)
 
 
 class DinoV2Encoder(nn.Module):
