@@ -6,6 +6,8 @@
   released model's ``.pth`` files.
 * ``fetch MODEL``: a model folder or Hub repo id, checked; prints its folder.
 * ``push FOLDER REPO_ID``: upload a model folder to the Hugging Face Hub.
+* ``import-segformer SRC --out DIR``: SegFormer weights in transformers' form
+  (``nvidia/segformer-*``, ``nvidia/mit-b*``) as encoder/decoder files of this package.
 """
 from __future__ import annotations
 
@@ -21,7 +23,24 @@ _SUMMARIES = {
     "save": "write a model folder from a trained run or a released model",
     "fetch": "get a model folder or Hub repo id (into the Hub cache) and check it",
     "push": "upload a model folder to the Hugging Face Hub (needs the [hub] extra)",
+    "import-segformer": "SegFormer weights of transformers (nvidia/segformer-*, nvidia/mit-b*) "
+                        "as this package's encoder/decoder files",
 }
+
+_IMPORT_EPILOG = """\
+examples:
+  # ADE20K-finetuned (nvidia/segformer-b0-finetuned-ade-512-512/model.safetensors)
+  python -m mit_semseg models import-segformer model.safetensors --out ckpt/ade20k-segformer_b0 \\
+      --cfg config/ade20k-segformer_b0.yaml
+  python eval.py --cfg config/ade20k-segformer_b0.yaml VAL.checkpoint hf.pth
+  # ImageNet MiT encoder (nvidia/mit-b0): an encoder file for MODEL.weights_encoder
+  python -m mit_semseg models import-segformer mit-b0.safetensors --out pretrained/mit_b0
+
+Writes DIR/encoder_<tag> and, when the file has a decode head, DIR/decoder_<tag>
+(--tag, default hf.pth; a .safetensors tag writes safetensors). Every key of the
+file is mapped or named: the ImageNet classifier of nvidia/mit-b* is reported as
+not used, anything unknown is an error. With --cfg the weights are first loaded
+strictly into the model the config describes."""
 
 _CONVERT_EPILOG = """\
 examples:
@@ -100,6 +119,12 @@ def build_parser() -> CommandParser:
     fetch.add_argument("--cache-dir", metavar="DIR", help="Hub cache folder (default: the "
                                                           "Hub's, HF_HUB_CACHE)")
 
+    imp = action("import-segformer", _IMPORT_EPILOG, config="optional", overrides=False)
+    imp.add_argument("src", help="transformers checkpoint: model.safetensors or pytorch_model.bin")
+    imp.add_argument("--out", required=True, metavar="DIR", help="folder to write the files to")
+    imp.add_argument("--tag", default="hf.pth",
+                     help="file suffix: DIR/encoder_TAG, DIR/decoder_TAG (default hf.pth)")
+
     push = action("push", _PUSH_EPILOG, overrides=False)
     push.add_argument("folder", help="model folder (written by models save)")
     push.add_argument("repo_id", help="Hub repo id owner/name (created if needed)")
@@ -170,6 +195,37 @@ def _push(parser: CommandParser, args: argparse.Namespace) -> int:
     return run_command(body)
 
 
+def _import_segformer(parser: CommandParser, args: argparse.Namespace) -> int:
+    def body() -> None:
+        from ..checkpoints.formats import write_weights
+        from ..errors import InputNotFoundError
+        from ..models.segformer import convert_hf_segformer, read_hf_state
+        if not os.path.isfile(args.src):
+            raise InputNotFoundError(f"weights file not found: {args.src}")
+        weights = convert_hf_segformer(read_hf_state(args.src), args.src)
+        if args.cfg:
+            from ..config import load_cfg
+            from ..models import build_model
+            # a check only: pretrained False, these weights replace ImageNet's anyway
+            build_model(load_cfg(args.cfg, ["MODEL.pretrained", "False"]),
+                        (weights.encoder, weights.decoder))
+        os.makedirs(args.out, exist_ok=True)
+        parts = [("encoder", weights.encoder)] + \
+            ([("decoder", weights.decoder)] if weights.decoder is not None else [])
+        for kind, state in parts:
+            path = write_weights(state, os.path.join(args.out, f"{kind}_{args.tag}"))
+            print(f"wrote {path} ({len(state)} tensors)")
+        if weights.not_used:
+            print(f"not used (no module here has them): {', '.join(weights.not_used)}")
+        if weights.decoder is None:
+            print(f"an encoder only: train from it with MODEL.weights_encoder "
+                  f"{os.path.join(args.out, 'encoder_' + args.tag)}")
+        else:
+            print(f"use with: python eval.py --cfg CONFIG DIR {args.out} VAL.checkpoint {args.tag}")
+    return run_command(body)
+
+
 # action -> handler (its parser and arguments; returns the exit status)
 ACTIONS: dict[str, Callable[[CommandParser, argparse.Namespace], int]] = {
-    "convert": _convert, "save": _save, "fetch": _fetch, "push": _push}
+    "convert": _convert, "save": _save, "fetch": _fetch, "push": _push,
+    "import-segformer": _import_segformer}

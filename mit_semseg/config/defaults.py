@@ -106,11 +106,20 @@ _C.MODEL = CN({
     # keeps each layer's original momentum (0.001; 0.1 inside HRNet), with which
     # the released models were trained.
     "bn_momentum": -1.0,
+    # new: keep the encoder's weights fixed while training: no gradients, evaluation
+    # mode (BatchNorm statistics and dropout frozen); only the decoder learns (the
+    # DINOv2 linear probes). Checkpoints still hold both parts.
+    "freeze_encoder": False,
 })
 # new: settings of the encoder family, passed to its factory as EncoderSpec.options
 # (any keys; the original's families take none). E.g. drop_path_rate (stochastic
-# depth: the rate of the deepest block, for the timm and transformer families);
-# also on the command line: MODEL.encoder_options.drop_path_rate 0.3.
+# depth: the rate of the deepest block, for the timm and transformer families), also on
+# the command line: MODEL.encoder_options.drop_path_rate 0.3. MiT (mit_b0..b5):
+# drop_path_rate, layer_norm_eps; DINOv2 (dinov2_vits14 ...): layers (the last N
+# blocks' patch tokens), cls_token (append each block's class token), model_args
+# (passed to timm.create_model). Unknown names are an error listing the family's
+# options (docs/modern-models.md). (A CN built inside the dict above would lose
+# new_allowed.)
 _C.MODEL.encoder_options = CN(new_allowed=True)
 
 # -----------------------------------------------------------------------------
@@ -264,6 +273,16 @@ _C.TRAIN = CN({
     # shares when training starts: "median_frequency", "inverse" or
     # "inverse_sqrt" (docs/training.md); "" = none. Not with TRAIN.class_weights.
     "class_weight_rule": "",
+    # new: with MODEL.freeze_encoder, a folder where the encoder's features of every
+    # training image and view (each DATASET.imgSizes entry, mirrored or not) are
+    # computed once, kept on disk (memory-mapped) and read back instead of running
+    # the encoder: only the decoder runs in a step. Keyed by the encoder, its
+    # weights, the preprocessing and the training list (a hash; any change makes
+    # a new entry). "" = off (docs/modern-models.md, "Feature cache").
+    "feature_cache": "",
+    # new: how cached features are stored: "float32" (default; a run equals one
+    # without the cache) or "float16" (half the disk; features rounded).
+    "feature_cache_dtype": "float32",
 })
 
 

@@ -22,7 +22,7 @@ __all__ = ["Rule", "RULES", "check_value", "check_config", "ConfigError", "Confi
            "PRECISIONS",
            "INFERENCE_PRECISIONS", "STREAMS", "SAVE_FORMATS", "BACKENDS", "TRUST", "MODES",
            "CLASS_WEIGHT_RULES", "LABEL_FORMATS", "LR_SCHEDULES", "LAYER_DECAY_MODES",
-           "AUGMENTS"]
+           "AUGMENTS", "FEATURE_CACHE_DTYPES"]
 
 
 class ConfigError(MitSemsegError, ValueError):
@@ -46,6 +46,7 @@ LABEL_FORMATS = ("ade20k", "zero_based", "rgb")  # DATASET.label_format
 LR_SCHEDULES = ("poly", "cosine")  # TRAIN.lr_schedule
 LAYER_DECAY_MODES = ("layer", "stage")  # TRAIN.layer_decay_mode
 AUGMENTS = ("original", "mmseg")  # DATASET.augment
+FEATURE_CACHE_DTYPES = ("float32", "float16")  # TRAIN.feature_cache_dtype
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ RULES: dict[str, Rule] = {
     "TRAIN.stream": _choice(STREAMS),
     "TRAIN.save_format": _choice(SAVE_FORMATS, "{key} {value!r} is not one of "
                                                "{choices_comma}"),
+    "TRAIN.feature_cache_dtype": _choice(FEATURE_CACHE_DTYPES),
     "TRAIN.class_weight_rule": Rule("choice", choices=("",) + CLASS_WEIGHT_RULES,
                                     message="{key} {value!r} is not one of {rules} (or \"\" for "
                                             "no weights)"),
@@ -255,6 +257,15 @@ def _cross_rules(cfg: Any) -> list[str]:
             not 0 < float(ratio[0]) <= float(ratio[1]):
         problems.append(f"DATASET.augment_ratio must be two numbers 0 < low <= high, got "
                         f"{ratio!r}")
+    if str(t.get("feature_cache", "")) and not bool(cfg.MODEL.get("freeze_encoder", False)):
+        problems.append(f"TRAIN.feature_cache '{t.feature_cache}' caches the encoder's "
+                        f"features, which must not change while training: set "
+                        f"MODEL.freeze_encoder True (or TRAIN.feature_cache \"\")")
+    augment = str(cfg.DATASET.get("augment", "original"))
+    if str(t.get("feature_cache", "")) and augment != "original":
+        problems.append(f"TRAIN.feature_cache caches a fixed set of views (DATASET.imgSizes x "
+                        f"flip); DATASET.augment '{augment}' draws new crops every step: use "
+                        f"DATASET.augment original with the cache")
     for section in ("VAL", "TEST"):
         node = cfg[section]
         if str(node.mode).lower() == "slide":

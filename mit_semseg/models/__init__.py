@@ -2,10 +2,11 @@
 ``SegmentationNetwork``), the registry every family registers itself in
 (``register_encoder`` / ``register_decoder``, with what the acceleration passes
 may fuse), a file per family (``resnet``, ``resnext``, ``mobilenet``, ``hrnet``,
-``decoders``), weight loading (``weights``), model folders (``folder``) and the
-original's ``ModelBuilder`` / ``SegmentationModule``."""
+``segformer``, ``dinov2`` (timm imported only when one is built), ``decoders``),
+weight loading (``weights``), model folders (``folder``) and the original's
+``ModelBuilder`` / ``SegmentationModule``."""
 # the families register themselves when imported
-from . import decoders, hrnet, mobilenet, resnet, resnext  # noqa: F401
+from . import decoders, dinov2, hrnet, mobilenet, resnet, resnext, segformer  # noqa: F401
 from .builder import ModelBuilder, SegmentationModule
 from .network import SegmentationNetwork, build_model, network_from_archs, set_bn_momentum
 from .registry import (DECODERS, ENCODERS, EncoderSpec, UnknownArchError, register_decoder,

@@ -57,6 +57,7 @@ from ..runtime.devices import DeviceUnavailableError, training_devices
 from ..runtime.log import setup_logger
 from ..runtime.process import allocator_state, set_threads, tune_allocator
 from . import distributed as D
+from .feature_cache import FrozenEncoderModule, freeze_encoder_, open_feature_cache
 from .hooks import build_hooks
 from .loss import build_criterion, class_weights
 from .monitor import parse_best_metric
@@ -147,7 +148,11 @@ def build_trainer(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: l
         _seed_everything(seed)
     network = _build_network(cfg, point, env)
     deep_sup = cfg.TRAIN.deep_sup_scale if getattr(network.decoder, "deep_sup", False) else None
-    module = SegmentationModule.from_network(network, build_criterion(cfg, loss_weights), deep_sup)
+    frozen = bool(cfg.MODEL.freeze_encoder)
+    if frozen:
+        freeze_encoder_(network.encoder)
+    module_cls = FrozenEncoderModule if frozen else SegmentationModule
+    module = module_cls.from_network(network, build_criterion(cfg, loss_weights), deep_sup)
     module.to(device)
     if not cfg.TRAIN.exact:
         fast_training_(module)
@@ -157,6 +162,8 @@ def build_trainer(cfg: CfgNode, env: D.DistEnv, device: torch.device, gpu_ids: l
     dataset = TrainDataset(cfg.DATASET.root_dataset, cfg.DATASET.list_train, cfg.DATASET,
                            batch_per_gpu=cfg.TRAIN.batch_size_per_gpu, seed=seed, rank=env.rank,
                            ignore_padding=bool(cfg.TRAIN.ignore_padding))
+    if cfg.TRAIN.feature_cache:
+        dataset = open_feature_cache(cfg, env, module.encoder, dataset, device)
     trainer = Trainer(cfg, env, device, gpu_ids, network, module, model, optimizers, scaler,
                       dataset, STREAMS[stream_name](), point)
     epoch_iters = int(cfg.TRAIN.epoch_iters)

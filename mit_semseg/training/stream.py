@@ -98,7 +98,7 @@ class _StreamDataset(torch.utils.data.Dataset):
             self.dataset.init_worker(info.id if info is not None else 0)
             self._seed = key
         batch = self.dataset[0]
-        if self.channels_last:
+        if self.channels_last and "img_data" in batch:  # cached features have none
             batch["img_data"] = batch["img_data"].contiguous(memory_format=torch.channels_last)
         return batch
 

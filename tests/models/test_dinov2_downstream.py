@@ -1,0 +1,78 @@
+"""A (tiny) frozen DINOv2 + linear head through everything downstream: Segmenter in
+whole and slide mode at odd sizes (tiles not multiples of 14: padded and cropped
+back in the encoder), test.py, a model folder and the web API. ONNX: see the last
+test (timm resamples the position embeddings with antialiased bicubic
+interpolation, which the ONNX exporter at opset 17 cannot write)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _modern import make_model, photo, run_test_py
+from mit_semseg.inference import Segmenter
+from mit_semseg.inference.slide import SlideWindow
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FAMILY = "dinov2"
+pytest.importorskip("timm")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp(FAMILY), FAMILY)
+
+
+def test_whole_and_slide_at_odd_sizes_and_test_py(model, tmp_path):
+    seg = Segmenter.from_config(model, device="cpu")
+    image = photo(53, 71)
+    whole = seg(image)
+    assert whole.shape == (53, 71) and len(np.unique(whole)) >= 2
+    seg.slide = SlideWindow((40, 40), (24, 24))  # tiles smaller than the image, not x14
+    tiles = seg(image)
+    assert tiles.shape == (53, 71) and (tiles == whole).mean() > 0.3
+    res, labels = run_test_py(tmp_path, model, image, "TEST.mode", "slide",
+                              "TEST.crop_size", "[40, 40]", "TEST.stride", "[24, 24]")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert np.array_equal(labels, tiles)
+
+
+def test_model_folder_round_trip(model, tmp_path):
+    seg = Segmenter.from_config(model, device="cpu")
+    folder = seg.save_pretrained(str(tmp_path / "folder"))
+    again = Segmenter.from_pretrained(folder, device="cpu")
+    image = photo(47, 60, seed=1)
+    assert np.array_equal(again(image), seg(image))
+
+
+def test_web_api_gives_the_segmenters_labels(model):
+    pytest.importorskip("fastapi")
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from _web_support import encode
+    from mit_semseg.web.app import create_app
+    from mit_semseg.web.images import read_label_png
+    from mit_semseg.web.models import WebModel
+    web = WebModel.from_config(model, device="cpu")
+    image = photo(45, 67, seed=2)
+    with TestClient(create_app([web])) as client:
+        res = client.post("/api/segment", files={"file": ("p.png", encode(image), "image/png")})
+    assert res.status_code == 200, res.text
+    answer = res.json()
+    labels = read_label_png(base64.b64decode(answer["labels_png"]))
+    assert np.array_equal(labels, web.segmenter.predict(image, imgSizes=answer["scales"]))
+
+
+def test_onnx_export_names_why_it_cannot(model, tmp_path):
+    """timm interpolates DINOv2's position embeddings for each input size with
+    antialiased bicubic resampling (aten::_upsample_bicubic2d_aa), which the
+    torchscript ONNX exporter cannot write at opset 17: no dynamic-size graph."""
+    pytest.importorskip("onnx")
+    from mit_semseg.config import load_cfg
+    from mit_semseg.export import export_onnx, exportable
+    from mit_semseg.models import build_model
+    net = build_model(load_cfg(model)).eval()
+    with pytest.raises(Exception, match="_upsample_bicubic2d_aa"):
+        export_onnx(exportable(net), str(tmp_path / "dinov2.onnx"), example_size=(56, 70))

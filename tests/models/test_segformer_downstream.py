@@ -1,0 +1,84 @@
+"""A (tiny) SegFormer through everything downstream: Segmenter in whole and slide
+mode at odd sizes, test.py, a model folder, the web API and ONNX export with
+onnxruntime's labels."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _modern import make_model, photo, run_test_py
+from mit_semseg.inference import Segmenter
+from mit_semseg.inference.slide import SlideWindow
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FAMILY = "segformer"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp(FAMILY), FAMILY)
+
+
+def test_whole_and_slide_at_odd_sizes_and_test_py(model, tmp_path):
+    seg = Segmenter.from_config(model, device="cpu")
+    image = photo(53, 71)
+    whole = seg(image)
+    assert whole.shape == (53, 71) and len(np.unique(whole)) >= 2
+    seg.slide = SlideWindow((40, 40), (24, 24))  # tiles smaller than the image, not x32
+    tiles = seg(image)
+    assert tiles.shape == (53, 71) and (tiles == whole).mean() > 0.3
+    res, labels = run_test_py(tmp_path, model, image, "TEST.mode", "slide",
+                              "TEST.crop_size", "[40, 40]", "TEST.stride", "[24, 24]")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert np.array_equal(labels, tiles)
+
+
+def test_model_folder_round_trip(model, tmp_path):
+    seg = Segmenter.from_config(model, device="cpu")
+    folder = seg.save_pretrained(str(tmp_path / "folder"))
+    again = Segmenter.from_pretrained(folder, device="cpu")
+    image = photo(47, 60, seed=1)
+    assert np.array_equal(again(image), seg(image))
+
+
+def test_web_api_gives_the_segmenters_labels(model):
+    pytest.importorskip("fastapi")
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from _web_support import encode
+    from mit_semseg.web.app import create_app
+    from mit_semseg.web.images import read_label_png
+    from mit_semseg.web.models import WebModel
+    web = WebModel.from_config(model, device="cpu")
+    image = photo(45, 67, seed=2)
+    with TestClient(create_app([web])) as client:
+        res = client.post("/api/segment", files={"file": ("p.png", encode(image), "image/png")})
+    assert res.status_code == 200, res.text
+    answer = res.json()
+    labels = read_label_png(base64.b64decode(answer["labels_png"]))
+    assert np.array_equal(labels, web.segmenter.predict(image, imgSizes=answer["scales"]))
+
+
+def test_onnx_export_agrees_with_pytorch_at_odd_sizes(model, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from mit_semseg.export import compare_onnx, export_onnx, exportable, metadata
+    from mit_semseg.config import load_cfg
+    from mit_semseg.models import build_model
+    cfg = load_cfg(model)
+    net = build_model(cfg, (f"{cfg.DIR}/encoder_epoch_1.pth",
+                            f"{cfg.DIR}/decoder_epoch_1.pth")).eval()
+    path = str(tmp_path / "segformer.onnx")
+    export_onnx(exportable(net), path, props=metadata(cfg))
+    worst_abs, worst_rel = compare_onnx(path, net, ((97, 75), (75, 131), (33, 47)))
+    with capsys.disabled():
+        print(f"\n[segformer onnx] max |onnxruntime - pytorch| {worst_abs:.2e} "
+              f"(relative {worst_rel:.2e})")
+    assert worst_rel < 1e-4
+    torch_seg = Segmenter.from_config(model, device="cpu")
+    onnx_seg = Segmenter.from_config(model, device="cpu", backend="onnxruntime", onnx_path=path)
+    image = photo(61, 83, seed=3)
+    assert (onnx_seg(image) == torch_seg(image)).mean() >= 0.999
