@@ -35,7 +35,7 @@ from tqdm import tqdm
 from yacs.config import CfgNode
 
 from ..checkpoints.files import checkpoint_paths
-from ..data.classes import class_colors, class_names
+from ..data.classes import class_colors, class_names, class_table
 from ..data.datasets import ValDataset
 from ..data.naming import result_names
 from ..data.transforms import Preprocess
@@ -62,15 +62,14 @@ def _val_dataset(cfg: CfgNode, start: int = -1, end: int = -1) -> ValDataset:
 
 
 def _report_part(cfg: CfgNode, engine: InferenceEngine, dataset: ValDataset,
-                 names: Sequence[str], extra: Sequence[Consumer] = (), *,
+                 names: Sequence[str], colors: Any, extra: Sequence[Consumer] = (), *,
                  first: int = 0) -> tuple[SegmentationMetrics, WorstPanels, float]:
     """One pass of what eval reports over ``dataset`` (items ``first``... of the
     list): metrics with per-image results (and boundary IoU with
     ``VAL.boundary_iou``), the ``VAL.worst_images`` panels and, with
-    ``VAL.visualize``, the PNGs named ``names`` (the whole list's) under
-    ``DIR/result``; ``extra`` consumers too. Returns the metrics, the panels and
-    the inference seconds."""
-    colors = class_colors(cfg)
+    ``VAL.visualize``, the PNGs named ``names`` (the whole list's) in the class
+    ``colors`` under ``DIR/result``; ``extra`` consumers too. Returns the metrics,
+    the panels and the inference seconds."""
     k = cfg.DATASET.num_class
     metrics = MetricsConsumer(k, per_image=True, boundary=bool(cfg.VAL.boundary_iou))
     worst = WorstImagesConsumer(int(cfg.VAL.worst_images), k, colors)
@@ -88,12 +87,15 @@ def evaluate(cfg: CfgNode, device: Any = "auto", *, progress: bool = True,
     one device; print the report, write the JSON; return the results dict."""
     stream = stream or sys.stdout
     engine = _val_engine(cfg, device)
+    # what the data layer says about the list, read once, before the loop
     dataset = _val_dataset(cfg)
     names = result_names([s["fpath_img"] for s in dataset.list_sample])
+    table = class_table(cfg)
     with tqdm(total=len(dataset), disable=not progress, file=sys.stderr) as bar:
-        metrics, worst, seconds = _report_part(cfg, engine, dataset, names,
+        metrics, worst, seconds = _report_part(cfg, engine, dataset, names, table.colors,
                                                [OnSample(lambda: bar.update(1))])
-    return write_report(metrics, cfg, seconds, stream, panels=worst.panels())
+    return write_report(metrics, cfg, seconds, stream, panels=worst.panels(),
+                        names=table.name_dict())
 
 
 def validate(cfg: CfgNode, network: torch.nn.Module, device: Any,
@@ -123,7 +125,7 @@ def _worker(cfg_yaml: str, device: str, start: int, end: int, threads: int,
         cfg = CfgNode.load_cfg(cfg_yaml)
         engine = _val_engine(cfg, device)
         dataset = _val_dataset(cfg, start, end)
-        metrics, worst, seconds = _report_part(cfg, engine, dataset, names,
+        metrics, worst, seconds = _report_part(cfg, engine, dataset, names, class_colors(cfg),
                                                [OnSample(lambda: results.put(("image", rank)))],
                                                first=start)
         results.put(("done", rank, metrics, worst, seconds))
@@ -195,4 +197,5 @@ def evaluate_multiprocess(cfg: CfgNode, devices: Sequence[str], *, progress: boo
     for rank in sorted(parts)[1:]:
         metrics.merge(parts[rank][0])
         worst.merge(parts[rank][1])
-    return write_report(metrics, cfg, None, stream, panels=worst.panels())
+    return write_report(metrics, cfg, None, stream, panels=worst.panels(),
+                        names=class_names(cfg))

@@ -17,7 +17,6 @@ from typing import Any, Mapping, Sequence, TextIO
 import numpy as np
 from yacs.config import CfgNode
 
-from ..data.classes import class_names
 from .html_report import report_numbers, write_html_report
 from .metrics import SegmentationMetrics
 
@@ -60,13 +59,13 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def write_report(metrics: SegmentationMetrics, cfg: CfgNode, seconds: float | None,
-                 stream: TextIO, *, panels: Sequence[Any] | None = None,
-                 html: bool = True) -> dict[str, Any]:
+                 stream: TextIO, *, names: Mapping[int, str],
+                 panels: Sequence[Any] | None = None, html: bool = True) -> dict[str, Any]:
     """Print the per-class table and summary to ``stream``, write the JSON next to
     the checkpoint (``results_path``) and, with ``html``, the report page
     (``report_path``) with ``panels`` (``WorstPanels.panels()``, worst first) as
-    its worst images; return the record written."""
-    names = class_names(cfg)
+    its worst images; ``names``: the class names (index -> name); return the
+    record written."""
     summary = metrics.summary(names)
     width = max(len(n) for n in names.values())
     for row in summary["per_class"]:
