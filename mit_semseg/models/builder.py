@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .network import build_decoder, build_encoder, init_decoder_weights, set_bn_momentum
+from .parts import build_decoder, build_encoder, init_decoder_weights, set_bn_momentum
 from .registry import DECODERS, ENCODERS
 from .weights import DEFAULT_PRETRAINED_DIR
 

@@ -35,7 +35,7 @@ from ..config import load_cfg
 from ..data.classes import class_table, write_class_table
 from ..data.transforms import Preprocess
 from ..errors import MitSemsegError
-from .network import build_model
+from .parts import parts_from_config
 from .weights import WeightsError, load_weights, read_state_dict
 
 __all__ = ["ModelFolderError", "PretrainedFolder", "CLASSES_FILE", "PREPROCESSING_FILE",
@@ -136,10 +136,10 @@ def _folder_config(cfg: CfgNode, own_table: bool) -> CfgNode:
 
 def _check_weights_fit(cfg: CfgNode, states: Mapping[str, Mapping], paths: Sequence[str],
                        config_name: Any) -> None:
-    network = build_model(cfg)
+    encoder, decoder = parts_from_config(cfg)
     try:
-        load_weights(network.encoder, states["encoder"], f"encoder weights {paths[0]}")
-        load_weights(network.decoder, states["decoder"], f"decoder weights {paths[1]}")
+        load_weights(encoder, states["encoder"], f"encoder weights {paths[0]}")
+        load_weights(decoder, states["decoder"], f"decoder weights {paths[1]}")
     except WeightsError as exc:
         raise ModelFolderError(f"the weights do not fit {config_name} "
                                f"({_describe(cfg)}): {exc}") from None
