@@ -1,6 +1,7 @@
 """Helpers shared by the tests: the parity weight rule and case loading."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -114,3 +115,30 @@ class TinyNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) * 3
+
+
+class CrashAfterCheckpoint(Exception):
+    """Raised by ``crash_after_checkpoint`` right after the named state file is written."""
+
+
+@contextlib.contextmanager
+def crash_after_checkpoint(name: str):
+    """A run inside the block dies right after writing state file ``name`` (e.g.
+    ``state_iter_5.pth``): a crash between two steps, everything before it on disk."""
+    import pytest
+
+    import mit_semseg.training as T
+    real = T.Trainer.checkpoint
+
+    def checkpoint(trainer, epoch, iteration):
+        path = real(trainer, epoch, iteration)
+        if os.path.basename(path) == name:
+            raise CrashAfterCheckpoint(path)
+        return path
+
+    T.Trainer.checkpoint = checkpoint
+    try:
+        with pytest.raises(CrashAfterCheckpoint):
+            yield
+    finally:
+        T.Trainer.checkpoint = real

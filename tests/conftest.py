@@ -18,3 +18,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A small colour-coded dataset with odgt lists: (root, layout) (``_custom_data``)."""
+    from _custom_data import make_rgb
+    from mit_semseg.commands import datatools
+    root = str(tmp_path_factory.mktemp("rgb") / "data")
+    layout = make_rgb(root)
+    assert datatools.main(["odgt", "--images", os.path.join(root, "images"), "--masks",
+                           os.path.join(root, "masks"), "--root", root,
+                           "--val-fraction", "0.25"]) == 0
+    return root, layout

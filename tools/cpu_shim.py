@@ -35,9 +35,9 @@ def _normalize_standin() -> types.ModuleType:
     return package
 
 
-def main() -> None:
-    if len(sys.argv) < 2:
-        sys.exit("usage: cpu_shim.py SCRIPT [ARGS...]")
+def install() -> None:
+    """The patches of the module docstring, in this interpreter (import the
+    original's code after it)."""
     for name in ("Mapping", "Sequence"):
         if not hasattr(collections, name):
             setattr(collections, name, getattr(collections.abc, name))
@@ -51,6 +51,12 @@ def main() -> None:
         standin = _normalize_standin()
         sys.modules["torchvision"] = standin
         sys.modules["torchvision.transforms"] = standin.transforms
+
+
+def main() -> None:
+    if len(sys.argv) < 2:
+        sys.exit("usage: cpu_shim.py SCRIPT [ARGS...]")
+    install()
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))

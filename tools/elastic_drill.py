@@ -120,7 +120,7 @@ def _agents(checkout: str, cfg: str, out: str, overrides: list[str], max_restart
 def _stop(procs: list[subprocess.Popen]) -> None:
     """SIGKILL the sessions this tool started: the agents' and their workers' (each
     worker is a session of its own, with its loader processes)."""
-    workers = [pid for p in procs for pid in _children(p.pid)]
+    workers = [pid for p in procs for pid in children(p.pid)]
     for pid in [p.pid for p in procs if p.poll() is None] + workers:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
@@ -129,7 +129,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait(timeout=10)
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as fh:
             return [int(c) for c in fh.read().split()]
@@ -140,7 +140,7 @@ def _children(pid: int) -> list[int]:
 def _worker_of_rank(agents: list[subprocess.Popen], rank: int) -> int | None:
     """PID of the worker with RANK ``rank`` among the agents' children."""
     for agent in agents:
-        for pid in _children(agent.pid):
+        for pid in children(agent.pid):
             try:
                 with open(f"/proc/{pid}/environ", "rb") as fh:
                     env = dict(item.split(b"=", 1) for item in fh.read().split(b"\0")

@@ -43,20 +43,7 @@ from mit_semseg.models import ModelBuilder  # noqa: E402
 _CHILD = textwrap.dedent('''
     import json, os, random, runpy, sys
     import torch
-    shim = runpy.run_path(sys.argv[1])  # cpu_shim's helpers, not its main
-    import collections, collections.abc
-    for name in ("Mapping", "Sequence"):
-        if not hasattr(collections, name):
-            setattr(collections, name, getattr(collections.abc, name))
-    torch.cuda.set_device = lambda *a, **k: None
-    torch.Tensor.cuda = lambda self, *a, **k: self
-    torch.nn.Module.cuda = lambda self, *a, **k: self
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        standin = shim["_normalize_standin"]()
-        sys.modules["torchvision"] = standin
-        sys.modules["torchvision.transforms"] = standin.transforms
+    runpy.run_path(sys.argv[1])["install"]()  # tools/cpu_shim.py's patches, not its main
     repo, cfg_path, out = sys.argv[2], sys.argv[3], sys.argv[4]
     sys.path.insert(0, repo)
     import train as original

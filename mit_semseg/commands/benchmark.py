@@ -36,6 +36,31 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+# (flag, BenchmarkOptions field, help) of the comma-separated pair lists and the integers
+_PAIR_OPTIONS = (
+    ("--pairs", "pairs", "ENCODER+DECODER pairs for single- and multi-scale inference"),
+    ("--single-pairs", "single_pairs", "pairs for single-scale only"),
+    ("--multi-pairs", "multi_pairs", "pairs for multi-scale only"),
+    ("--train-pairs", "train_pairs", "pairs for training"),
+)
+_INT_OPTIONS = (
+    ("--size", "size", "single-scale image side"),
+    ("--max-size", "max_size", "DATASET.imgMaxSize"),
+    ("--padding", "padding", "DATASET.padding_constant"),
+    ("--num-class", "num_class", "classes of the decoders"),
+    ("--train-batch", "train_batch", "training images per iteration"),
+    ("--train-size", "train_size", "training image side"),
+    ("--train-iters", "train_iters", "timed training iterations"),
+    ("--data-batches", "data_batches", "timed data-loader batches"),
+    ("--data-images", "data_images", "synthetic training images written for the data-loader "
+                                     "test"),
+    ("--metrics-size", "metrics_size", "side of the prediction/label maps of the metrics test"),
+    ("--mm-size", "mm_size", "matmul peak problem size"),
+    ("--runs", "runs", "timed runs per measurement"),
+    ("--warmup", "warmup", "untimed runs first"),
+)
+
+
 def build_parser() -> CommandParser:
     """The command's parser; every default is :class:`BenchmarkOptions`'."""
     from ..benchmark.options import OMP_WAIT_POLICIES, PRESETS, SECTIONS, default_of as d
@@ -49,14 +74,8 @@ def build_parser() -> CommandParser:
                         "original)")
     p.add_argument("--quick", action="store_const", const="quick", dest="preset",
                    help="same as --preset quick")
-    p.add_argument("--pairs", type=_csv, default=d("pairs"),
-                   help="ENCODER+DECODER pairs for single- and multi-scale inference")
-    p.add_argument("--single-pairs", type=_csv, default=d("single_pairs"),
-                   help="pairs for single-scale only")
-    p.add_argument("--multi-pairs", type=_csv, default=d("multi_pairs"),
-                   help="pairs for multi-scale only")
-    p.add_argument("--train-pairs", type=_csv, default=d("train_pairs"),
-                   help="pairs for training")
+    for flag, key, text in _PAIR_OPTIONS:
+        p.add_argument(flag, type=_csv, default=d(key), help=text)
     p.add_argument("--cfg", nargs="+", default=d("cfg"),
                    help="take pairs, class count and multi-scale settings from config files")
     p.add_argument("--sections", type=_csv, default=d("sections"),
@@ -73,33 +92,14 @@ def build_parser() -> CommandParser:
                    help="fp32, bf16, fp16 (default: fp32, bf16 where the hardware has it, fp16 "
                         "on CUDA); training uses bf16 only (fp16 training: train.py's "
                         "TRAIN.precision with its GradScaler)")
-    p.add_argument("--size", type=int, default=d("size"), help="single-scale image side")
     p.add_argument("--photo", type=_size_pair, default=d("photo"),
                    help="photo size HxW of multi-scale inference and testpy")
     p.add_argument("--scales", type=lambda t: tuple(int(x) for x in _csv(t)),
                    default=d("scales"), help="multi-scale short sides (DATASET.imgSizes)")
-    p.add_argument("--max-size", type=int, default=d("max_size"), help="DATASET.imgMaxSize")
-    p.add_argument("--padding", type=int, default=d("padding"),
-                   help="DATASET.padding_constant")
-    p.add_argument("--num-class", type=int, default=d("num_class"),
-                   help="classes of the decoders")
-    p.add_argument("--train-batch", type=int, default=d("train_batch"),
-                   help="training images per iteration")
-    p.add_argument("--train-size", type=int, default=d("train_size"),
-                   help="training image side")
-    p.add_argument("--train-iters", type=int, default=d("train_iters"),
-                   help="timed training iterations")
-    p.add_argument("--data-batches", type=int, default=d("data_batches"),
-                   help="timed data-loader batches")
-    p.add_argument("--data-images", type=int, default=d("data_images"),
-                   help="synthetic training images written for the data-loader test")
+    for flag, key, text in _INT_OPTIONS:
+        p.add_argument(flag, type=int, default=d(key), help=text)
     p.add_argument("--data-workers", type=lambda t: [int(x) for x in _csv(t)],
                    default=d("data_workers"), help="DataLoader worker counts to measure")
-    p.add_argument("--metrics-size", type=int, default=d("metrics_size"),
-                   help="side of the prediction/label maps of the metrics test")
-    p.add_argument("--mm-size", type=int, default=d("mm_size"), help="matmul peak problem size")
-    p.add_argument("--runs", type=int, default=d("runs"), help="timed runs per measurement")
-    p.add_argument("--warmup", type=int, default=d("warmup"), help="untimed runs first")
     p.add_argument("--threads", type=int, default=d("threads"),
                    help="intra-op threads (0: torch default)")
     p.add_argument("--omp-wait-policy", choices=OMP_WAIT_POLICIES,

@@ -37,14 +37,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> None:
         from ..evaluation import evaluate_multiprocess
-        from ..runtime.devices import resolve_devices
         from ._shared import load_logged_config
-        cfg = load_logged_config(args.cfg, args.opts)
-        found = resolve_devices(args.gpus)
-        if found[0].type == "cpu":
-            devices = ["cpu"] * max(1, int(args.workers))
-        else:
-            devices = [str(d) for d in found]
-        evaluate_multiprocess(cfg, devices)
+        evaluate_multiprocess(load_logged_config(args.cfg, args.opts),
+                              _processes(args.gpus, args.workers))
         print("Evaluation Done!")
     return run_command(body)
+
+
+def _processes(spec: str, workers: int) -> list[str]:
+    """The device of each evaluation process: one per GPU of ``spec``, or ``workers``
+    processes on the CPU."""
+    from ..runtime.devices import resolve_devices
+    found = resolve_devices(spec)
+    if found[0].type == "cpu":
+        return ["cpu"] * max(1, int(workers))
+    return [str(d) for d in found]

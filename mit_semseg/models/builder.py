@@ -89,10 +89,15 @@ class SegmentationModule(SegmentationModuleBase):
         objects, so the same parameters and state-dict keys)."""
         return cls(network.encoder, network.decoder, crit, deep_sup_scale)
 
+    def features(self, feed_dict: dict) -> list[torch.Tensor]:
+        """The encoder's feature maps of ``feed_dict['img_data']`` (a subclass may take
+        them from elsewhere, e.g. a cache of a frozen encoder's)."""
+        return self.encoder(feed_dict["img_data"], return_feature_maps=True)
+
     def forward(self, feed_dict: dict, *, segSize=None):
         if isinstance(feed_dict, (list, tuple)) and len(feed_dict) == 1:
             feed_dict = feed_dict[0]
-        features = self.encoder(feed_dict["img_data"], return_feature_maps=True)
+        features = self.features(feed_dict)
         if segSize is not None:
             return self.decoder(features, segSize=segSize)
         label = feed_dict["seg_label"]

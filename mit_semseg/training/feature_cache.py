@@ -87,25 +87,14 @@ class FrozenEncoderModule(SegmentationModule):
         self.encoder.eval()
         return self
 
-    def forward(self, feed_dict: dict, *, segSize=None):
-        if isinstance(feed_dict, (list, tuple)) and len(feed_dict) == 1:
-            feed_dict = feed_dict[0]
+    def features(self, feed_dict: dict) -> list[torch.Tensor]:
+        """Cached maps when the batch carries them, else the frozen encoder's, without
+        gradients."""
         if "feat_0" in feed_dict:
-            features = [feed_dict[k] for k in feature_keys(sum(
+            return [feed_dict[k] for k in feature_keys(sum(
                 1 for key in feed_dict if key.startswith("feat_")))]
-        else:
-            with torch.no_grad():
-                features = self.encoder(feed_dict["img_data"], return_feature_maps=True)
-        if segSize is not None:
-            return self.decoder(features, segSize=segSize)
-        label = feed_dict["seg_label"]
-        if self.deep_sup_scale is not None:
-            pred, pred_deepsup = self.decoder(features)
-            loss = self.crit(pred, label) + self.deep_sup_scale * self.crit(pred_deepsup, label)
-        else:
-            pred = self.decoder(features)
-            loss = self.crit(pred, label)
-        return loss, self.pixel_acc(pred, label)
+        with torch.no_grad():
+            return self.encoder(feed_dict["img_data"], return_feature_maps=True)
 
 
 # ============================================================================ the key

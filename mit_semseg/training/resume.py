@@ -33,7 +33,8 @@ from .optim import load_optimizer_state
 from .state import (STATE_VERSION, capture_rng_state, epoch_paths, iter_state_path,
                     latest_state, list_states, load_training_state)
 
-__all__ = ["ResumePoint", "resume_point", "write_checkpoint", "restore", "restart_source"]
+__all__ = ["ResumePoint", "resume_point", "write_checkpoint", "restore", "restart_source",
+           "save_weights", "weights_suffix"]
 
 logger = logging.getLogger("Logger")
 
@@ -42,11 +43,11 @@ def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in net.state_dict().items()}
 
 
-def _weights_suffix(cfg: CfgNode) -> str:
+def weights_suffix(cfg: CfgNode) -> str:
     return WEIGHT_FORMATS[check_value("TRAIN.save_format", cfg.TRAIN.save_format)]
 
 
-def _save_weights(state: dict[str, torch.Tensor], pth_path: str, suffix: str) -> None:
+def save_weights(state: dict[str, torch.Tensor], pth_path: str, suffix: str) -> None:
     """The epoch's weights in the configured format; a file of the same epoch in the
     other format (an older run's) is removed, so that no stale twin is loaded."""
     path = os.path.splitext(pth_path)[0] + suffix
@@ -93,10 +94,10 @@ def write_checkpoint(run: Any, epoch: int, iteration: int) -> str:
         if hook_states:
             state["hooks"] = hook_states
         if end_of_epoch:
-            suffix = _weights_suffix(cfg)
+            suffix = weights_suffix(cfg)
             atomic_save(run.history, paths["history"])
-            _save_weights(encoder, paths["encoder"], suffix)
-            _save_weights(decoder, paths["decoder"], suffix)
+            save_weights(encoder, paths["encoder"], suffix)
+            save_weights(decoder, paths["decoder"], suffix)
         else:
             state["encoder"], state["decoder"] = encoder, decoder
         atomic_save(state, path)  # last: a state file means the whole checkpoint is on disk
@@ -119,7 +120,7 @@ class ResumePoint:
 
 
 def resume_point(cfg: CfgNode, resume: str | None) -> ResumePoint | None:
-    _weights_suffix(cfg)  # a wrong TRAIN.save_format fails now, not after an epoch
+    weights_suffix(cfg)  # a wrong TRAIN.save_format fails now, not after an epoch
     epoch_iters = cfg.TRAIN.epoch_iters
     if resume == "auto":
         point = _newest_complete(cfg.DIR, epoch_iters)

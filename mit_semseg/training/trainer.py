@@ -64,25 +64,29 @@ class HookBase:
     priority: int = 60
 
     def before_train(self, trainer: "Trainer") -> None:
-        pass
+        """Once, before the first step (after the network, optimizers and data are
+        made, before the data stream opens): restore state, open files."""
 
     def before_epoch(self, trainer: "Trainer") -> None:
-        pass
+        """At the start of every epoch (``trainer.epoch``)."""
 
     def before_step(self, trainer: "Trainer") -> None:
-        pass
+        """Before every step's forward (``trainer.global_iter`` is the step's 0-based
+        iteration): set learning rates, record in ``trainer.step``."""
 
     def after_step(self, trainer: "Trainer") -> None:
-        pass
+        """After the optimizer update; ``trainer.step`` holds its loss, accuracy, rates
+        and times, ``trainer.global_iter`` counts it."""
 
     def before_checkpoint(self, trainer: "Trainer") -> None:
-        pass
+        """Right before a checkpoint is written (mid-epoch or at an epoch's end)."""
 
     def after_epoch(self, trainer: "Trainer") -> None:
-        pass
+        """After an epoch's last step; fill ``trainer.record`` or set ``trainer.stop``.
+        Every rank runs it: collectives are allowed when every rank makes them."""
 
     def after_train(self, trainer: "Trainer") -> None:
-        pass
+        """Once at the end (also after a run that had nothing to do): close files."""
 
 
 @dataclass

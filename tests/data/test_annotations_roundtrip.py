@@ -16,6 +16,7 @@ from mit_semseg.data.annotations import (CocoWriter, CvatMaskWriter, LabelMeWrit
                                          LabelStudioWriter, import_annotations)
 from mit_semseg.data.annotations.labelstudio import decode_brush_rle, encode_brush_rle
 from mit_semseg.data.classes import read_class_table
+from mit_semseg.data.datasets import read_odgt_lines
 from mit_semseg.data.labelmap import read_label_map
 from mit_semseg.data.synthetic import make_synthetic_dataset
 
@@ -27,13 +28,10 @@ def synthetic(tmp_path_factory):
     make_synthetic_dataset(root, num_train=6, num_val=0)
     table = read_class_table(os.path.join(root, "classes.csv"))
     masks = {}
-    with open(os.path.join(root, "training.odgt")) as fh:
-        for line in fh:
-            rec = json.loads(line)
-            images = os.path.join(root, "images")
-            rel = os.path.relpath(os.path.join(root, rec["fpath_img"]), images)
-            masks[rel.replace(os.sep, "/")] = read_label_map(os.path.join(root, rec["fpath_segm"]),
-                                                             table.num_class)
+    images = os.path.join(root, "images")
+    for _, rec, _ in read_odgt_lines(os.path.join(root, "training.odgt")):
+        rel = os.path.relpath(os.path.join(root, rec["fpath_img"]), images).replace(os.sep, "/")
+        masks[rel] = read_label_map(os.path.join(root, rec["fpath_segm"]), table.num_class)
     assert any((m < 0).any() for m in masks.values())  # unlabeled outlines, as ADE20K
     return root, table, masks
 

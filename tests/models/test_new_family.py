@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from _custom_data import make_rgb, tiny_model_opts
+from _custom_data import tiny_model_opts
 from mit_semseg.config import load_cfg
 from mit_semseg.models import build_model, register_decoder, register_encoder
 from mit_semseg.models.decoders import Decoder
@@ -96,18 +96,6 @@ def _unregister_at_the_end():
 
 
 # ----------------------------------------------------------------------------- the data
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """A small colour-coded dataset with odgt lists: (root, layout)."""
-    from mit_semseg.commands import datatools
-    root = str(tmp_path_factory.mktemp("rgb") / "data")
-    layout = make_rgb(root)
-    assert datatools.main(["odgt", "--images", os.path.join(root, "images"), "--masks",
-                           os.path.join(root, "masks"), "--root", root,
-                           "--val-fraction", "0.25"]) == 0
-    return root, layout
-
 
 @pytest.fixture(scope="module")
 def toy_run(data, tmp_path_factory):

@@ -14,6 +14,7 @@ No sleeping: the tests poll for files and processes with deadlines.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -36,6 +37,10 @@ from mit_semseg.training.resume import resume_point
 from mit_semseg.training.state import latest_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_spec = importlib.util.spec_from_file_location("tools_elastic_drill",
+                                               os.path.join(ROOT, "tools", "elastic_drill.py"))
+_DRILL = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_DRILL)
 NUM_CLASS = 4
 EPOCH_ITERS = 6  # one epoch; mid-epoch state files after iterations 2 and 4
 DEADLINE = 150  # seconds any one wait may take on a busy 2-core machine
@@ -100,11 +105,8 @@ def _worker(agents: list[subprocess.Popen], rank: int) -> int | None:
 
 
 def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            return [int(c) for c in fh.read().split()]
-    except OSError:
-        return []
+    """The child processes of ``pid`` (the drill tool's reading of /proc)."""
+    return _DRILL.children(pid)
 
 
 def _stop(procs) -> None:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import mit_semseg.training as T
+from _support import crash_after_checkpoint
 from mit_semseg.checkpoints.files import load_file
 from mit_semseg.config import ConfigValueError, load_cfg
 from mit_semseg.data.synthetic import make_synthetic_dataset
@@ -109,22 +110,9 @@ def test_a_killed_cached_run_resumes_to_the_same_weights(data_root, cached_run, 
                                                          monkeypatch):
     ref, cache, ref_summary = cached_run
 
-    class Crash(Exception):
-        pass
-
-    real = T.Trainer.checkpoint
-
-    def crash_after(run, epoch, iteration):
-        path = real(run, epoch, iteration)
-        if path.endswith("state_iter_6.pth"):
-            raise Crash()
-        return path
-
-    monkeypatch.setattr(T.Trainer, "checkpoint", crash_after)
-    with pytest.raises(Crash):
+    with crash_after_checkpoint("state_iter_6.pth"):
         T.main(_cfg(data_root, tmp_path, "TRAIN.feature_cache", cache,
                     "TRAIN.checkpoint_every", 2), "cpu")
-    monkeypatch.undo()
     summary = T.main(_cfg(data_root, tmp_path, "TRAIN.feature_cache", cache,
                           "TRAIN.checkpoint_every", 2), "cpu", resume="auto")
     assert summary.history == ref_summary.history

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 import mit_semseg.training as T
+from _support import crash_after_checkpoint
 from mit_semseg.config import load_cfg
 from mit_semseg.data.datasets import TrainDataset
 from mit_semseg.data.synthetic import make_synthetic_dataset
@@ -77,6 +78,16 @@ def test_plans_follow_the_original_walk_with_and_without_workers(data):
     assert w0 != w1
 
 
+def _initial_weights(folder, seed: int) -> tuple[str, str]:
+    """Weight files both runs start from (resnet18dilated + ppm_deepsup, 4 classes)."""
+    torch.manual_seed(seed)
+    init = (str(folder / "enc.pth"), str(folder / "dec.pth"))
+    torch.save(ModelBuilder.build_encoder("resnet18dilated", 512, pretrained=False).state_dict(),
+               init[0])
+    torch.save(ModelBuilder.build_decoder("ppm_deepsup", 512, 4).state_dict(), init[1])
+    return init
+
+
 def _cfg(root, lists, out, init, *extra):
     return load_cfg(None, [
         "DATASET.root_dataset", root, "DATASET.list_train", lists["training"],
@@ -92,11 +103,7 @@ def test_exact_original_stream_equals_the_original_recipe(data, tmp_path):
     """Losses of every iteration and the final weights, bit for bit (a deep-supervised
     PPM head: its dropout draws from torch's generator after the nets' init)."""
     root, lists = data
-    torch.manual_seed(0)
-    init = (str(tmp_path / "enc.pth"), str(tmp_path / "dec.pth"))
-    torch.save(ModelBuilder.build_encoder("resnet18dilated", 512, pretrained=False).state_dict(),
-               init[0])
-    torch.save(ModelBuilder.build_decoder("ppm_deepsup", 512, 4).state_dict(), init[1])
+    init = _initial_weights(tmp_path, seed=0)
     cfg = _cfg(root, lists, str(tmp_path / "ours"), init, "TRAIN.exact", "True",
                "TRAIN.stream", "original")
     summary = T.main(cfg, "cpu")
@@ -136,28 +143,12 @@ def test_exact_original_stream_equals_the_original_recipe(data, tmp_path):
 
 def test_original_stream_resumes_exactly(data, tmp_path):
     root, lists = data
-    torch.manual_seed(1)
-    init = (str(tmp_path / "enc.pth"), str(tmp_path / "dec.pth"))
-    torch.save(ModelBuilder.build_encoder("resnet18dilated", 512, pretrained=False).state_dict(),
-               init[0])
-    torch.save(ModelBuilder.build_decoder("ppm_deepsup", 512, 4).state_dict(), init[1])
+    init = _initial_weights(tmp_path, seed=1)
     opts = ("TRAIN.stream", "original", "TRAIN.checkpoint_every", "2")
     ref = T.main(_cfg(root, lists, str(tmp_path / "ref"), init, *opts), "cpu")
     cut = _cfg(root, lists, str(tmp_path / "cut"), init, *opts)
-    real_checkpoint = T.Trainer.checkpoint
-
-    def crash_after(trainer, epoch, iteration):
-        path = real_checkpoint(trainer, epoch, iteration)
-        if iteration == 2:
-            raise KeyboardInterrupt
-        return path
-
-    T.Trainer.checkpoint = crash_after
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            T.main(cut, "cpu")
-    finally:
-        T.Trainer.checkpoint = real_checkpoint
+    with crash_after_checkpoint("state_iter_2.pth"):
+        T.main(cut, "cpu")
     again = T.main(cut, "cpu", resume="auto")
     assert again.history["train"]["loss"] == ref.history["train"]["loss"]
     for part in ("encoder", "decoder"):

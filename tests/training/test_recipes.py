@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mit_semseg.training as T
+from _support import crash_after_checkpoint
 from _custom_data import tiny_model_opts
 from mit_semseg.checkpoints.files import load_file
 from mit_semseg.config import load_cfg
@@ -221,24 +222,10 @@ def recipe_run(data, tmp_path_factory):
     return out, T.main(load_cfg(None, _opts(data, out, *RECIPE)), "cpu")
 
 
-class _Crash(Exception):
-    pass
-
-
 def test_resume_is_exact_with_every_recipe_on(recipe_run, data, tmp_path, monkeypatch):
     ref, ref_summary = recipe_run
-    real_checkpoint = T.Trainer.checkpoint
-
-    def crash_after(run, epoch, iteration):
-        path = real_checkpoint(run, epoch, iteration)
-        if path.endswith("state_iter_5.pth"):
-            raise _Crash()
-        return path
-
-    monkeypatch.setattr(T.Trainer, "checkpoint", crash_after)
-    with pytest.raises(_Crash):
+    with crash_after_checkpoint("state_iter_5.pth"):
         T.main(load_cfg(None, _opts(data, tmp_path, *RECIPE)), "cpu")
-    monkeypatch.undo()
     summary = T.main(load_cfg(None, _opts(data, tmp_path, *RECIPE)), "cpu", resume="auto")
     assert summary.history == ref_summary.history
     _assert_same_files(ref, tmp_path, [f"{kind}{ema}_epoch_2.pth" for kind in ("encoder", "decoder")

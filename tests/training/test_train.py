@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 import mit_semseg.training as T
+from _support import crash_after_checkpoint
 from mit_semseg.checkpoints.files import CheckpointError, load_file
 from mit_semseg.training.state import load_training_state
 from mit_semseg.config import load_cfg
@@ -165,24 +166,10 @@ def test_resume_after_an_epoch_is_exact(reference_run, data_root, tmp_path):
             assert torch.equal(buf["momentum_buffer"], b[net]["state"][key]["momentum_buffer"])
 
 
-class _Crash(Exception):
-    pass
-
-
 def test_resume_mid_epoch_is_exact(reference_run, data_root, tmp_path, monkeypatch):
     ref, ref_summary = reference_run
-    real_checkpoint = T.Trainer.checkpoint
-
-    def crash_after(run, epoch, iteration):
-        path = real_checkpoint(run, epoch, iteration)
-        if path.endswith("state_iter_5.pth"):
-            raise _Crash()
-        return path
-
-    monkeypatch.setattr(T.Trainer, "checkpoint", crash_after)
-    with pytest.raises(_Crash):
+    with crash_after_checkpoint("state_iter_5.pth"):
         T.main(_cfg(data_root, tmp_path, *RESUME_OPTS), "cpu")
-    monkeypatch.undo()
     assert "state_iter_5.pth" in os.listdir(tmp_path)
     assert "state_iter_2.pth" not in os.listdir(tmp_path)  # only the newest is kept
 

@@ -3,6 +3,7 @@ dataset writer (images, masks, odgt lists, class table), polygon rasterisation,
 regions of a label map, and the optional libraries."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -28,6 +29,18 @@ class AnnotationError(MitSemsegError, ValueError):
 
 
 _PACKAGES = {"cv2": "OpenCV (opencv-python-headless)", "pycocotools": "pycocotools"}
+
+
+def read_json(path: str) -> Any:
+    """The JSON document in ``path``; AnnotationError naming the file when it is
+    missing or not JSON."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise AnnotationError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AnnotationError(f"{path}: cannot read JSON: {exc}") from None
 
 
 def require(module: str, extra: str, what: str) -> Any:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ._common import (AnnotationError, Classes, ImportProblem, ImportReport, Item, Malformed,
-                      Shape, build_dataset, regions, require, unique_keys)
+                      Shape, build_dataset, read_json, regions, require, unique_keys)
 
 __all__ = ["import_coco", "CocoWriter"]
 
@@ -139,13 +139,7 @@ def import_coco(annotations: str, out_dir: str, *, images: str | None = None,
     _mask_api()
     if crowd not in ("class", "unlabeled"):
         raise ValueError(f"crowd must be 'class' or 'unlabeled', got {crowd!r}")
-    try:
-        with open(annotations, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except FileNotFoundError:
-        raise AnnotationError(f"{annotations}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AnnotationError(f"{annotations}: cannot read JSON: {exc}") from None
+    doc = read_json(annotations)
     if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list)
                                             for k in ("images", "annotations", "categories")):
         raise AnnotationError(f"{annotations}: not COCO JSON (expected lists 'images', "

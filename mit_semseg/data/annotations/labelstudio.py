@@ -48,7 +48,8 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from ._common import (AnnotationError, Classes, ImportProblem, ImportReport, Item, Malformed,
-                      Shape, build_dataset, hex_color, polygon_mask, regions, unique_keys)
+                      Shape, build_dataset, hex_color, polygon_mask, read_json, regions,
+                      unique_keys)
 
 __all__ = ["import_label_studio", "LabelStudioWriter", "encode_brush_rle", "decode_brush_rle"]
 
@@ -247,13 +248,7 @@ def import_label_studio(tasks: str, out_dir: str, *, images: str | None = None,
     prediction. Raises AnnotationError when the file is not a Label Studio
     export; every skipped region or task is in the report (index: the region's
     position in the annotation's ``result``)."""
-    try:
-        with open(tasks, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except FileNotFoundError:
-        raise AnnotationError(f"{tasks}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AnnotationError(f"{tasks}: cannot read JSON: {exc}") from None
+    doc = read_json(tasks)
     if isinstance(doc, dict) and "data" in doc:
         doc = [doc]
     if not isinstance(doc, list) or not all(isinstance(t, dict) and "data" in t for t in doc):

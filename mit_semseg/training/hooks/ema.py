@@ -30,9 +30,7 @@ from typing import Any
 import torch
 from yacs.config import CfgNode
 
-from ...checkpoints.files import atomic_save
-from ...checkpoints.formats import WEIGHT_FORMATS, twin_path, write_weights
-from ...config import check_value
+from ..resume import save_weights, weights_suffix
 from ..trainer import HookBase, Trainer
 
 __all__ = ["EMAHook", "ema_epoch_paths", "EMA_STATE_KEY"]
@@ -110,17 +108,9 @@ class EMAHook(HookBase):
         file, which marks the checkpoint complete)."""
         if trainer.iter < trainer.epoch_iters or not trainer.env.is_main:
             return
-        suffix = WEIGHT_FORMATS[check_value("TRAIN.save_format", self.cfg.TRAIN.save_format)]
+        suffix = weights_suffix(self.cfg)
         for kind, pth in ema_epoch_paths(self.cfg.DIR, trainer.epoch).items():
-            state = self._cpu(kind)
-            path = os.path.splitext(pth)[0] + suffix
-            if suffix == ".pth":
-                atomic_save(state, path)
-            else:
-                write_weights(state, path)
-            stale = twin_path(path)
-            if stale is not None and os.path.isfile(stale):
-                os.unlink(stale)
+            save_weights(self._cpu(kind), pth, suffix)
 
     # ------------------------------------------------------------------ state
     def _cpu(self, kind: str) -> dict[str, torch.Tensor]:
