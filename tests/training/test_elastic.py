@@ -40,6 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 _spec = importlib.util.spec_from_file_location("tools_elastic_drill",
                                                os.path.join(ROOT, "tools", "elastic_drill.py"))
 _DRILL = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = _DRILL  # its dataclasses look their module up there
 _spec.loader.exec_module(_DRILL)
 NUM_CLASS = 4
 EPOCH_ITERS = 6  # one epoch; mid-epoch state files after iterations 2 and 4
