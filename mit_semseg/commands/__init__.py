@@ -22,6 +22,7 @@ eval_multipro  eval.py over several processes (eval_multipro.py)
 test           segment photos, write PNGs (test.py)
 web            serve the web demo (needs the [web] extra)
 export         export to ONNX and check it (needs the [onnx] extra)
+quantize       int8 ONNX model calibrated on your images, checked and timed ([onnx])
 datatools      prepare and check your own dataset
 curves         draw a training run's curves (needs the [plot] extra)
 pretrained     download a model MIT released (mirrors, resume, SHA-256)

@@ -54,7 +54,7 @@ from ..data.classes import ClassTable
 from ..data.transforms import Preprocess
 from ..runtime.devices import resolve_device
 from .backends import (TorchBackend, check_metadata, config_claims, file_settings,
-                       make_backend)
+                       make_backend, run_precision)
 from .fusion import DEFAULT_BAND_BYTES, Prediction, fuse
 from .slide import SlideWindow, predict_slide, slide_options
 
@@ -88,9 +88,7 @@ class InferenceEngine:
                  window: SlideWindow | None = None, classes: ClassTable | None = None) -> None:
         self.device = resolve_device(device)
         if backend is not None:
-            if (precision or "fp32").lower() not in ("fp32", "float32"):
-                raise ValueError(f"precision {precision!r} needs the pytorch backend; "
-                                 "the onnxruntime backend runs the exported float32 graph")
+            precision = run_precision(backend, precision)  # the file's: fp32 or int8
         else:
             backend = TorchBackend(encoder, decoder, self.device, precision=precision,
                                    exact=exact, channels_last=channels_last, fuse=fuse)
@@ -242,7 +240,7 @@ def build_engine(cfg: Any, encoder_weights: str, decoder_weights: str, *,
     trust = str(onnx_trust or "config").lower()
     runner = make_backend(backend, onnx_path, trust=trust, section=section)
     if runner is not None:
-        classes = None
+        classes, precision = None, run_precision(runner, precision, section)
         if trust == "file":
             preprocess, classes = file_settings(runner, section)
         else:
