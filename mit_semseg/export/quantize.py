@@ -176,33 +176,40 @@ def images_sha256(paths: Sequence[str]) -> str:
 
 def fp32_layer_nodes(model: Any, which: str) -> list[str]:
     """Names of the nodes ``which`` names (``FP32_LAYERS``) in ``model`` (an
-    ``onnx.ModelProto``): ``first`` the first convolution that reads the graph
-    input, ``last`` the convolution(s) whose output reaches the graph output
-    through non-convolution nodes only (the classifier), ``both``, or ``none``."""
+    ``onnx.ModelProto``): ``first`` the convolution(s) that read the graph input
+    through non-convolution nodes only (the stem), ``last`` the convolution(s)
+    whose output reaches the graph output so (the classifier), ``both``, or
+    ``none``."""
     if which not in FP32_LAYERS:
         raise QuantizeError(f"--fp32-layers: unknown choice {which!r}; expected one of "
                             f"{list(FP32_LAYERS)}")
     parts = {"both": {"first", "last"}, "none": set()}.get(which, {which})
     graph = model.graph
+    constant = {t.name for t in graph.initializer}
+    producer = {out: n for n in graph.node for out in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
     names: list[str] = []
-    if "first" in parts:
-        image = graph.input[0].name
-        first = next((n for n in graph.node if n.op_type == "Conv" and image in n.input), None)
-        if first is not None:
-            names.append(first.name)
-    if "last" in parts:
-        producer = {out: n for n in graph.node for out in n.output}
-        constant = {t.name for t in graph.initializer}
-        todo, seen = [o.name for o in graph.output], set()
+    # walk from the input forwards / from the output backwards, stopping at convolutions
+    walks = {"first": ([graph.input[0].name], lambda t: consumers.get(t, []),
+                       lambda n: list(n.output)),
+             "last": ([o.name for o in graph.output], lambda t: [producer[t]] if t in producer
+                      else [], lambda n: [t for t in n.input if t and t not in constant])}
+    for part in ("first", "last"):
+        if part not in parts:
+            continue
+        todo, seen = list(walks[part][0]), set()
         while todo:
-            node = producer.get(todo.pop())
-            if node is None or node.name in seen:
-                continue
-            seen.add(node.name)
-            if node.op_type == "Conv":
-                names.append(node.name)
-            else:
-                todo += [t for t in node.input if t and t not in constant]
+            for node in walks[part][1](todo.pop()):
+                if node.name in seen:
+                    continue
+                seen.add(node.name)
+                if node.op_type == "Conv":
+                    names.append(node.name)
+                else:
+                    todo += walks[part][2](node)
     return list(dict.fromkeys(names))
 
 
