@@ -30,6 +30,7 @@ from .data import run_data
 from .flops import run_peak
 from .harness import REPO_ROOT, Bench, bench_device, bf16_supported, cpu_name, load_avg
 from .inference import check_methods, run_multi, run_single
+from .int8 import format_int8, run_int8
 from .metrics import run_metrics
 from .report import format_report
 from .slide import add_arguments as add_slide_arguments, format_slide, run_slide
@@ -89,9 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "and default (and default-bf16). With --compare-original, 'original' "
                         "comes first and is the reference of speedups and labels")
     p.add_argument("--precisions", type=_csv, default=None,
-                   help="fp32, bf16, fp16 (default: fp32, bf16 where the hardware has it, fp16 "
-                        "on CUDA); training uses bf16 only (fp16 training: train.py's "
-                        "TRAIN.precision with its GradScaler)")
+                   help="fp32, bf16, fp16, int8 (default: fp32, bf16 where the hardware has it, "
+                        "fp16 on CUDA); training uses bf16 only (fp16 training: train.py's "
+                        "TRAIN.precision with its GradScaler); int8: onnxruntime int8 rows of "
+                        "the single pairs (export, quantize, time; int8.py)")
     p.add_argument("--size", type=int, default=512, help="single-scale image side")
     p.add_argument("--photo", type=_size_pair, default=(480, 640),
                    help="photo size HxW of multi-scale inference and testpy")
@@ -178,8 +180,8 @@ def _apply_preset(args: argparse.Namespace) -> None:
         args.precisions = (["fp32"] + (["bf16"] if bf16_supported(dev) else [])
                            + (["fp16"] if dev.type == "cuda" else []))
     for prec in args.precisions:
-        if prec not in ("fp32", "bf16", "fp16"):
-            raise SystemExit(f"unknown precision '{prec}'; expected fp32, bf16 and/or fp16")
+        if prec not in ("fp32", "bf16", "fp16", "int8"):
+            raise SystemExit(f"unknown precision '{prec}'; expected fp32, bf16, fp16 and/or int8")
 
 
 def _reexec_with_policy(policy: str, argv: Sequence[str]) -> None:
@@ -245,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for section in SECTIONS:
             if section in args.sections:
                 RUNNERS[section](bench)
+        if "int8" in args.precisions:
+            run_int8(bench)
     finally:
         if bench.worker is not None:
             bench.worker.close()
@@ -254,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results = bench.results
     results["settings"] = {k: (list(v) if isinstance(v, tuple) else v)
                            for k, v in vars(args).items()}
-    print(format_report(results) + format_slide(results))
+    print(format_report(results) + format_slide(results) + format_int8(results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)
