@@ -269,3 +269,35 @@ def test_from_config_then_eval_reports_int8(tmp_path, capsys):
         record = evaluate(cfg, "cpu", progress=False)
     capsys.readouterr()
     assert (record["backend"], record["precision"], record["onnx"]) == ("onnxruntime", "int8", out)
+
+
+# ---------------------------------------------------------------- benchmark rows
+
+def test_benchmark_int8_rows(monkeypatch):
+    """--precisions ...,int8: int8 rows beside onnxruntime fp32 and the PyTorch default."""
+    import shutil
+
+    from mit_semseg.benchmark import int8 as bench_int8
+    from mit_semseg.benchmark.cli import _apply_preset, build_parser
+    from mit_semseg.benchmark.harness import Bench
+    monkeypatch.setattr(bench_int8, "CALIBRATION_IMAGES", 2)
+    args = build_parser().parse_args(
+        ["--quick", "--sections", "single", "--precisions", "fp32,int8", "--pairs",
+         "mobilenetv2dilated+c1", "--size", "32", "--num-class", "8", "--warmup", "0",
+         "--quiet", "--gpus", "cpu"])
+    _apply_preset(args)
+    bench = Bench(args)
+    try:
+        bench_int8.run_int8(bench)
+    finally:
+        shutil.rmtree(bench.workdir, ignore_errors=True)
+    (row,) = bench.results["int8"]
+    assert row["pair"] == "mobilenetv2dilated+c1" and row["calibration_images"] == 2
+    assert row["quantize_s"] > 0 and row["file_mb"]["int8"] < row["file_mb"]["fp32"]
+    methods = row["methods"]
+    assert set(methods) == set(bench_int8.METHODS)
+    assert methods["default"]["speed_vs_default"] == 1.0
+    assert methods["onnxruntime-fp32"]["agreement_vs_default"] > 0.99
+    assert 0 < methods["onnxruntime-int8"]["agreement_vs_onnxruntime_fp32"] <= 1
+    text = bench_int8.format_int8(bench.results)
+    assert "onnxruntime-int8" in text and "quantization" in text and "2 images" in text
