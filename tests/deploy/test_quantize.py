@@ -301,3 +301,34 @@ def test_benchmark_int8_rows(monkeypatch):
     assert 0 < methods["onnxruntime-int8"]["agreement_vs_onnxruntime_fp32"] <= 1
     text = bench_int8.format_int8(bench.results)
     assert "onnxruntime-int8" in text and "quantization" in text and "2 images" in text
+
+
+# ---------------------------------------------------------------- the web demo
+
+def test_web_demo_serves_an_int8_model(color, tmp_path):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("multipart")
+    pytest.importorskip("httpx")
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from mit_semseg.web.app import create_app
+    from mit_semseg.web.images import read_label_png
+    from mit_semseg.web.models import WebModel
+    out = str(tmp_path / "int8.onnx")
+    assert _quantize(color, out, "--calib", color["calib"], "--holdout", color["hold"]) == 0
+    model = WebModel.from_config(CFG, device="cpu", opts=[
+        "TEST.backend", "onnxruntime", "TEST.onnx", out, "TEST.onnx_trust", "file"])
+    assert model.segmenter.engine.precision == "int8" and model.img_sizes == (48, 64)
+    photo, truth = scene(np.random.default_rng(7), 56, 72)
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, format="PNG")
+    with TestClient(create_app([model])) as client:
+        res = client.post("/api/segment", params={"confidence": "true"},
+                          files={"file": ("p.png", buf.getvalue(), "image/png")})
+    assert res.status_code == 200, res.text
+    labels = read_label_png(base64.b64decode(res.json()["labels_png"]))
+    assert labels.shape == (56, 72) and (labels == truth).mean() > 0.95
+    assert {c["name"] for c in res.json()["classes"]} <= {"class_0", "class_1", "class_2"}
