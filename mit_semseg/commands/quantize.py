@@ -222,7 +222,7 @@ def _quantize(args: Any, cfg: Any, fp32_path: str, tmp: str) -> int:
                             sha256=q.images_sha256(calib), sizes=preprocess.img_sizes,
                             heldout=result, verified=failed is None, thresholds=thresholds,
                             speed=speed)
-    q.add_metadata(path, {**_raw_metadata(fp32_path), **props})
+    q.add_metadata(path, props)  # beside the fp32 file's, which quantization keeps
     if failed and not args.keep:
         others = [m for m in q.METHODS if m != method]
         raise q.AccuracyGuardError(
@@ -252,12 +252,6 @@ def _score(result: Any) -> tuple[float, float]:
     differences are noise), then the share of labels equal to fp32's."""
     miou = round(100 * result.int8["mean_iou"], 1) if result.int8 else 0.0
     return miou, result.agreement
-
-
-def _raw_metadata(path: str) -> dict[str, str]:
-    import onnx
-    model = onnx.load(path, load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
 
 
 def _spec(spec: str | None, cfg: Any, key: str) -> str:

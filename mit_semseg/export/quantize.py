@@ -192,24 +192,26 @@ def fp32_layer_nodes(model: Any, which: str) -> list[str]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     names: list[str] = []
-    # walk from the input forwards / from the output backwards, stopping at convolutions
-    walks = {"first": ([graph.input[0].name], lambda t: consumers.get(t, []),
-                       lambda n: list(n.output)),
-             "last": ([o.name for o in graph.output], lambda t: [producer[t]] if t in producer
-                      else [], lambda n: [t for t in n.input if t and t not in constant])}
-    for part in ("first", "last"):
-        if part not in parts:
-            continue
-        todo, seen = list(walks[part][0]), set()
+    if "first" in parts:  # forwards from the input to the first convolutions met
+        todo, seen = [graph.input[0].name], set()
         while todo:
-            for node in walks[part][1](todo.pop()):
-                if node.name in seen:
-                    continue
+            for node in consumers.get(todo.pop(), []):
+                if node.name not in seen:
+                    seen.add(node.name)
+                    if node.op_type == "Conv":
+                        names.append(node.name)
+                    else:
+                        todo += list(node.output)
+    if "last" in parts:  # backwards from the output to the last convolutions met
+        todo, seen = [o.name for o in graph.output], set()
+        while todo:
+            node = producer.get(todo.pop())
+            if node is not None and node.name not in seen:
                 seen.add(node.name)
                 if node.op_type == "Conv":
                     names.append(node.name)
                 else:
-                    todo += walks[part][2](node)
+                    todo += [t for t in node.input if t and t not in constant]
     return list(dict.fromkeys(names))
 
 
