@@ -146,10 +146,10 @@ def _export_fp32(args: Any, cfg: Any, path: str) -> str:
     from ..errors import MitSemsegError
     from ..export.onnx import (DEFAULT_TOLERANCE, build_network, compare_onnx, export_onnx,
                                exportable, metadata)
-    from ..export.quantize import _need_onnx
+    from ..export.quantize import require_onnx
     enc, dec = _weights(args, cfg)
     network = build_network(cfg, enc, dec)
-    _need_onnx()
+    require_onnx()
     export_onnx(exportable(network), path, props=metadata(cfg))
     _, diff = compare_onnx(path, network, sizes=((97, 75),))
     if not diff <= DEFAULT_TOLERANCE:
@@ -164,18 +164,30 @@ def _export_fp32(args: Any, cfg: Any, path: str) -> str:
 def _quantize(args: Any, cfg: Any, fp32_path: str, tmp: str) -> int:
     import torch
 
+    from ..config import ConfigError
+    from ..data.transforms import Preprocess
     from ..evaluation.metrics import SegmentationMetrics
     from ..export import quantize as q
     from ..inference.backends import OnnxBackend, check_metadata, config_claims, file_settings
     from ..inference.engine import InferenceEngine
     threads = torch.get_num_threads()
-    fp32 = OnnxBackend(fp32_path, threads=threads)
+    try:
+        fp32 = OnnxBackend(fp32_path, threads=threads)
+    except ValueError as exc:  # not an ONNX file, or not one model -> scores
+        raise q.QuantizeError(str(exc)) from None
     if fp32.precision != "fp32":
         raise q.QuantizeError(f"--from-onnx {fp32_path}: its metadata says precision "
                               f"{fp32.precision}; quantize the fp32 export")
     if args.from_onnx and args.cfg:
         check_metadata(fp32, config_claims(cfg), "TEST")
-    preprocess, _ = file_settings(fp32)
+    try:
+        preprocess, _ = file_settings(fp32)
+    except ConfigError:  # a file not written by export: the config's resize rule
+        if not args.cfg:
+            raise q.QuantizeError(f"--from-onnx {fp32_path} does not record its preprocessing "
+                                  "(a file of python -m mit_semseg export does); give --cfg "
+                                  "with the model's DATASET settings") from None
+        preprocess = Preprocess.from_config(cfg.DATASET)
 
     calib, holdout = _images(args, cfg)
     print(f"calibration: {len(calib)} images from {_spec(args.calib, cfg, 'list_train')}; "

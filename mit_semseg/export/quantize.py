@@ -40,10 +40,10 @@ from ..errors import MitSemsegError
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "FP32_LAYERS", "DEFAULT_FP32_LAYERS",
            "DEFAULT_MIN_AGREEMENT", "DEFAULT_MAX_DROP", "FASTER", "QuantizeError",
-           "AccuracyGuardError", "cpu_flags", "cpu_name", "int8_instructions", "speed_verdict",
-           "calibration_copies", "images_sha256", "fp32_layer_nodes", "quantize_file",
-           "HeldOutResult", "compare_heldout", "accuracy_guard", "heldout_table",
-           "time_models", "int8_metadata", "add_metadata"]
+           "AccuracyGuardError", "require_onnx", "cpu_flags", "cpu_name", "int8_instructions",
+           "speed_verdict", "calibration_copies", "images_sha256", "fp32_layer_nodes",
+           "quantize_file", "HeldOutResult", "compare_heldout", "accuracy_guard",
+           "heldout_table", "time_models", "int8_metadata", "add_metadata"]
 
 # calibration methods (onnxruntime's MinMax, Percentile 99.999, Entropy/KL)
 METHODS = ("minmax", "percentile", "entropy")
@@ -71,7 +71,8 @@ class AccuracyGuardError(QuantizeError):
     """The int8 model lost more accuracy on the held-out images than allowed."""
 
 
-def _need_onnx() -> Any:
+def require_onnx() -> Any:
+    """``onnxruntime.quantization``, or QuantizeError naming the extra to install."""
     try:
         import onnx  # noqa: F401
         import onnxruntime.quantization as quantization
@@ -241,17 +242,16 @@ def _quiet() -> Iterable[None]:
         root.setLevel(level)
 
 
-def quantize_file(fp32_path: str, out_path: str, inputs: Sequence[np.ndarray] | Iterable[np.ndarray],
-                  *, count: int, method: str = DEFAULT_METHOD,
-                  fp32_layers: str = DEFAULT_FP32_LAYERS, reduce_range: bool = False,
-                  progress: bool = True) -> dict[str, Any]:
+def quantize_file(fp32_path: str, out_path: str, inputs: Iterable[np.ndarray], *, count: int,
+                  method: str = DEFAULT_METHOD, fp32_layers: str = DEFAULT_FP32_LAYERS,
+                  reduce_range: bool = False, progress: bool = True) -> dict[str, Any]:
     """Write the int8 (QDQ) version of the fp32 ONNX file ``fp32_path`` to ``out_path``,
     calibrated with ``method`` on ``inputs`` (``count`` normalised ``[1, 3, h, w]``
     arrays, e.g. ``calibration_copies``; a tqdm bar counts them), weights int8 per
     output channel (7 bits with ``reduce_range``), activations uint8, the
     ``fp32_layers`` left in float32. The fp32 file's metadata is kept. Returns what
     was done: ``method``, ``fp32_nodes``, ``reduce_range``, ``seconds``."""
-    quantization = _need_onnx()
+    quantization = require_onnx()
     import onnx
     from tqdm import tqdm
     if method not in METHODS:
@@ -440,7 +440,8 @@ def time_models(fp32: Callable[[Any], Any], int8: Callable[[Any], Any],
 
 def int8_metadata(done: Mapping[str, Any], *, images: int, source: str, sha256: str,
                   sizes: Sequence[int], heldout: HeldOutResult | None, verified: bool,
-                  thresholds: Mapping[str, float], speed: Mapping[str, Any] | None) -> dict[str, str]:
+                  thresholds: Mapping[str, Any], speed: Mapping[str, Any] | None
+                  ) -> dict[str, str]:
     """The keys an int8 file adds to the fp32 file's metadata, every value a JSON
     string: ``precision`` ("int8"), ``int8_calibration`` (method, images, source,
     images_sha256, short sides, layers kept in fp32, reduce_range, onnxruntime

@@ -332,3 +332,22 @@ def test_web_demo_serves_an_int8_model(color, tmp_path):
     labels = read_label_png(base64.b64decode(res.json()["labels_png"]))
     assert labels.shape == (56, 72) and (labels == truth).mean() > 0.95
     assert {c["name"] for c in res.json()["classes"]} <= {"class_0", "class_1", "class_2"}
+
+
+def test_bad_source_files_are_one_line_errors(color, tmp_path, capsys):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    out = str(tmp_path / "int8.onnx")
+    for source, words in ((str(junk), "cannot be loaded by onnxruntime"),
+                          (str(tmp_path / "nope.onnx"), "ONNX model not found")):
+        rc = quantize_main(["--from-onnx", source, "--onnx", out, "--calib", color["calib"]])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 1 and len(err) == 1 and words in err[0], err
+    # no preprocessing in the metadata and no config to take it from
+    bare = str(tmp_path / "bare.onnx")
+    export_onnx(ColorNet().eval(), bare)
+    assert quantize_main(["--from-onnx", bare, "--onnx", out, "--calib", color["calib"]]) == 1
+    assert "does not record its preprocessing" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # neither --cfg nor --from-onnx
+        quantize_main(["--onnx", out])
+    assert usage.value.code == 2 and "give --cfg" in capsys.readouterr().err
