@@ -148,6 +148,7 @@ class OnnxBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: not its notes on graph clean-up
         try:
             self.session = ort.InferenceSession(
                 self.path, options, providers=list(providers or ["CPUExecutionProvider"]))
