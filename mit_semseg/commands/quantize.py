@@ -74,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "(default %(default)s)")
     how.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
                      help="7-bit weights, which avoid int16 overflow in the AVX2 kernels of "
-                          "CPUs without VNNI; auto: on for such a CPU (default)")
+                          "x86 CPUs without VNNI/AMX but round more; auto (default): on such a "
+                          "CPU try 7 and 8 bits and keep the more accurate, else 8 bits")
     guard = parser.add_argument_group("the checks")
     guard.add_argument("--max-drop", type=float, default=100 * DEFAULT_MAX_DROP, metavar="POINTS",
                        help="largest drop of mIoU and of pixel accuracy in percentage points, "
@@ -194,30 +195,33 @@ def _quantize(args: Any, cfg: Any, fp32_path: str, tmp: str) -> int:
           f"held out: {holdout.count} images from {holdout.source}"
           f"{' (with annotations)' if holdout.labeled else ''}")
     flags = q.cpu_flags()
-    reduce_range = (args.reduce_range == "on" or
-                    (args.reduce_range == "auto" and not q.int8_instructions(flags)
-                     and _is_x86()))
+    widths = _weight_widths(args.reduce_range, q.int8_instructions(flags))
     methods = list(q.METHODS) if args.method == "all" else [args.method]
     fp32_engine = InferenceEngine(None, None, device="cpu", backend=fp32, preprocess=preprocess)
+    reference = q.predict_heldout(fp32_engine, holdout.samples(), total=holdout.count,
+                                  desc="held-out images (fp32)")
     tried = []
     for method in methods:
-        path = os.path.join(tmp, f"int8-{method}.onnx")
-        done = q.quantize_file(fp32_path, path, q.calibration_copies(calib, preprocess),
-                               count=len(calib), method=method, fp32_layers=args.fp32_layers,
-                               reduce_range=reduce_range)
-        print(f"calibrated ({method}, weights {'7' if reduce_range else '8'}-bit per channel, "
-              f"fp32 layers: {', '.join(done['fp32_nodes']) or 'none'}) in "
-              f"{done['seconds']:.1f} s")
-        int8 = OnnxBackend(path, threads=threads)
-        int8_engine = InferenceEngine(None, None, device="cpu", backend=int8,
-                                      preprocess=preprocess)
-        result = q.compare_heldout(fp32_engine, int8_engine, holdout.samples(),
-                                   total=holdout.count, metrics=SegmentationMetrics)
-        print(q.heldout_table(result))
-        tried.append((method, path, done, int8, result))
-    method, path, done, int8, result = max(tried, key=lambda t: _score(t[4]))
+        for reduce_range in widths:
+            path = os.path.join(tmp, f"int8-{method}-{7 if reduce_range else 8}.onnx")
+            done = q.quantize_file(fp32_path, path, q.calibration_copies(calib, preprocess),
+                                   count=len(calib), method=method,
+                                   fp32_layers=args.fp32_layers, reduce_range=reduce_range)
+            name = f"{method}, {7 if reduce_range else 8}-bit weights"
+            print(f"calibrated ({name} per channel, fp32 layers: "
+                  f"{', '.join(done['fp32_nodes']) or 'none'}) in {done['seconds']:.1f} s")
+            int8 = OnnxBackend(path, threads=threads)
+            int8_engine = InferenceEngine(None, None, device="cpu", backend=int8,
+                                          preprocess=preprocess)
+            result = q.compare_heldout(reference, q.predict_heldout(
+                int8_engine, holdout.samples(), total=holdout.count,
+                desc="held-out images (int8)"), fp32.num_class, metrics=SegmentationMetrics)
+            print(q.heldout_table(result))
+            tried.append((name, path, done, int8, result))
+    name, path, done, int8, result = max(tried, key=lambda t: _score(t[4]))
     if len(tried) > 1:
-        print(f"most accurate on the held-out images: {method}")
+        print(f"most accurate on the held-out images: {name}")
+    method = done["method"]
 
     copies = [torch.from_numpy(x) for x in
               q.calibration_copies(calib[:args.speed_images], preprocess)]
@@ -254,9 +258,15 @@ def _quantize(args: Any, cfg: Any, fp32_path: str, tmp: str) -> int:
 
 # ============================================================================ images
 
-def _is_x86() -> bool:
+def _weight_widths(choice: str, int8_instructions: Sequence[str]) -> list[bool]:
+    """``reduce_range`` values to try: 7-bit weights (True) avoid the int16 overflow of
+    the AVX2 kernels x86 CPUs without VNNI/AMX run, but cost precision, and which
+    loses less depends on the model; "auto" tries both there, 8-bit elsewhere."""
     import platform
-    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    if choice != "auto":
+        return [choice == "on"]
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    return [True, False] if x86 and not int8_instructions else [False]
 
 
 def _score(result: Any) -> tuple[float, float]:

@@ -6,9 +6,10 @@ the two checks that say whether to use it (``python -m mit_semseg quantize``).
   ranges calibrated on ``calibration_copies`` of the user's images (``METHODS``),
   chosen layers (``fp32_layer_nodes``) left in float32. Calibration runs one image
   at a time, so memory stays that of one image's activations.
-* ``compare_heldout`` + ``accuracy_guard``: int8 against fp32 on held-out images
-  through the engine (labels equal to fp32's; mIoU and pixel accuracy both ways
-  where there are ground-truth labels) and the threshold that refuses a file.
+* ``predict_heldout`` + ``compare_heldout`` + ``accuracy_guard``: int8 against
+  fp32 on held-out images through the engine (labels equal to fp32's; mIoU and
+  pixel accuracy both ways where there are ground-truth labels) and the
+  threshold that refuses a file.
 * ``time_models`` + ``speed_verdict``: fp32 and int8 timed side by side on this
   machine, and what that means on a CPU with or without int8 dot-product
   instructions (``int8_instructions``).
@@ -42,7 +43,8 @@ __all__ = ["METHODS", "DEFAULT_METHOD", "FP32_LAYERS", "DEFAULT_FP32_LAYERS",
            "DEFAULT_MIN_AGREEMENT", "DEFAULT_MAX_DROP", "FASTER", "QuantizeError",
            "AccuracyGuardError", "require_onnx", "cpu_flags", "cpu_name", "int8_instructions",
            "speed_verdict", "calibration_copies", "images_sha256", "fp32_layer_nodes",
-           "quantize_file", "HeldOutResult", "compare_heldout", "accuracy_guard",
+           "quantize_file", "HeldOutResult", "HeldOutLabels", "predict_heldout",
+           "compare_heldout", "accuracy_guard",
            "heldout_table", "time_models", "int8_metadata", "add_metadata"]
 
 # calibration methods (onnxruntime's MinMax, Percentile 99.999, Entropy/KL)
@@ -340,39 +342,54 @@ class HeldOutResult:
         return dataclasses.asdict(self)
 
 
-def compare_heldout(fp32_engine: Any, int8_engine: Any,
-                    samples: Iterable[tuple[np.ndarray, np.ndarray | None]], *,
-                    total: int | None = None, metrics: Callable[[int], Any] | None = None,
-                    progress: bool = True) -> HeldOutResult:
-    """Predict every ``(photo, labels or None)`` of ``samples`` (uint8 ``H x W x 3``;
-    0-based labels, -1 unlabeled) with both engines (``InferenceEngine``: its
-    scales, mode and fusion) and compare. ``metrics(num_class)``: a fresh
-    accumulator with ``update(pred, label)``, ``mean_iou`` and ``pixel_accuracy``
-    (``evaluation.metrics.SegmentationMetrics``) for the samples with labels."""
+@dataclasses.dataclass
+class HeldOutLabels:
+    """One model's labels of the held-out images (``labels``), their ground truth
+    (``truth``: 0-based, -1 unlabeled, or None per image) and the seconds it took."""
+
+    labels: list[np.ndarray]
+    truth: list[np.ndarray | None]
+    seconds: float
+
+
+def predict_heldout(engine: Any, samples: Iterable[tuple[np.ndarray, np.ndarray | None]], *,
+                    total: int | None = None, desc: str = "held-out images",
+                    progress: bool = True) -> HeldOutLabels:
+    """Labels of every ``(photo, truth or None)`` of ``samples`` (uint8 ``H x W x 3``)
+    by ``engine`` (an ``InferenceEngine``: its scales, mode and fusion)."""
     from tqdm import tqdm
-    n_class = fp32_engine.num_class
-    acc = {name: metrics(n_class) if metrics else None for name in ("fp32", "int8")}
-    equal = pixels = images = labeled = 0
-    seconds = {"fp32": 0.0, "int8": 0.0}
-    with tqdm(total=total, desc="held-out check", unit="image", disable=not progress) as bar:
+    labels, truth, seconds = [], [], 0.0
+    with tqdm(total=total, desc=desc, unit="image", disable=not progress) as bar:
         for photo, label in samples:
-            preds = {}
-            for name, engine in (("fp32", fp32_engine), ("int8", int8_engine)):
-                tic = time.perf_counter()
-                preds[name] = np.asarray(engine.predict_image(photo).labels)
-                seconds[name] += time.perf_counter() - tic
-                if label is not None and acc[name] is not None:
-                    acc[name].update(preds[name], label)
-            equal += int((preds["fp32"] == preds["int8"]).sum())
-            pixels += preds["fp32"].size
-            images += 1
-            labeled += label is not None
+            tic = time.perf_counter()
+            labels.append(np.asarray(engine.predict_image(photo).labels))
+            seconds += time.perf_counter() - tic
+            truth.append(label)
             bar.update(1)
-    if images == 0:
+    if not labels:
         raise QuantizeError("no held-out images to check the int8 model on")
-    scores = {name: ({"mean_iou": float(a.mean_iou), "pixel_accuracy": float(a.pixel_accuracy)}
-                     if a is not None and labeled else None) for name, a in acc.items()}
-    return HeldOutResult(images, pixels, equal / pixels, scores["fp32"], scores["int8"], seconds)
+    return HeldOutLabels(labels, truth, seconds)
+
+
+def compare_heldout(fp32: HeldOutLabels, int8: HeldOutLabels, num_class: int, *,
+                    metrics: Callable[[int], Any] | None = None) -> HeldOutResult:
+    """int8's labels against fp32's (same images, ``predict_heldout``); where there is
+    ground truth and ``metrics`` (``metrics(num_class)``: an accumulator with
+    ``update(pred, label)``, ``mean_iou`` and ``pixel_accuracy``, such as
+    ``evaluation.metrics.SegmentationMetrics``), both models' mIoU and pixel accuracy."""
+    equal = sum(int((a == b).sum()) for a, b in zip(fp32.labels, int8.labels))
+    pixels = sum(a.size for a in fp32.labels)
+    scores: dict[str, dict[str, float] | None] = {"fp32": None, "int8": None}
+    if metrics is not None and any(t is not None for t in fp32.truth):
+        for name, run in (("fp32", fp32), ("int8", int8)):
+            acc = metrics(num_class)
+            for pred, truth in zip(run.labels, run.truth):
+                if truth is not None:
+                    acc.update(pred, truth)
+            scores[name] = {"mean_iou": float(acc.mean_iou),
+                            "pixel_accuracy": float(acc.pixel_accuracy)}
+    return HeldOutResult(len(fp32.labels), pixels, equal / pixels, scores["fp32"],
+                         scores["int8"], {"fp32": fp32.seconds, "int8": int8.seconds})
 
 
 def accuracy_guard(result: HeldOutResult, min_agreement: float = DEFAULT_MIN_AGREEMENT,

@@ -139,7 +139,7 @@ def test_blank_calibration_is_refused_in_one_line(color, tmp_path, capsys):
 def test_annotated_holdout_compares_miou_both_ways(color, tmp_path, capsys):
     out = tmp_path / "int8.onnx"
     assert _quantize(color, out, "--calib", color["calib"], "--holdout", color["odgt"],
-                     "--method", "all") == 0
+                     "--method", "all", "--reduce-range", "off") == 0
     text = capsys.readouterr().out
     assert "(with annotations)" in text and text.count("mIoU") == len(q.METHODS)
     assert "most accurate on the held-out images" in text
@@ -182,6 +182,21 @@ def test_holdout_split_off_the_calibration_images(color, tmp_path, capsys):
 def test_speed_verdict_with_simulated_cpus(flags, fp32_s, int8_s, expect):
     line = q.speed_verdict(fp32_s, int8_s, flags, cpu="EPYC-X")
     assert expect in line and line.startswith("speed: ")
+
+
+def test_weight_widths_tried(monkeypatch):
+    """auto: 7- and 8-bit weights on an x86 CPU without VNNI/AMX (which loses less
+    depends on the model), 8-bit where int8 instructions exist or off x86."""
+    import platform
+
+    from mit_semseg.commands.quantize import _weight_widths
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert _weight_widths("auto", []) == [True, False]
+    assert _weight_widths("auto", ["AVX-512 VNNI"]) == [False]
+    assert _weight_widths("on", ["AVX-512 VNNI"]) == [True]
+    assert _weight_widths("off", []) == [False]
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert _weight_widths("auto", []) == [False]
 
 
 def test_int8_instructions_by_flag():
@@ -258,7 +273,7 @@ def test_from_config_then_eval_reports_int8(tmp_path, capsys):
         "DATASET.list_train", str(tmp_path / "data" / "training.odgt")]
     out = str(tmp_path / "int8.onnx")
     rc = quantize_main(["--cfg", CFG, "--onnx", out, "--threads", "1", "--speed-images", "1",
-                        "--keep", *opts])  # random weights: accuracy is not the point here
+                        "--reduce-range", "on", "--keep", *opts])  # random weights: accuracy is not the point here
     assert rc == 0, capsys.readouterr().err
     text = capsys.readouterr().out
     assert "exported the fp32 model" in text and "(with annotations)" in text
