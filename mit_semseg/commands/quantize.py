@@ -195,7 +195,7 @@ def _quantize(args: Any, cfg: Any, fp32_path: str, tmp: str) -> int:
           f"held out: {holdout.count} images from {holdout.source}"
           f"{' (with annotations)' if holdout.labeled else ''}")
     flags = q.cpu_flags()
-    widths = _weight_widths(args.reduce_range, q.int8_instructions(flags))
+    widths = q.weight_widths(args.reduce_range, q.int8_instructions(flags))
     methods = list(q.METHODS) if args.method == "all" else [args.method]
     fp32_engine = InferenceEngine(None, None, device="cpu", backend=fp32, preprocess=preprocess)
     reference = q.predict_heldout(fp32_engine, holdout.samples(), total=holdout.count,
@@ -241,10 +241,11 @@ def _quantize(args: Any, cfg: Any, fp32_path: str, tmp: str) -> int:
     q.add_metadata(path, props)  # beside the fp32 file's, which quantization keeps
     if failed and not args.keep:
         others = [m for m in q.METHODS if m != method]
+        layers = "" if args.fp32_layers == "both" else " or --fp32-layers both"
         raise q.AccuracyGuardError(
             f"{args.onnx} not written: {failed}; calibrate on more images like the ones you "
-            f"will segment (--calib, --calib-count), try --method {' or '.join(others)} or "
-            f"--fp32-layers both, or write it anyway with --keep")
+            f"will segment (--calib, --calib-count), try --method {' or '.join(others)}"
+            f"{layers}, or write it anyway with --keep")
     os.replace(path, args.onnx)
     size = os.path.getsize(args.onnx) / 2 ** 20
     if failed:
@@ -257,17 +258,6 @@ def _quantize(args: Any, cfg: Any, fp32_path: str, tmp: str) -> int:
 
 
 # ============================================================================ images
-
-def _weight_widths(choice: str, int8_instructions: Sequence[str]) -> list[bool]:
-    """``reduce_range`` values to try: 7-bit weights (True) avoid the int16 overflow of
-    the AVX2 kernels x86 CPUs without VNNI/AMX run, but cost precision, and which
-    loses less depends on the model; "auto" tries both there, 8-bit elsewhere."""
-    import platform
-    if choice != "auto":
-        return [choice == "on"]
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-    return [True, False] if x86 and not int8_instructions else [False]
-
 
 def _score(result: Any) -> tuple[float, float]:
     """Order of held-out results: int8 mIoU to 0.1 points (with ground truth; finer

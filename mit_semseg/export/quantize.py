@@ -42,7 +42,7 @@ from ..errors import MitSemsegError
 __all__ = ["METHODS", "DEFAULT_METHOD", "FP32_LAYERS", "DEFAULT_FP32_LAYERS",
            "DEFAULT_MIN_AGREEMENT", "DEFAULT_MAX_DROP", "FASTER", "QuantizeError",
            "AccuracyGuardError", "require_onnx", "cpu_flags", "cpu_name", "int8_instructions",
-           "speed_verdict", "calibration_copies", "images_sha256", "fp32_layer_nodes",
+           "weight_widths", "speed_verdict", "calibration_copies", "images_sha256", "fp32_layer_nodes",
            "quantize_file", "HeldOutResult", "HeldOutLabels", "predict_heldout",
            "compare_heldout", "accuracy_guard",
            "heldout_table", "time_models", "int8_metadata", "add_metadata"]
@@ -52,7 +52,7 @@ METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_METHOD = "minmax"
 # layers kept in float32: the convolution that reads the image, the classifier
 FP32_LAYERS = ("none", "first", "last", "both")
-DEFAULT_FP32_LAYERS = "none"
+DEFAULT_FP32_LAYERS = "both"
 # the accuracy guard: share of held-out pixels whose int8 label equals fp32's, and
 # the largest drop of mIoU / pixel accuracy (fractions; 0.005 = 0.5 points)
 DEFAULT_MIN_AGREEMENT = 0.995
@@ -139,6 +139,17 @@ def speed_verdict(fp32_s: float, int8_s: float, flags: Iterable[str] | None = No
         return f"speed: {measured} on {cpu} ({', '.join(have)})"
     return (f"speed: int8 is not faster here: {measured} on {cpu}, although it has "
             f"{', '.join(have)}; keep fp32 for this model on this machine")
+
+
+def weight_widths(choice: str, instructions: Sequence[str]) -> list[bool]:
+    """``reduce_range`` values to try for ``choice`` ("auto", "on", "off") on a CPU with
+    the int8 ``instructions`` (``int8_instructions``): 7-bit weights (True) avoid the int16 overflow of the AVX2
+    kernels that x86 CPUs without VNNI/AMX run, but round more, and which loses
+    less depends on the model; "auto" tries both there, 8 bits elsewhere."""
+    if choice != "auto":
+        return [choice == "on"]
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    return [True, False] if x86 and not instructions else [False]
 
 
 # ============================================================================ calibration data

@@ -31,8 +31,10 @@ from mit_semseg.inference.backends import OnnxBackend  # noqa: E402
 
 class ColorNet(nn.Module):
     """Labels by the nearest of the three ``PHOTO_COLORS`` (a linear classifier on
-    the positive and negative parts of the normalised pixel, at 1/4 resolution):
-    decided with wide margins, so a good int8 calibration keeps every label."""
+    the positive and negative parts of the normalised pixel, at 1/4 resolution,
+    passed once through an identity convolution, so that a convolution stays
+    quantized when the first and the last are kept in fp32): decided with wide
+    margins, so a good int8 calibration keeps every label."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -40,15 +42,18 @@ class ColorNet(nn.Module):
         c = (torch.tensor(PHOTO_COLORS, dtype=torch.float32) / 255 - mean) / std
         self.pool = nn.AvgPool2d(4, ceil_mode=True)
         self.split = nn.Conv2d(3, 6, 1)
+        self.middle = nn.Conv2d(6, 6, 1)
         self.classify = nn.Conv2d(6, 3, 1)
         with torch.no_grad():
             self.split.weight.copy_(torch.cat([torch.eye(3), -torch.eye(3)]).view(6, 3, 1, 1))
             self.split.bias.zero_()
+            self.middle.weight.copy_(torch.eye(6).view(6, 6, 1, 1))
+            self.middle.bias.zero_()
             self.classify.weight.copy_(torch.cat([c, -c], 1).view(3, 6, 1, 1))
             self.classify.bias.copy_(-(c * c).sum(1) / 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(torch.relu(self.split(self.pool(x))))
+        return self.classify(torch.relu(self.middle(torch.relu(self.split(self.pool(x))))))
 
 
 def _save(folder, images):
@@ -189,14 +194,13 @@ def test_weight_widths_tried(monkeypatch):
     depends on the model), 8-bit where int8 instructions exist or off x86."""
     import platform
 
-    from mit_semseg.commands.quantize import _weight_widths
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-    assert _weight_widths("auto", []) == [True, False]
-    assert _weight_widths("auto", ["AVX-512 VNNI"]) == [False]
-    assert _weight_widths("on", ["AVX-512 VNNI"]) == [True]
-    assert _weight_widths("off", []) == [False]
+    assert q.weight_widths("auto", []) == [True, False]
+    assert q.weight_widths("auto", ["AVX-512 VNNI"]) == [False]
+    assert q.weight_widths("on", ["AVX-512 VNNI"]) == [True]
+    assert q.weight_widths("off", []) == [False]
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
-    assert _weight_widths("auto", []) == [False]
+    assert q.weight_widths("auto", []) == [False]
 
 
 def test_int8_instructions_by_flag():
@@ -213,7 +217,7 @@ def test_fp32_layers_are_the_first_conv_and_the_classifier(color):
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
     assert q.fp32_layer_nodes(model, "first") == [convs[0]]
     assert q.fp32_layer_nodes(model, "last") == [convs[-1]]
-    assert q.fp32_layer_nodes(model, "both") == convs
+    assert q.fp32_layer_nodes(model, "both") == [convs[0], convs[-1]] and len(convs) == 3
     assert q.fp32_layer_nodes(model, "none") == []
     with pytest.raises(q.QuantizeError, match="unknown choice 'middle'"):
         q.fp32_layer_nodes(model, "middle")
