@@ -74,9 +74,9 @@ class TorchBackend:
                  precision: str = "fp32", exact: bool = False, channels_last: bool = True,
                  fuse: bool = True) -> None:
         if str(precision).lower() == "int8":
-            raise ValueError("precision int8 runs an int8 file in onnxruntime: make one with "
-                             "python -m mit_semseg quantize, then set backend onnxruntime and "
-                             "onnx to that file (TEST.backend / TEST.onnx)")
+            raise ConfigError("precision int8 runs an int8 file in onnxruntime: make one with "
+                              "python -m mit_semseg quantize, then set backend onnxruntime and "
+                              "onnx to that file (TEST.backend / TEST.onnx)")
         if not hasattr(decoder, "logits"):
             raise TypeError(f"{type(decoder).__name__} has no logits(conv_out) method; "
                             "the engine needs class scores before the softmax")

@@ -260,7 +260,7 @@ def test_engine_runs_an_int8_file_at_its_precision(color, tmp_path):
 def test_pytorch_backend_refuses_int8_naming_the_way(tmp_path):
     from mit_semseg.inference import Segmenter
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt")
-    with pytest.raises(ValueError, match="python -m mit_semseg quantize"):
+    with pytest.raises(ConfigError, match="python -m mit_semseg quantize"):
         Segmenter.from_config(CFG, device="cpu", opts=tiny_opts(ckpt), precision="int8")
 
 
