@@ -174,6 +174,16 @@ def test_holdout_split_off_the_calibration_images(color, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "calibration: 6 images" in text and "held out: 2 images" in text
     assert "not calibrated on" in text
+    # a text list, one path a line relative to it; a missing entry is named
+    listing = tmp_path / "list.txt"
+    names = sorted(os.listdir(color["calib"]))
+    listing.write_text("".join(f"{os.path.relpath(os.path.join(color['calib'], n), tmp_path)}\n"
+                               for n in names[:5]))
+    assert _quantize(color, out, "--calib", str(listing), "--holdout", color["hold"]) == 0
+    assert "calibration: 5 images" in capsys.readouterr().out
+    listing.write_text("nope.png\n")
+    assert _quantize(color, out, "--calib", str(listing), "--holdout", color["hold"]) == 1
+    assert "1 listed images not found" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- speed line
