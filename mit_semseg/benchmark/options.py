@@ -26,7 +26,7 @@ SECTIONS = ("peak", "single", "multi", "train", "testpy", "data", "metrics", "sl
 DEFAULT_SECTIONS = ("peak", "single", "multi", "train", "data", "metrics")
 PRESETS = ("default", "quick", "targets")
 OMP_WAIT_POLICIES = ("default", "passive", "active")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 # --preset quick: these replace the fields left at their defaults
 QUICK: dict[str, Any] = dict(

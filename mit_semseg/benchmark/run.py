@@ -31,6 +31,7 @@ from ..runtime.process import allocator_state
 from .data import run_data
 from .flops import run_peak
 from .harness import FC_DIM, REPO_ROOT, Bench, bench_device, bf16_supported, cpu_name, load_avg
+from .int8 import run_int8
 from .inference import METHODS, REDUCED, RENAMED, run_multi, run_single
 from .metrics import run_metrics
 from .options import (DEFAULT_PAIRS, DEFAULT_SECTIONS, DEFAULT_TRAIN_PAIRS, OMP_WAIT_POLICIES,
@@ -116,7 +117,8 @@ def resolve_options(options: BenchmarkOptions) -> BenchmarkOptions:
                         + (["fp16"] if dev.type == "cuda" else []))
     for prec in o.precisions:
         if prec not in PRECISIONS:
-            raise BenchmarkError(f"unknown precision '{prec}'; expected fp32, bf16 and/or fp16")
+            raise BenchmarkError(f"unknown precision '{prec}'; expected fp32, bf16, fp16 "
+                                 f"and/or int8")
     if o.omp_wait_policy not in OMP_WAIT_POLICIES:
         raise BenchmarkError(f"unknown OpenMP wait policy '{o.omp_wait_policy}'; expected one "
                              f"of {', '.join(OMP_WAIT_POLICIES)}")
@@ -181,6 +183,8 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
         for section in SECTIONS:
             if section in options.sections:
                 RUNNERS[section](bench)
+        if "int8" in options.precisions:
+            run_int8(bench)
     finally:
         if bench.worker is not None:
             bench.worker.close()

@@ -33,6 +33,8 @@ COMMANDS: dict[str, Command] = {
     "test": Command("test", "segment photos, write PNGs (test.py)"),
     "web": Command("web", "serve the web demo (needs the [web] extra)"),
     "export": Command("export", "export to ONNX and check it (needs the [onnx] extra)"),
+    "quantize": Command("quantize", "int8 ONNX model calibrated on your images, checked and "
+                                    "timed ([onnx])"),
     "datatools": Command("datatools", "prepare and check your own dataset, import "
                                       "annotations (LabelMe, COCO, CVAT, Label Studio)"),
     "prelabel": Command("prelabel", "write predictions as pre-annotations (COCO, Label "

@@ -89,9 +89,10 @@ def build_parser() -> CommandParser:
                         "and default (and default-bf16). With --compare-original, 'original' "
                         "comes first and is the reference of speedups and labels")
     p.add_argument("--precisions", type=_csv, default=d("precisions"),
-                   help="fp32, bf16, fp16 (default: fp32, bf16 where the hardware has it, fp16 "
-                        "on CUDA); training uses bf16 only (fp16 training: train.py's "
-                        "TRAIN.precision with its GradScaler)")
+                   help="fp32, bf16, fp16, int8 (default: fp32, bf16 where the hardware has it, "
+                        "fp16 on CUDA); training uses bf16 only (fp16 training: train.py's "
+                        "TRAIN.precision with its GradScaler); int8: onnxruntime int8 rows of "
+                        "the single pairs (export, quantize, time; benchmark/int8.py)")
     p.add_argument("--photo", type=_size_pair, default=d("photo"),
                    help="photo size HxW of multi-scale inference and testpy")
     p.add_argument("--scales", type=lambda t: tuple(int(x) for x in _csv(t)),
@@ -152,13 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         from ..benchmark import BenchmarkOptions, format_report, run_benchmark
+        from ..benchmark.int8 import format_int8
         from ..benchmark.slide import format_slide
         if args.omp_wait_policy != "default":
             code = _reexec_with_policy(args.omp_wait_policy, argv)
             if code is not None:
                 return code
         results = run_benchmark(BenchmarkOptions(**vars(args)))
-        print(format_report(results) + format_slide(results))
+        print(format_report(results) + format_slide(results) + format_int8(results))
         if args.json:
             with open(args.json, "w", encoding="utf-8") as f:
                 json.dump(results, f, indent=1)

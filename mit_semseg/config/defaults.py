@@ -291,7 +291,9 @@ def _inference_keys() -> dict:
     return {
         # new: also average the horizontally flipped prediction.
         "flip": False,
-        # new: "fp32" (default), or "bf16"/"fp16" autocast for inference.
+        # new: "fp32" (default), or "bf16"/"fp16" autocast for inference. With backend
+        # "onnxruntime" the file's own is used ("int8" for a file of python -m
+        # mit_semseg quantize); "int8" here then refuses an fp32 file.
         "precision": "fp32",
         # new: False (default) runs an inference copy of the model (BatchNorm folded
         # into the convolutions, fused conv+ReLU, channels-last, factorized PPM and

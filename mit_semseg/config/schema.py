@@ -35,7 +35,7 @@ class ConfigValueError(ConfigError):
 
 # closed sets of choices (the components map them to what they do)
 PRECISIONS = ("fp32", "bf16", "fp16")  # TRAIN.precision
-INFERENCE_PRECISIONS = ("fp32", "bf16", "fp16")  # VAL/TEST.precision (pytorch backend)
+INFERENCE_PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # VAL/TEST.precision (int8: a quantized file)
 STREAMS = ("resumable", "original")  # TRAIN.stream
 SAVE_FORMATS = ("pth", "safetensors")  # TRAIN.save_format
 BACKENDS = ("pytorch", "onnxruntime")  # VAL/TEST.backend

@@ -56,6 +56,15 @@ def _val_engine(cfg: CfgNode, device: Any) -> InferenceEngine:
     return engine_from_config(cfg, "VAL", device)
 
 
+def _ran(engine: InferenceEngine) -> dict[str, str]:
+    """What the engine measured with: its backend and precision (an int8 file's "int8"),
+    and the ONNX file it ran, if any."""
+    ran = {"backend": getattr(engine.backend, "name", "custom"), "precision": engine.precision}
+    if getattr(engine.backend, "path", None):
+        ran["onnx"] = str(engine.backend.path)
+    return ran
+
+
 def _val_dataset(cfg: CfgNode, start: int = -1, end: int = -1) -> ValDataset:
     return ValDataset(cfg.DATASET.root_dataset, cfg.DATASET.list_val, cfg.DATASET,
                       start_idx=start, end_idx=end)
@@ -95,7 +104,7 @@ def evaluate(cfg: CfgNode, device: Any = "auto", *, progress: bool = True,
         metrics, worst, seconds = _report_part(cfg, engine, dataset, names, table.colors,
                                                [OnSample(lambda: bar.update(1))])
     return write_report(metrics, cfg, seconds, stream, panels=worst.panels(),
-                        names=table.name_dict())
+                        names=table.name_dict(), ran=_ran(engine))
 
 
 def validate(cfg: CfgNode, network: torch.nn.Module, device: Any,
@@ -128,7 +137,7 @@ def _worker(cfg_yaml: str, device: str, start: int, end: int, threads: int,
         metrics, worst, seconds = _report_part(cfg, engine, dataset, names, class_colors(cfg),
                                                [OnSample(lambda: results.put(("image", rank)))],
                                                first=start)
-        results.put(("done", rank, metrics, worst, seconds))
+        results.put(("done", rank, metrics, worst, seconds, _ran(engine)))
     except MitSemsegError as exc:  # bad input: its one-line message
         results.put(("input_error", rank, exc))
     except BaseException:  # report everything, including KeyboardInterrupt, to the parent
@@ -184,7 +193,7 @@ def evaluate_multiprocess(cfg: CfgNode, devices: Sequence[str], *, progress: boo
                     raise RuntimeError(f"evaluation process {msg[1]} ({devices[msg[1]]}) "
                                        f"failed:\n{msg[2]}")
                 else:
-                    _, rank, part, worst, _seconds = msg
+                    _, rank, part, worst, _seconds, ran = msg
                     parts[rank] = (part, worst)
                     pending.discard(rank)
     finally:
@@ -198,4 +207,4 @@ def evaluate_multiprocess(cfg: CfgNode, devices: Sequence[str], *, progress: boo
         metrics.merge(parts[rank][0])
         worst.merge(parts[rank][1])
     return write_report(metrics, cfg, None, stream, panels=worst.panels(),
-                        names=class_names(cfg))
+                        names=class_names(cfg), ran=ran)

@@ -60,12 +60,14 @@ def _write_atomic(path: str, text: str) -> None:
 
 def write_report(metrics: SegmentationMetrics, cfg: CfgNode, seconds: float | None,
                  stream: TextIO, *, names: Mapping[int, str],
-                 panels: Sequence[Any] | None = None, html: bool = True) -> dict[str, Any]:
+                 panels: Sequence[Any] | None = None, html: bool = True,
+                 ran: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Print the per-class table and summary to ``stream``, write the JSON next to
     the checkpoint (``results_path``) and, with ``html``, the report page
     (``report_path``) with ``panels`` (``WorstPanels.panels()``, worst first) as
     its worst images; ``names``: the class names (index -> name); return the
-    record written."""
+    record written. ``ran``: the ``backend`` and ``precision`` the engine measured
+    with (default: the VAL keys' values)."""
     summary = metrics.summary(names)
     width = max(len(n) for n in names.values())
     for row in summary["per_class"]:
@@ -88,7 +90,7 @@ def write_report(metrics: SegmentationMetrics, cfg: CfgNode, seconds: float | No
               "list_val": cfg.DATASET.list_val,
               "imgSizes": np.atleast_1d(cfg.DATASET.imgSizes).tolist(),
               "flip": bool(cfg.VAL.flip), "precision": cfg.VAL.precision,
-              "backend": cfg.VAL.backend, "mode": cfg.VAL.mode, **summary}
+              "backend": cfg.VAL.backend, "mode": cfg.VAL.mode, **(ran or {}), **summary}
     if seconds is not None:
         record["inference_time_per_image_s"] = seconds / max(metrics.num_images, 1)
     record.update(report_numbers(record))

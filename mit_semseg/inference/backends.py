@@ -5,12 +5,16 @@ scores.
   (:mod:`mit_semseg.accel`: BatchNorm folded, fused convolutions,
   channels-last, optional bf16) by default, or the modules as given
   (``exact``: the original's operations).
-* ``OnnxBackend``: a file written by ``python -m mit_semseg export``, run by
-  onnxruntime (``TEST.backend onnxruntime TEST.onnx model.onnx``).
+* ``OnnxBackend``: a file written by ``python -m mit_semseg export`` (float32)
+  or ``python -m mit_semseg quantize`` (int8), run by onnxruntime
+  (``TEST.backend onnxruntime TEST.onnx model.onnx``).
 
 Both are callables ``backend(img)``: ``[1, 3, h, w]`` float32 -> ``[1, C, h', w']``
-float32 scores before the softmax, with a ``num_class`` attribute; the engine
-keeps everything else (multi-scale copies, flip, fusion, sliding windows).
+float32 scores before the softmax, with ``num_class``, ``name`` ("pytorch",
+"onnxruntime") and ``precision`` (what the network computes in: "fp32", "bf16",
+"fp16", "int8") attributes; the engine keeps everything else (multi-scale
+copies, flip, fusion, sliding windows) and ``run_precision`` reconciles a
+requested precision with a backend's.
 
 An exported file records what it was made for (``export.onnx.metadata``:
 architecture, classes, preprocessing). ``config_claims`` lists what a config
@@ -39,13 +43,16 @@ from ..data.classes import ClassTable, class_table
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ..errors import InputNotFoundError
 
-__all__ = ["TorchBackend", "OnnxBackend", "BACKENDS", "TRUST", "OnnxMismatchError",
-           "decode_metadata", "make_backend", "config_claims", "check_metadata",
-           "file_settings"]
+__all__ = ["TorchBackend", "OnnxBackend", "BACKENDS", "TRUST", "FILE_PRECISIONS",
+           "OnnxMismatchError", "decode_metadata", "make_backend", "config_claims",
+           "check_metadata", "file_settings", "run_precision"]
 
 BACKENDS = SCHEMA_BACKENDS
 # who decides the preprocessing and classes of an exported file (TEST.onnx_trust)
 TRUST = SCHEMA_TRUST
+# what an exported file computes in: its metadata's "precision" (export writes
+# none: float32; python -m mit_semseg quantize writes "int8")
+FILE_PRECISIONS = ("fp32", "int8")
 
 
 class OnnxMismatchError(ConfigError):
@@ -62,9 +69,15 @@ class TorchBackend:
     of the inference copy (see ``accel.optimize_for_inference``).
     """
 
+    name = "pytorch"
+
     def __init__(self, network: nn.Module, device: torch.device, *,
                  precision: str = "fp32", exact: bool = False, channels_last: bool = True,
                  fuse: bool = True) -> None:
+        if str(precision).lower() == "int8":
+            raise ConfigError("precision int8 runs an int8 file in onnxruntime: make one with "
+                              "python -m mit_semseg quantize, then set backend onnxruntime and "
+                              "onnx to that file (TEST.backend / TEST.onnx)")
         encoder, decoder = network.encoder, network.decoder
         if not hasattr(decoder, "logits"):
             raise TypeError(f"{type(decoder).__name__} has no logits(conv_out) method; "
@@ -116,7 +129,12 @@ class OnnxBackend:
     providers (default: CPU). ``metadata``: the file's metadata, JSON decoded.
     ``normalisation(mean, std)`` makes it feed the graph pixels normalised with the
     file's own mean/std instead of the ImageNet values the engine applies.
+    ``precision``: the metadata's ``precision`` ("int8" for a file of
+    ``python -m mit_semseg quantize``), else "fp32"; loading an int8 file that
+    failed its accuracy check when it was made (kept with ``--keep``) warns.
     """
+
+    name = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
                  providers: Sequence[str] | None = None) -> None:
@@ -132,6 +150,7 @@ class OnnxBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: not its notes on graph clean-up
         try:
             self.session = ort.InferenceSession(
                 self.path, options, providers=list(providers or ["CPUExecutionProvider"]))
@@ -152,6 +171,16 @@ class OnnxBackend:
         else:
             raise ValueError(f"{self.path}: no num_class in the metadata and no fixed class "
                              "axis in the output; was it written by mit_semseg.export?")
+        self.precision = str(self.metadata.get("precision", "fp32")).lower()
+        if self.precision not in FILE_PRECISIONS:
+            raise ValueError(f"{self.path}: its metadata says precision "
+                             f"{self.metadata['precision']!r}; this package runs "
+                             f"{list(FILE_PRECISIONS)} files")
+        if self.precision == "int8" and self.metadata.get("int8_verified") is False:
+            reason = (self.metadata.get("int8_check") or {}).get("failed", "")
+            warnings.warn(f"{self.path}: this int8 file failed its accuracy check when it "
+                          f"was made and was kept with --keep" + (f" ({reason})" if reason
+                                                                   else ""), stacklevel=2)
 
     def normalisation(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """Feed the graph ``(pixel - mean) / std`` (RGB in [0, 1]) although its input
@@ -175,7 +204,23 @@ class OnnxBackend:
         return torch.from_numpy(scores)
 
     def __repr__(self) -> str:
-        return f"OnnxBackend({self.path!r}, num_class={self.num_class})"
+        return f"OnnxBackend({self.path!r}, {self.precision}, num_class={self.num_class})"
+
+
+def run_precision(backend: Any, requested: str | None, section: str = "TEST") -> str:
+    """The precision ``backend`` (an ``OnnxBackend``) runs at when ``<section>.precision``
+    is ``requested``: the file's own for "fp32" (the default) or for the file's own
+    value; "int8" for an fp32 file, and "bf16"/"fp16" (PyTorch's), raise ConfigError."""
+    want = str(requested or "fp32").lower()
+    have = str(getattr(backend, "precision", "fp32"))
+    if want in ("fp32", "float32", have):
+        return have
+    path = getattr(backend, "path", "the file")
+    if want == "int8":
+        raise ConfigError(f"{section}.precision int8: {path} is a {have} file; make an int8 "
+                          f"one with python -m mit_semseg quantize and set {section}.onnx to it")
+    raise ConfigError(f"{section}.precision {requested!r} needs the pytorch backend; the "
+                      f"onnxruntime backend runs the file at its own precision ({have})")
 
 
 def decode_metadata(props: dict[str, str]) -> dict[str, Any]:

@@ -54,7 +54,8 @@ from ..data.classes import ClassTable
 from ..data.transforms import Preprocess
 from ..models import build_model
 from ..runtime.devices import resolve_device
-from .backends import TorchBackend, check_metadata, config_claims, file_settings, make_backend
+from .backends import (TorchBackend, check_metadata, config_claims, file_settings,
+                       make_backend, run_precision)
 from .fusion import DEFAULT_BAND_BYTES, Prediction, fuse
 from .slide import SlideWindow, predict_slide, slide_options
 
@@ -90,9 +91,7 @@ class InferenceEngine:
                  window: SlideWindow | None = None, classes: ClassTable | None = None) -> None:
         self.device = resolve_device(device)
         if backend is not None:
-            if (precision or "fp32").lower() not in ("fp32", "float32"):
-                raise ValueError(f"precision {precision!r} needs the pytorch backend; "
-                                 "the onnxruntime backend runs the exported float32 graph")
+            precision = run_precision(backend, precision)  # the file's: fp32 or int8
         else:
             if network is None:
                 raise ValueError("InferenceEngine needs a network or a backend")
@@ -259,6 +258,7 @@ class InferenceEngine:
         runner = make_backend(opt["backend"], opt["onnx_path"], trust=trust, section=section)
         if runner is not None:
             classes = None
+            common["precision"] = run_precision(runner, opt["precision"], section)
             if trust == "file":
                 preprocess, classes = file_settings(runner, section)
             else:
