@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -214,26 +213,10 @@ def bench_device(spec: str) -> torch.device:
     return resolve_device(spec)
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """This machine's CPU model (``runtime.process.cpu_name``)."""
+    from ..runtime.process import cpu_name as name
+    return name()
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -241,7 +224,8 @@ def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     from ..accel import mkldnn_bf16_available
-    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"}) and mkldnn_bf16_available()
+    from ..runtime.process import cpu_flags
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"}) and mkldnn_bf16_available()
 
 
 def load_avg() -> list[float] | None:

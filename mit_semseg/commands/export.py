@@ -28,13 +28,8 @@ def build_parser() -> CommandParser:
     """The command's parser (flags and overrides)."""
     from ..export.onnx import DEFAULT_OPSET, DEFAULT_TOLERANCE, EXPORTERS
     parser = command_parser("python -m mit_semseg export", _DESCRIPTION, EPILOG, config="required")
-    parser.add_argument("--checkpoint-dir", metavar="DIR",
-                        help="folder with encoder_<TEST.checkpoint> and decoder_<TEST.checkpoint> "
-                             "(.pth or .safetensors), or a model folder (models save; its "
-                             "config.yaml as --cfg) (default: the config's DIR)")
-    parser.add_argument("--checkpoint", help="checkpoint suffix (default: TEST.checkpoint)")
-    parser.add_argument("--encoder-weights", metavar="FILE", help=".pth or .safetensors")
-    parser.add_argument("--decoder-weights", metavar="FILE", help=".pth or .safetensors")
+    from ._shared import add_weight_arguments
+    add_weight_arguments(parser)
     parser.add_argument("--onnx", required=True, metavar="FILE", help="output .onnx file")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help="ONNX opset (default %(default)s)")
@@ -54,29 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give both --encoder-weights and --decoder-weights, or neither")
 
     def body() -> int:
-        from ..checkpoints.files import CheckpointNotFoundError, checkpoint_paths
         from ..config import load_cfg
         from ..errors import MitSemsegError
         from ..export.onnx import build_network, compare_onnx, export_onnx, exportable, metadata
         cfg = load_cfg(args.cfg, args.opts)
-        if args.encoder_weights is None:
-            folder = args.checkpoint_dir or cfg.DIR
-            name = args.checkpoint or cfg.TEST.checkpoint
-            try:
-                enc, dec = checkpoint_paths(folder, name)
-            except CheckpointNotFoundError as exc:
-                raise CheckpointNotFoundError(
-                    f"checkpoint not found: {' and '.join(exc.missing)} (.pth or .safetensors); "
-                    f"give the weights with "
-                    f"--checkpoint-dir DIR (and --checkpoint NAME, default TEST.checkpoint "
-                    f"'{cfg.TEST.checkpoint}'), or --encoder-weights FILE --decoder-weights "
-                    f"FILE") from None
-        else:
-            enc, dec = args.encoder_weights, args.decoder_weights
-            for path in (enc, dec):
-                if not os.path.isfile(path):
-                    raise CheckpointNotFoundError(f"checkpoint not found: {path} (from "
-                                                  f"--encoder-weights / --decoder-weights)")
+        from ._shared import weight_files
+        enc, dec = weight_files(args, cfg)
         network = build_network(cfg, enc, dec)
         try:
             import onnx  # noqa: F401

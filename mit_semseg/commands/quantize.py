@@ -40,13 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = command_parser("python -m mit_semseg quantize", _DESCRIPTION, EPILOG,
                             config="optional")
     source = parser.add_argument_group("the fp32 model (one of)")
-    source.add_argument("--checkpoint-dir", metavar="DIR",
-                        help="with --cfg: folder with encoder_/decoder_<TEST.checkpoint> (.pth "
-                             "or .safetensors), or a model folder (its config.yaml as --cfg) "
-                             "(default: the config's DIR)")
-    source.add_argument("--checkpoint", help="checkpoint suffix (default: TEST.checkpoint)")
-    source.add_argument("--encoder-weights", metavar="FILE", help=".pth or .safetensors")
-    source.add_argument("--decoder-weights", metavar="FILE", help=".pth or .safetensors")
+    from ._shared import add_weight_arguments
+    add_weight_arguments(source)
     source.add_argument("--from-onnx", metavar="FILE",
                         help="a float32 .onnx of python -m mit_semseg export (--cfg optional: "
                              "when given, the file must agree with it)")
@@ -123,32 +118,14 @@ def _run(args: Any) -> int:
         return _quantize(args, cfg, fp32_path, tmp)
 
 
-def _weights(args: Any, cfg: Any) -> tuple[str, str]:
-    from ..checkpoints.files import CheckpointNotFoundError, checkpoint_paths
-    if args.encoder_weights is not None:
-        for path in (args.encoder_weights, args.decoder_weights):
-            if not os.path.isfile(path):
-                raise CheckpointNotFoundError(f"checkpoint not found: {path} (from "
-                                              f"--encoder-weights / --decoder-weights)")
-        return args.encoder_weights, args.decoder_weights
-    folder, name = args.checkpoint_dir or cfg.DIR, args.checkpoint or cfg.TEST.checkpoint
-    try:
-        return checkpoint_paths(folder, name)
-    except CheckpointNotFoundError as exc:
-        raise CheckpointNotFoundError(
-            f"checkpoint not found: {' and '.join(exc.missing)} (.pth or .safetensors); give "
-            f"the weights with --checkpoint-dir DIR (and --checkpoint NAME, default "
-            f"TEST.checkpoint '{cfg.TEST.checkpoint}'), --encoder-weights FILE "
-            f"--decoder-weights FILE, or an exported file with --from-onnx") from None
-
-
 def _export_fp32(args: Any, cfg: Any, path: str) -> str:
     """The config's model as an fp32 ONNX file at ``path``, checked as export checks it."""
     from ..errors import MitSemsegError
     from ..export.onnx import (DEFAULT_TOLERANCE, build_network, compare_onnx, export_onnx,
                                exportable, metadata)
     from ..export.quantize import require_onnx
-    enc, dec = _weights(args, cfg)
+    from ._shared import weight_files
+    enc, dec = weight_files(args, cfg, ", or an exported file with --from-onnx")
     network = build_network(cfg, enc, dec)
     require_onnx()
     export_onnx(exportable(network), path, props=metadata(cfg))

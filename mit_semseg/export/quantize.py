@@ -38,6 +38,7 @@ from PIL import Image
 from ..data.io import read_image
 from ..data.transforms import Preprocess
 from ..errors import MitSemsegError
+from ..runtime.process import cpu_flags, cpu_name
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "FP32_LAYERS", "DEFAULT_FP32_LAYERS",
            "DEFAULT_MIN_AGREEMENT", "DEFAULT_MAX_DROP", "FASTER", "QuantizeError",
@@ -85,30 +86,6 @@ def require_onnx() -> Any:
 
 
 # ============================================================================ the CPU
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (``/proc/cpuinfo``; empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_name() -> str:
-    """The CPU's model name, or the platform's word for it."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "this CPU"
-
 
 def int8_instructions(flags: Iterable[str] | None = None) -> list[str]:
     """Names of the int8 dot-product instruction sets among ``flags`` (default: this

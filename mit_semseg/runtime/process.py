@@ -3,9 +3,10 @@ allocator, returning memory to the system, and a fast exit for scripts."""
 from __future__ import annotations
 
 import os
+import platform
 import sys
 
-__all__ = ["cpu_count", "loader_workers", "set_threads", "exit_now", "tune_allocator",
+__all__ = ["cpu_count", "cpu_flags", "cpu_name", "loader_workers", "set_threads", "exit_now", "tune_allocator",
            "allocator_state", "release_memory"]
 
 
@@ -20,6 +21,30 @@ def cpu_count() -> int:
 def loader_workers(requested: int) -> int:
     """DataLoader worker processes to start: ``requested`` capped at :func:`cpu_count` (>= 0)."""
     return max(0, min(int(requested), cpu_count()))
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_name() -> str:
+    """The CPU's model name, or the platform's word for it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "this CPU"
 
 
 def set_threads(count: int) -> int:
