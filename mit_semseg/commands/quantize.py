@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from ..runtime.command import command_parser, parse_command, run_command
+from ..runtime.command import CommandParser, command_parser, parse_command, run_command
 
 EPILOG = """\
 examples:
@@ -34,7 +34,8 @@ stderr), among them an int8 model below the accuracy thresholds, 2 usage error."
 _DESCRIPTION = __doc__.split("\n\n", 1)[1]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> CommandParser:
+    """The command's parser (flags and overrides)."""
     from ..export.quantize import (DEFAULT_FP32_LAYERS, DEFAULT_MAX_DROP, DEFAULT_METHOD,
                                    DEFAULT_MIN_AGREEMENT, FP32_LAYERS, METHODS)
     parser = command_parser("python -m mit_semseg quantize", _DESCRIPTION, EPILOG,
@@ -86,6 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="calibration images timed with fp32 and int8 (default %(default)s)")
     parser.add_argument("--threads", type=int, default=0, metavar="N",
                         help="onnxruntime threads (default 0: PyTorch's, one per core)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = build_parser()
     args = parse_command(parser, argv)
     if (args.encoder_weights is None) != (args.decoder_weights is None):
         parser.error("give both --encoder-weights and --decoder-weights, or neither")
