@@ -306,16 +306,15 @@ def test_benchmark_int8_rows(monkeypatch):
     """--precisions ...,int8: int8 rows beside onnxruntime fp32 and the PyTorch default."""
     import shutil
 
-    from mit_semseg.benchmark import int8 as bench_int8
-    from mit_semseg.benchmark.cli import _apply_preset, build_parser
+    from mit_semseg.benchmark import BenchmarkOptions, int8 as bench_int8
     from mit_semseg.benchmark.harness import Bench
+    from mit_semseg.benchmark.run import resolve_options
     monkeypatch.setattr(bench_int8, "CALIBRATION_IMAGES", 2)
-    args = build_parser().parse_args(
-        ["--quick", "--sections", "single", "--precisions", "fp32,int8", "--pairs",
-         "mobilenetv2dilated+c1", "--size", "32", "--num-class", "8", "--warmup", "0",
-         "--quiet", "--gpus", "cpu"])
-    _apply_preset(args)
-    bench = Bench(args)
+    options = resolve_options(BenchmarkOptions(
+        preset="quick", sections=["single"], precisions=["fp32", "int8"],
+        pairs=["mobilenetv2dilated+c1"], size=32, num_class=8, warmup=0, quiet=True,
+        device="cpu"))
+    bench = Bench(options)
     try:
         bench_int8.run_int8(bench)
     finally:
