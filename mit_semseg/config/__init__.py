@@ -37,7 +37,7 @@ def load_cfg(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CfgNode:
         raise ConfigError(f"overrides must be KEY VALUE pairs; '{opts[-1]}' has no value")
     _warn_replaced_keys(opts[0::2], "command line")
     try:
-        out.merge_from_list(opts)
+        out.merge_from_list(_merge_new_keys(out, opts))
     except (KeyError, AssertionError, ValueError) as exc:
         raise ConfigError(f"command-line override: {_reason(exc)}") from None
     where = " + ".join(p for p in (cfg_file or "", "overrides" if opts else "") if p)
@@ -52,6 +52,27 @@ _REPLACED = {
 }
 for _key in _REPLACED:
     cfg.register_deprecated_key(_key)
+
+
+def _merge_new_keys(node: CfgNode, opts: Sequence[str]) -> list[str]:
+    """Merge the overrides that add a key to a section that allows new keys
+    (``MODEL.encoder_options.drop_path_rate 0.2``; YACS' ``merge_from_list`` only
+    replaces existing keys) into ``node``; return the other overrides."""
+    rest: list[str] = []
+    for key, value in zip(opts[0::2], opts[1::2]):
+        *path, leaf = str(key).split(".")
+        parent: Any = node
+        for part in path:
+            parent = parent.get(part) if isinstance(parent, CfgNode) else None
+        if path and isinstance(parent, CfgNode) and parent.is_new_allowed() \
+                and leaf not in parent:
+            tree: Any = value
+            for part in reversed(str(key).split(".")):
+                tree = {part: tree}
+            node.merge_from_other_cfg(CfgNode(tree))  # decodes the value as merge_from_list
+        else:
+            rest += [key, value]
+    return rest
 
 
 def _file_keys(path: str) -> list[str]:
