@@ -18,3 +18,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_configure(config):
+    # tests of timm: encoders (the [timm] extra); .ci/run's timm stage runs only these
+    config.addinivalue_line("markers", "timm: needs the [timm] extra (skipped without timm)")
