@@ -36,8 +36,9 @@ def load_cfg(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CfgNode:
     if len(opts) % 2:
         raise ConfigError(f"overrides must be KEY VALUE pairs; '{opts[-1]}' has no value")
     _warn_replaced_keys(opts[0::2], "command line")
+    opts = _add_open_keys(out, opts)
     try:
-        out.merge_from_list(_merge_new_keys(out, opts))
+        out.merge_from_list(opts)
     except (KeyError, AssertionError, ValueError) as exc:
         raise ConfigError(f"command-line override: {_reason(exc)}") from None
     where = " + ".join(p for p in (cfg_file or "", "overrides" if opts else "") if p)
@@ -54,22 +55,20 @@ for _key in _REPLACED:
     cfg.register_deprecated_key(_key)
 
 
-def _merge_new_keys(node: CfgNode, opts: Sequence[str]) -> list[str]:
-    """Merge the overrides that add a key to a section that allows new keys
-    (``MODEL.encoder_options.drop_path_rate 0.2``; YACS' ``merge_from_list`` only
-    replaces existing keys) into ``node``; return the other overrides."""
+def _add_open_keys(out: CfgNode, opts: list[str]) -> list[str]:
+    """Merge the overrides that add a key to a node accepting new keys (such as
+    ``MODEL.encoder_options``, which ``merge_from_list`` refuses); return the rest.
+    Values are read as YAML (``0.3`` a number, ``True`` a bool)."""
     rest: list[str] = []
     for key, value in zip(opts[0::2], opts[1::2]):
-        *path, leaf = str(key).split(".")
-        parent: Any = node
-        for part in path:
-            parent = parent.get(part) if isinstance(parent, CfgNode) else None
-        if path and isinstance(parent, CfgNode) and parent.is_new_allowed() \
-                and leaf not in parent:
-            tree: Any = value
-            for part in reversed(str(key).split(".")):
+        node, parts = out, str(key).split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, CfgNode) else None
+        if isinstance(node, CfgNode) and node.is_new_allowed() and parts[-1] not in node:
+            tree: Any = {parts[-1]: yaml.safe_load(str(value))}
+            for part in reversed(parts[:-1]):
                 tree = {part: tree}
-            node.merge_from_other_cfg(CfgNode(tree))  # decodes the value as merge_from_list
+            out.merge_from_other_cfg(CfgNode(tree))
         else:
             rest += [key, value]
     return rest

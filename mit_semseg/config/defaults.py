@@ -88,14 +88,10 @@ _C.MODEL = CN({
     # the released models were trained.
     "bn_momentum": -1.0,
 })
-# new: settings of the encoder family, read by its factory (empty for the
-# original's families); any key may be added, in a YAML file or on the command
-# line. timm:<name> encoders (mit_semseg/models/timm_encoder.py,
-# docs/modern-models.md): out_indices (feature levels; default the last four),
-# pretrained_file (local ImageNet weights instead of the Hugging Face download),
-# feature_norm (a LayerNorm on each returned map), drop_path_rate (stochastic
-# depth) and any other keyword argument of the timm model.
-# (Assigned after the section: a CN nested in a CN's dict loses new_allowed.)
+# new: settings of the encoder family, passed to its factory as EncoderSpec.options
+# (any keys; the original's families take none). E.g. drop_path_rate (stochastic
+# depth: the rate of the deepest block, for the timm and transformer families);
+# also on the command line: MODEL.encoder_options.drop_path_rate 0.3.
 _C.MODEL.encoder_options = CN(new_allowed=True)
 
 # -----------------------------------------------------------------------------
