@@ -223,3 +223,36 @@ def test_offline_without_cached_weights_says_where_they_go(tmp_path, monkeypatch
     assert "\n" not in msg
     assert str(tmp_path / "hub" / "models--timm--convnext_atto.d2_in1k") in msg
     assert "HF_HUB_OFFLINE" in msg and "pretrained_file" in msg and "MODEL.pretrained False" in msg
+
+
+# ------------------------------------------------------------------ presets
+
+PRESETS = {"ade20k-convnext_tiny-upernet": ("timm:convnext_tiny.fb_in1k", 0.4, "slide"),
+           "ade20k-swin_tiny-upernet": ("timm:swin_tiny_patch4_window7_224.ms_in1k", 0.3,
+                                        "whole")}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_load_with_their_anchor_settings(name):
+    arch, drop_path, mode = PRESETS[name]
+    cfg = load_cfg(os.path.join(ROOT, "config", name + ".yaml"))
+    assert cfg.MODEL.arch_encoder == arch and cfg.MODEL.arch_decoder == "upernet"
+    assert cfg.MODEL.encoder_options.drop_path_rate == drop_path
+    assert cfg.MODEL.encoder_options.feature_norm is True
+    assert (cfg.DATASET.padding_constant, cfg.DATASET.segm_downsampling_rate) == (32, 4)
+    assert cfg.DATASET.imgSizes == (512,) and cfg.VAL.mode == cfg.TEST.mode == mode
+    assert cfg.TRAIN.epoch_iters * cfg.TRAIN.num_epoch == 160000
+    text = open(os.path.join(ROOT, "config", name + ".yaml")).read()
+    assert "Anchor:" in text and "mIoU" in text
+
+
+@pytest.mark.timm
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_build_with_the_published_widths(name):
+    _timm()
+    cfg = load_cfg(os.path.join(ROOT, "config", name + ".yaml"), ["MODEL.pretrained", "False"])
+    net = build_model(cfg)
+    assert net.encoder.out_channels == (96, 192, 384, 768)
+    assert net.encoder.norms is not None and net.decoder.num_class == 150
+    params = sum(p.numel() for p in net.parameters())
+    assert 58e6 < params < 61e6  # UPerNet-T sizes as published (~60M, with an aux head)
