@@ -50,7 +50,8 @@ def build_parser() -> CommandParser:
     p.add_argument("--quick", action="store_const", const="quick", dest="preset",
                    help="same as --preset quick")
     p.add_argument("--pairs", type=_csv, default=d("pairs"),
-                   help="ENCODER+DECODER pairs for single- and multi-scale inference")
+                   help="ENCODER+DECODER pairs for single- and multi-scale inference; any "
+                        "registered encoder, e.g. timm:convnext_tiny+upernet (the [timm] extra)")
     p.add_argument("--single-pairs", type=_csv, default=d("single_pairs"),
                    help="pairs for single-scale only")
     p.add_argument("--multi-pairs", type=_csv, default=d("multi_pairs"),
@@ -58,7 +59,10 @@ def build_parser() -> CommandParser:
     p.add_argument("--train-pairs", type=_csv, default=d("train_pairs"),
                    help="pairs for training")
     p.add_argument("--cfg", nargs="+", default=d("cfg"),
-                   help="take pairs, class count and multi-scale settings from config files")
+                   help="take pairs (inference and, unless --train-pairs, training), "
+                        "their MODEL.encoder_options, class count and multi-scale settings "
+                        "from config files, e.g. --cfg config/ade20k-convnext_tiny-upernet.yaml "
+                        "config/ade20k-swin_tiny-upernet.yaml")
     p.add_argument("--sections", type=_csv, default=d("sections"),
                    help=f"what to measure, some of {','.join(SECTIONS)}; unset: all but "
                         "testpy, which times test.py as whole processes, and slide")
