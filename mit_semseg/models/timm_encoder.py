@@ -148,11 +148,15 @@ def _offline_error(name: str, exc: BaseException) -> TimmError:
     except Exception:  # noqa: BLE001 - only for the message
         where = "the Hugging Face cache"
     return TimmError(
-        f"{TIMM_PREFIX}{name}: ImageNet weights are not in {where} and could not be "
-        f"downloaded{offline}: {reason}. Fetch them once where there is a network "
+        f"{TIMM_PREFIX}{name}: its ImageNet weights could not be loaded{offline} ({reason}); "
+        f"timm reads them from {where}. Fetch them once where there is a network "
         f"(python -c \"import timm; timm.create_model('{name}', pretrained=True)\" with the "
         f"same HF_HOME), or set MODEL.encoder_options.pretrained_file to a local file, or "
         f"MODEL.pretrained False to start from random weights")
+
+
+class _NotAnArgument(TimmError):
+    """An encoder option the timm model does not take."""
 
 
 class _ChannelNorm(nn.LayerNorm):
@@ -259,35 +263,66 @@ def build_timm_encoder(name: str, *, pretrained: bool = False,
     if out_indices is not None:
         kwargs["out_indices"] = tuple(int(i) for i in (out_indices if isinstance(
             out_indices, (list, tuple)) else [out_indices]))
-    if cfg is not None and getattr(cfg, "fixed_input_size", False):
-        # ViT / Swin style models are built for one input size: ask for any size
-        kwargs.setdefault("dynamic_img_size", True)
     file = options.get("pretrained_file") or ""
     if pretrained and file:
         if not os.path.isfile(file):
             raise InputNotFoundError(f"MODEL.encoder_options.pretrained_file: {file} does "
                                      f"not exist")
         kwargs["pretrained_cfg_overlay"] = dict(file=os.path.abspath(file))
+    fixed = cfg is not None and getattr(cfg, "fixed_input_size", False)
+    asked = {k for k in ("dynamic_img_size", "strict_img_size") if k in kwargs}
+    body = None
+    if fixed and not asked:
+        # ViT / Swin style models are built for one input size: ask for any size, in
+        # the words of this timm version (dynamic_img_size; the Swin of earlier 1.0
+        # releases: strict_img_size False)
+        for extra in ({"dynamic_img_size": True}, {"strict_img_size": False}):
+            try:
+                body = _create(timm, name, pretrained, {**kwargs, **extra}, bool(file))
+            except _NotAnArgument:
+                continue
+            if not _fixed_size(body):
+                break
+        if body is None or _fixed_size(body):
+            raise TimmError(f"{TIMM_PREFIX}{name} takes only the input size it was built "
+                            f"for (neither dynamic_img_size nor strict_img_size False frees it "
+                            f"in timm {timm.__version__}); segmentation needs any size")
+    else:
+        body = _create(timm, name, pretrained, kwargs, bool(file))
+    levels = _levels(len(body.feature_info.channels()), out_indices)
+    return TimmEncoder(body, name, levels, feature_norm=bool(options.get("feature_norm", False)))
+
+
+def _fixed_size(body: nn.Module) -> bool:
+    """True when a patch embedding of ``body`` still asserts its build-time size."""
+    return any(getattr(m, "strict_img_size", False) and getattr(m, "img_size", None)
+               for m in body.modules())
+
+
+def _create(timm: Any, name: str, pretrained: bool, kwargs: dict[str, Any],
+            local_file: bool) -> nn.Module:
+    """``timm.create_model(name, features_only=True, ...)`` with one-line errors."""
     try:
         body = timm.create_model(name, pretrained=pretrained, features_only=True, **kwargs)
     except TypeError as exc:
         given = [k for k in kwargs if k in str(exc)]
         key = f"MODEL.encoder_options.{given[0]}" if given else "MODEL.encoder_options"
-        raise TimmError(f"{TIMM_PREFIX}{name}: {key} is not an argument of this model "
-                        f"({exc})") from None
+        raise _NotAnArgument(f"{TIMM_PREFIX}{name}: {key} is not an argument of this model "
+                             f"({exc})") from None
     except (OSError, ValueError) as exc:
-        if pretrained and not file:
+        if pretrained and not local_file:
             raise _offline_error(name, exc) from None
         raise TimmError(f"{TIMM_PREFIX}{name}: {exc}") from None
     except (RuntimeError, AssertionError, NotImplementedError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if pretrained and not local_file and "hub" in first.lower():
+            raise _offline_error(name, exc) from None  # timm's Hub download, not the model
         raise TimmError(f"{TIMM_PREFIX}{name} offers no feature maps for a segmentation "
                         f"encoder (timm's features_only / forward_intermediates: {first})") \
             from None
     if getattr(body, "feature_info", None) is None or not len(body.feature_info.channels()):
         raise TimmError(f"{TIMM_PREFIX}{name} offers no feature maps for a segmentation encoder")
-    levels = _levels(len(body.feature_info.channels()), out_indices)
-    return TimmEncoder(body, name, levels, feature_norm=bool(options.get("feature_norm", False)))
+    return body
 
 
 @register_encoder(TIMM_PREFIX, prefix=True)
