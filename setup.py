@@ -12,6 +12,10 @@ ONNX = ["onnx>=1.17", "onnxruntime>=1.19"]
 HUB = ["safetensors>=0.4", "huggingface_hub>=0.20"]
 COCO = ["pycocotools>=2.0.6"]
 POLYGONS = ["opencv-python-headless>=4.5"]
+# timm imports torchvision, and each torchvision build pins one torch release: install
+# torch and its matching torchvision from your channel first, then this extra, so that
+# pip finds them satisfied and leaves your torch alone (docs/modern-models.md).
+TIMM = ["timm>=1.0.15"]
 
 setuptools.setup(
     name="mit_semseg",
@@ -49,6 +53,10 @@ setuptools.setup(
         "coco": COCO,
         # LabelMe polygons out of label maps (contour tracing, Douglas-Peucker): prelabel
         "polygons": POLYGONS,
+        # MODEL.arch_encoder timm:<name>: any timm backbone as an encoder (ConvNeXt, Swin
+        # ... presets); tested with timm 1.0.15, 1.0.20, 1.0.29 and 1.0.31. Not in [test]:
+        # it would bring a torch of its own (.ci/run tests it in a second environment)
+        "timm": TIMM,
         # every annotation format (datatools import, prelabel)
         "annotations": COCO + POLYGONS,
         # the web tests drive FastAPI's TestClient (httpx) and headless Chromium (selenium)

@@ -31,3 +31,8 @@ def data(tmp_path_factory):
                            os.path.join(root, "masks"), "--root", root,
                            "--val-fraction", "0.25"]) == 0
     return root, layout
+
+
+def pytest_configure(config):
+    # tests of timm: encoders (the [timm] extra); .ci/run's timm stage runs only these
+    config.addinivalue_line("markers", "timm: needs the [timm] extra (skipped without timm)")

@@ -15,6 +15,7 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..models.fusable import fusable_spec
+from ..nn import SynchronizedBatchNorm2d
 from .depthwise import DilatedDepthwiseConv2d
 
 __all__ = ["fold_conv_bn", "fuse_bn"]
@@ -47,10 +48,16 @@ def fold_conv_bn(conv: nn.Conv2d, bn: _BatchNorm) -> nn.Conv2d:
     return fused
 
 
+# forwards that are the plain normalisation in eval mode; a subclass that does more
+# (timm's BatchNormAct2d: BatchNorm, then an activation) is left unfolded
+_PLAIN_BN_FORWARDS = (_BatchNorm.forward, SynchronizedBatchNorm2d.forward)
+
+
 def _foldable(conv: Any, bn: Any) -> bool:
     # DilatedDepthwiseConv2d: a module switched for training (fast_training_);
     # the folded copy is a plain nn.Conv2d again.
     return (type(conv) in (nn.Conv2d, DilatedDepthwiseConv2d) and isinstance(bn, _BatchNorm)
+            and type(bn).forward in _PLAIN_BN_FORWARDS
             and bn.track_running_stats and bn.running_mean is not None
             and conv.out_channels == bn.num_features)
 

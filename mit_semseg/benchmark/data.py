@@ -39,9 +39,8 @@ def _loader_rate(bench: Bench, ds: TrainDataset, workers: int) -> dict[str, Any]
     return entry
 
 
-def _step_split(bench: Bench, ds: TrainDataset) -> dict[str, Any]:
+def _step_split(bench: Bench, pair: Pair, ds: TrainDataset) -> dict[str, Any]:
     a, dev = bench.options, bench.device
-    pair = Pair(a.train_pairs[0], MAX_CLASSES, bench.workdir)
     module, opts, _ = train_setup(pair, "default", dev)
     data_t, comp_t = [], []
     for i in range(a.warmup + a.data_batches):
@@ -75,6 +74,11 @@ def run_data(bench: Bench) -> None:
         out["loaders"][str(workers)] = entry = _loader_rate(bench, ds, workers)
         bench.log(f"data loader, {workers} workers: {entry['batches_per_s']:.1f} batches/s")
     if a.train_pairs:
+        spec = a.train_pairs[0]
+        pair = Pair(spec, MAX_CLASSES, bench.workdir, (a.pair_options or {}).get(spec))
+        rate = pair.label_stride()  # labels at the pair's score resolution
+        split = SimpleNamespace(**{**vars(opt), "segm_downsampling_rate": rate,
+                                   "padding_constant": max(opt.padding_constant, rate)})
         out["train_step_split"] = _step_split(
-            bench, TrainDataset(root, odgt, opt, batch_per_gpu=a.train_batch, seed=0))
+            bench, pair, TrainDataset(root, odgt, split, batch_per_gpu=a.train_batch, seed=0))
     bench.results["data"] = out

@@ -236,37 +236,65 @@ def load_avg() -> list[float] | None:
 
 
 class Pair:
-    """An encoder/decoder pair with parity-rule weights saved to ``workdir``."""
+    """An encoder/decoder pair with parity-rule weights saved to ``workdir``.
 
-    def __init__(self, spec: str, num_class: int, workdir: str) -> None:
+    Any registered encoder (the original's, ``timm:<name>`` ...); ``options``: its
+    ``MODEL.encoder_options`` (from a ``--cfg`` file). ``fc_dim``: the original's
+    width for the original's encoders (the original worker needs it), else 0 (the
+    encoder declares its channels)."""
+
+    def __init__(self, spec: str, num_class: int, workdir: str,
+                 options: dict[str, Any] | None = None) -> None:
         if "+" not in spec:
             raise SystemExit(f"pair '{spec}' must be ENCODER+DECODER, "
                              "e.g. resnet50dilated+ppm_deepsup")
         self.enc_arch, self.dec_arch = (s.strip().lower() for s in spec.split("+", 1))
         if self.enc_arch not in FC_DIM:
-            raise SystemExit(f"unknown encoder '{self.enc_arch}'; expected one of {sorted(FC_DIM)}")
+            from ..models.registry import encoder_factory
+            try:
+                encoder_factory(self.enc_arch)
+            except ValueError as exc:
+                raise SystemExit(str(exc)) from None
         self.name = f"{self.enc_arch}+{self.dec_arch}"
-        self.fc_dim = FC_DIM[self.enc_arch]
+        self.fc_dim = FC_DIM.get(self.enc_arch, 0)
+        self.options = dict(options or {})
         self.num_class = num_class
         self.workdir = workdir
-        self.enc_weights = os.path.join(workdir, f"{self.name}.encoder.pth")
-        self.dec_weights = os.path.join(workdir, f"{self.name}.decoder.pth")
+        safe = self.name.replace(":", "_").replace("/", "_")
+        self.enc_weights = os.path.join(workdir, f"{safe}.encoder.pth")
+        self.dec_weights = os.path.join(workdir, f"{safe}.decoder.pth")
+        self._stride: int | None = None
+
+    def network(self, weights: tuple[str, str] | None = None,
+                use_softmax: bool = False) -> nn.Module:
+        """The pair's ``SegmentationNetwork`` (``weights``: two state-dict files, else
+        random init), in training mode."""
+        from ..models import network_from_archs
+        return network_from_archs(self.enc_arch, self.dec_arch, num_class=self.num_class,
+                                  fc_dim=self.fc_dim, weights=weights, use_softmax=use_softmax,
+                                  encoder_options=self.options)
 
     def build(self, use_softmax: bool = True) -> nn.Module:
         """The pair's ``SegmentationNetwork`` in eval mode, filled by the parity weight
         rule (files written once); ``use_softmax``: the decoder's own forward returns
         probabilities, as the original's inference modules do."""
-        from ..models import network_from_archs
         if not os.path.exists(self.dec_weights):
-            net = network_from_archs(self.enc_arch, self.dec_arch, num_class=self.num_class,
-                                     fc_dim=self.fc_dim)
+            net = self.network()
             for part, path in ((net.encoder, self.enc_weights), (net.decoder, self.dec_weights)):
                 torch.save({k: rule_tensor(k, v.shape) for k, v in part.state_dict().items()},
                            path)
-        net = network_from_archs(self.enc_arch, self.dec_arch, num_class=self.num_class,
-                                 fc_dim=self.fc_dim, weights=(self.enc_weights, self.dec_weights),
-                                 use_softmax=use_softmax)
+        net = self.network((self.enc_weights, self.dec_weights), use_softmax=use_softmax)
         return net.eval()
+
+    def label_stride(self) -> int:
+        """Input pixels per score pixel (8 for the dilated encoders with C1/PPM, 4 for
+        UPerNet ...): how much training labels are downsampled for this pair."""
+        if self._stride is None:
+            net = self.network().eval()
+            with torch.no_grad():
+                out = net(torch.zeros(1, 3, 64, 64))
+            self._stride = max(1, 64 // int(out.shape[-1]))
+        return self._stride
 
 
 def scene(height: int, width: int, seed: int = 0):

@@ -174,7 +174,7 @@ def run_single(bench: Bench) -> None:
     img = normalize(scene(a.size, a.size, seed=1)).unsqueeze(0).contiguous()
     rows = []
     for spec in a.single_pairs:
-        pair = Pair(spec, a.num_class, bench.workdir)
+        pair = Pair(spec, a.num_class, bench.workdir, (a.pair_options or {}).get(spec))
         bench.log(f"single-scale {pair.name} {a.size}x{a.size}")
         rows.append(infer_case(bench, "single", pair, [img], (a.size, a.size)))
     bench.results["single_scale"] = rows
@@ -187,7 +187,7 @@ def run_multi(bench: Bench) -> None:
     h, w = a.photo
     imgs = resize_rules(a.scales, a.max_size, a.padding).scales(scene(h, w, seed=2))
     for spec in a.multi_pairs:
-        pair = Pair(spec, a.num_class, bench.workdir)
+        pair = Pair(spec, a.num_class, bench.workdir, (a.pair_options or {}).get(spec))
         bench.log(f"multi-scale {pair.name} {w}x{h} photo, scales {list(a.scales)}")
         row = infer_case(bench, "multi", pair, imgs, (h, w))
         row["scales"] = list(a.scales)

@@ -87,6 +87,9 @@ class BenchmarkOptions:
     slide_stride: tuple[int, int] | None = None
     slide_scale: float = 1.0
     slide_flip: bool = False
+    # no flag: each ``--cfg`` pair's MODEL.encoder_options ("enc+dec" -> options),
+    # filled by resolve_options
+    pair_options: dict[str, dict[str, Any]] | None = None
 
 
 def default_of(name: str) -> Any:

@@ -49,14 +49,25 @@ RUNNERS: dict[str, Callable[[Bench], None]] = {
 assert tuple(RUNNERS) == SECTIONS
 
 
-def _check_pair(spec: str) -> None:
-    """Refuse what ``harness.Pair`` cannot build, before any section runs."""
+def _check_pair(spec: str, original: bool = False) -> None:
+    """Refuse what ``harness.Pair`` cannot build, before any section runs: a spec
+    without "+", an encoder no family registered, and with ``original`` (the
+    original implementation runs the pair too) an encoder the original lacks."""
     if "+" not in spec:
         raise BenchmarkError(f"pair '{spec}' must be ENCODER+DECODER, "
                              "e.g. resnet50dilated+ppm_deepsup")
     encoder = spec.split("+", 1)[0].strip().lower()
-    if encoder not in FC_DIM:
-        raise BenchmarkError(f"unknown encoder '{encoder}'; expected one of {sorted(FC_DIM)}")
+    if encoder in FC_DIM:
+        return
+    if original:
+        raise BenchmarkError(f"--compare-original runs the original's encoders only "
+                             f"({', '.join(sorted(FC_DIM))}), not '{encoder}'")
+    from ..models.registry import encoder_factory
+    try:
+        encoder_factory(encoder)
+    except ValueError as exc:  # "Unknown encoder 'x'; expected one of [...]"
+        msg = str(exc)
+        raise BenchmarkError(msg[:1].lower() + msg[1:]) from None
 
 
 def _check_methods(methods: list[str]) -> None:
@@ -81,6 +92,8 @@ def resolve_options(options: BenchmarkOptions) -> BenchmarkOptions:
         raise BenchmarkError(f"unknown preset '{o.preset}'; expected one of {', '.join(PRESETS)}")
     if o.preset == "quick":
         for name, value in QUICK.items():
+            if o.cfg and name in ("pairs", "train_pairs"):
+                continue  # the configs' models
             if getattr(o, name) is None or getattr(o, name) == default_of(name):
                 setattr(o, name, value)
     elif o.preset == "targets":
@@ -91,16 +104,23 @@ def resolve_options(options: BenchmarkOptions) -> BenchmarkOptions:
     if o.cfg:
         from ..config import cfg as base_cfg
         pairs = []
+        o.pair_options = dict(o.pair_options or {})
         for path in o.cfg:
             c = base_cfg.clone()
             c.merge_from_file(path)
-            pairs.append(f"{c.MODEL.arch_encoder}+{c.MODEL.arch_decoder}")
+            spec = f"{c.MODEL.arch_encoder}+{c.MODEL.arch_decoder}".lower()
+            pairs.append(spec)
+            options = c.MODEL.get("encoder_options", {}) or {}
+            if options:
+                o.pair_options[spec] = _plain(options)
             o.num_class = int(c.DATASET.num_class)
             o.scales = tuple(int(s) for s in (c.DATASET.imgSizes if isinstance(
                 c.DATASET.imgSizes, (list, tuple)) else (c.DATASET.imgSizes,)))
             o.max_size = int(c.DATASET.imgMaxSize)
             o.padding = int(c.DATASET.padding_constant)
         o.pairs = o.pairs or pairs
+        if o.train_pairs is None:
+            o.train_pairs = list(pairs)  # the configs' models train too
     pairs = o.pairs or list(DEFAULT_PAIRS)
     o.single_pairs = o.single_pairs or pairs
     o.multi_pairs = o.multi_pairs or pairs
@@ -127,8 +147,18 @@ def resolve_options(options: BenchmarkOptions) -> BenchmarkOptions:
             "slide": [o.slide_pair] if o.slide_pair else []}
     for section in o.sections:
         for spec in used.get(section, []):
-            _check_pair(spec)
+            _check_pair(spec, original=bool(o.compare_original)
+                        and section in ("single", "multi", "train", "testpy"))
     return o
+
+
+def _plain(node: Any) -> Any:
+    """A config node's value as plain Python (dicts, lists) for the results' settings."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_plain(v) for v in node]
+    return node
 
 
 def _original_worker_class() -> type:

@@ -88,7 +88,7 @@ def run_slide(bench: Bench) -> None:
     from ..inference.slide import SlideWindow, slide_predict
     a, dev = bench.options, bench.device
     o = _options(a)
-    pair = Pair(o["pair"], a.num_class, bench.workdir)
+    pair = Pair(o["pair"], a.num_class, bench.workdir, (a.pair_options or {}).get(o["pair"]))
     engine = InferenceEngine(pair.build(use_softmax=True).to(dev), device=dev)
     window = SlideWindow(o["crop"], o["stride"], o["scale"])
     photo = np.asarray(scene(o["photo"][0], o["photo"][1], seed=7).convert("RGB"))

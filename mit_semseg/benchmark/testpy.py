@@ -17,6 +17,7 @@ Labels are compared through the prediction half of the output PNGs.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,14 +54,17 @@ def _write_checkpoint(pair: Pair, folder: str) -> None:
 
 
 def _write_config(bench: Bench, pair: Pair, path: str) -> None:
-    """A config with the original's keys only, so the original's test.py reads it too."""
+    """A config with the original's keys only, so the original's test.py reads it too
+    (plus ``MODEL.encoder_options`` for a newer family's pair that has them)."""
     a = bench.options
+    options = "".join(f"    {k}: {json.dumps(v)}\n" for k, v in pair.options.items())
     with open(path, "w", encoding="utf-8") as f:
         f.write(f"DATASET:\n  num_class: {pair.num_class}\n  imgSizes: {tuple(a.scales)}\n"
                 f"  imgMaxSize: {a.max_size}\n  padding_constant: {a.padding}\n"
                 f"MODEL:\n  arch_encoder: \"{pair.enc_arch}\"\n"
                 f"  arch_decoder: \"{pair.dec_arch}\"\n  fc_dim: {pair.fc_dim}\n"
-                f"TEST:\n  checkpoint: \"{CHECKPOINT}\"\n")
+                + (f"  encoder_options:\n{options}" if options else "")
+                + f"TEST:\n  checkpoint: \"{CHECKPOINT}\"\n")
 
 
 def _original_note(bench: Bench) -> str | None:
@@ -179,7 +183,7 @@ def run_testpy(bench: Bench) -> None:
         modes = modes[1:]  # the same run twice
     rows = []
     for spec in a.multi_pairs:
-        pair = Pair(spec, a.num_class, bench.workdir)
+        pair = Pair(spec, a.num_class, bench.workdir, (a.pair_options or {}).get(spec))
         paths = {"imgs": imgs, "ckpt": os.path.join(root, pair.name),
                  "cfg": os.path.join(root, f"{pair.name}.yaml")}
         _write_checkpoint(pair, paths["ckpt"])

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..models import SegmentationModule, network_from_archs
+from ..models import SegmentationModule
 from ..accel import channels_last_, fast_training_
 from ..training.optim import group_weight, make_sgd
 from .harness import (Bench, MemoryProbe, Pair, Recorder, median,
@@ -31,8 +31,7 @@ def train_setup(pair: Pair, method: str, device: torch.device,
     """A SegmentationModule in training mode, its two SGD optimizers and the
     autocast context (or None) of ``method`` ("exact", "default", "default-bf16");
     ``weights``: (encoder, decoder) state-dict files, else a random init."""
-    network = network_from_archs(pair.enc_arch, pair.dec_arch, num_class=pair.num_class,
-                                 fc_dim=pair.fc_dim, weights=weights)
+    network = pair.network(weights)
     enc, dec = network.encoder, network.decoder
     deep_sup = 0.4 if pair.dec_arch.endswith("deepsup") else None
     module = SegmentationModule.from_network(network, nn.NLLLoss(ignore_index=-1),
@@ -53,7 +52,7 @@ def train_setup(pair: Pair, method: str, device: torch.device,
 def _batches(bench: Bench, pair: Pair, count: int) -> list[dict[str, torch.Tensor]]:
     a = bench.options
     g = torch.Generator().manual_seed(11)
-    s, rate = a.train_size, 8
+    s, rate = a.train_size, pair.label_stride()  # labels at the scores' resolution
     return [{"img_data": torch.randn(a.train_batch, 3, s, s, generator=g),
              "seg_label": torch.randint(-1, pair.num_class, (a.train_batch, s // rate, s // rate),
                                         generator=g)}
@@ -79,8 +78,7 @@ def _train_pair(bench: Bench, pair: Pair) -> dict[str, Any]:
     torch.manual_seed(0)
     init = (os.path.join(bench.workdir, f"train_{pair.name}.enc.pth"),
             os.path.join(bench.workdir, f"train_{pair.name}.dec.pth"))
-    fresh = network_from_archs(pair.enc_arch, pair.dec_arch, num_class=pair.num_class,
-                               fc_dim=pair.fc_dim)
+    fresh = pair.network()
     torch.save(fresh.encoder.state_dict(), init[0])
     torch.save(fresh.decoder.state_dict(), init[1])
     batches = _batches(bench, pair, 4)
@@ -150,7 +148,7 @@ def run_train(bench: Bench) -> None:
     a = bench.options
     rows = []
     for spec in a.train_pairs:
-        pair = Pair(spec, a.num_class, bench.workdir)
+        pair = Pair(spec, a.num_class, bench.workdir, (a.pair_options or {}).get(spec))
         bench.log(f"training {pair.name}, batch {a.train_batch}, {a.train_size}x{a.train_size}")
         rows.append(_train_pair(bench, pair))
     bench.results["training"] = rows

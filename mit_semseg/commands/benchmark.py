@@ -38,7 +38,8 @@ def _csv(text: str) -> list[str]:
 
 # (flag, BenchmarkOptions field, help) of the comma-separated pair lists and the integers
 _PAIR_OPTIONS = (
-    ("--pairs", "pairs", "ENCODER+DECODER pairs for single- and multi-scale inference"),
+    ("--pairs", "pairs", "ENCODER+DECODER pairs for single- and multi-scale inference; any "
+     "registered encoder, e.g. timm:convnext_tiny+upernet (the [timm] extra)"),
     ("--single-pairs", "single_pairs", "pairs for single-scale only"),
     ("--multi-pairs", "multi_pairs", "pairs for multi-scale only"),
     ("--train-pairs", "train_pairs", "pairs for training"),
@@ -77,7 +78,10 @@ def build_parser() -> CommandParser:
     for flag, key, text in _PAIR_OPTIONS:
         p.add_argument(flag, type=_csv, default=d(key), help=text)
     p.add_argument("--cfg", nargs="+", default=d("cfg"),
-                   help="take pairs, class count and multi-scale settings from config files")
+                   help="take pairs (inference and, unless --train-pairs, training), "
+                        "their MODEL.encoder_options, class count and multi-scale settings "
+                        "from config files, e.g. --cfg config/ade20k-convnext_tiny-upernet.yaml "
+                        "config/ade20k-swin_tiny-upernet.yaml")
     p.add_argument("--sections", type=_csv, default=d("sections"),
                    help=f"what to measure, some of {','.join(SECTIONS)}; unset: all but "
                         "testpy, which times test.py as whole processes, and slide")

@@ -38,12 +38,12 @@ from mit_semseg.nn import SynchronizedBatchNorm2d
 
 from .decoders import Decoder
 from .registry import EncoderSpec, register_decoder, register_encoder
+from .timm_encoder import import_timm, timm_weights_path
 from .weights import WeightsError
 
 __all__ = ["DINOV2_TIMM_NAMES", "PATCH", "DinoV2Encoder", "LinearHead", "crop_back"]
 
 PATCH = 14
-TIMM_INSTALL = 'pip install -e ".[timm]"'
 
 DINOV2_TIMM_NAMES = {
     "dinov2_vits14": "vit_small_patch14_dinov2",
@@ -114,29 +114,11 @@ class DinoV2Encoder(nn.Module):
         return maps if return_feature_maps else maps[-1:]
 
 
-def _timm():
-    try:
-        import timm
-    except ImportError as exc:
-        raise WeightsError(f"DINOv2 encoders are built by timm, which is not installed "
-                           f"({exc}): {TIMM_INSTALL} (install torch and its matching "
-                           f"torchvision first)") from None
-    return timm
-
-
-def _hub_cache() -> str:
-    try:
-        from huggingface_hub import constants
-        return str(constants.HF_HUB_CACHE)
-    except Exception:  # hub missing or old: the documented default
-        return os.path.join(os.path.expanduser("~"), ".cache", "huggingface", "hub")
-
-
 def build_dinov2(arch: str, pretrained: bool = False, layers: int = 1, cls_token: bool = False,
                  model_args: Mapping[str, Any] | None = None) -> DinoV2Encoder:
     """The DINOv2 encoder ``arch`` (``dinov2_vits14`` ...); ``pretrained``: timm's
     LVD-142M weights (downloaded into the Hugging Face cache once)."""
-    timm = _timm()
+    timm = import_timm("DINOv2 encoders")
     name = DINOV2_TIMM_NAMES[arch]
     kwargs = dict(num_classes=0, dynamic_img_size=True, **dict(model_args or {}))
     try:
@@ -149,7 +131,7 @@ def build_dinov2(arch: str, pretrained: bool = False, layers: int = 1, cls_token
             if os.environ.get("HF_HUB_OFFLINE") else ""
         raise WeightsError(
             f"{arch}: cannot get timm's pretrained weights for {name} ({first}){offline}. "
-            f"timm keeps them in the Hugging Face cache {_hub_cache()} (repo timm/{name}."
+            f"timm keeps them in {timm_weights_path(name)} (repo timm/{name}."
             f"lvd142m); download them there on a connected machine, or set MODEL.pretrained "
             f"False for random weights.") from None
     return DinoV2Encoder(vit, layers=layers, cls_token=cls_token)

@@ -123,12 +123,13 @@ def build_model(cfg: Any, weights: tuple[Any, Any] | None = None, *, imagenet: b
 
 def network_from_archs(arch_encoder: str, arch_decoder: str, *, num_class: int, fc_dim: int,
                   weights: tuple[Any, Any] | None = None,
-                  use_softmax: bool = False) -> SegmentationNetwork:
+                  use_softmax: bool = False,
+                  encoder_options: Mapping[str, Any] | None = None) -> SegmentationNetwork:
     """A network from architecture names (no config: the benchmark's pairs, tests).
     ``use_softmax``: the decoder's own ``forward`` returns probabilities (the
-    original's inference modules)."""
+    original's inference modules). ``encoder_options``: as ``MODEL.encoder_options``."""
     enc_w, dec_w = weights if weights is not None else ("", "")
-    encoder = build_encoder(arch_encoder, enc_w or "")
+    encoder = build_encoder(arch_encoder, enc_w or "", options=encoder_options)
     decoder = build_decoder(arch_decoder, num_class=num_class, fc_dim=fc_dim, weights=dec_w or "",
                             in_channels=declared_channels(encoder),
                             use_softmax=use_softmax)

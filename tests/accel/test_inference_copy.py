@@ -166,3 +166,23 @@ def test_keep_fp32_class_layer_in_bf16_copy():
     assert isinstance(last, ic.KeepFloat32)
     assert last.module.weight.dtype == torch.float32
     assert od.get_submodule("conv_last.0").weight.dtype == torch.bfloat16
+
+
+class _BatchNormThenReLU(nn.BatchNorm2d):
+    """A BatchNorm that does more than normalise (as timm's BatchNormAct2d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(super().forward(x))
+
+
+def test_batchnorm_subclasses_that_do_more_are_not_folded():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), _BatchNormThenReLU(4),
+                        nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)).eval()
+    for m in net.modules():
+        if isinstance(m, _BatchNorm):
+            m.running_mean.uniform_(-1, 1)
+    folded = ic.fuse_bn(net)
+    assert type(folded[1]) is _BatchNormThenReLU and isinstance(folded[3], nn.Identity)
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.allclose(folded(x), net(x), atol=1e-5)

@@ -7,14 +7,19 @@ import importlib.util
 import pytest
 import torch
 
-from mit_semseg.models import WeightsError
+from mit_semseg.models.timm_encoder import TimmNotInstalledError
 from mit_semseg.models.dinov2 import crop_back
 from mit_semseg.models.network import SegmentationNetwork, build_decoder, build_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 HAVE_TIMM = importlib.util.find_spec("timm") is not None
-needs_timm = pytest.mark.skipif(not HAVE_TIMM, reason="timm is not installed (the [timm] extra)")
+_skip_without_timm = pytest.mark.skipif(not HAVE_TIMM, reason="timm is not installed (the [timm] extra)")
+
+
+def needs_timm(test):
+    """Skipped without timm; marked ``timm`` so .ci/run's timm stage runs it."""
+    return pytest.mark.timm(_skip_without_timm(test))
 
 # a ViT-S/14 with DINOv2's layout, cut down for a test
 TINY = {"depth": 4, "embed_dim": 24, "num_heads": 2, "img_size": 28}
@@ -104,6 +109,7 @@ def test_linear_heads_train_on_the_frozen_maps():
         assert dec.conv_seg.weight.grad is not None
 
 
+@pytest.mark.timm
 def test_unknown_options_and_layer_counts_are_errors():
     if HAVE_TIMM:
         with pytest.raises(ValueError, match=r"\['depth'\] are not options of dinov2_vits14"):
@@ -111,5 +117,5 @@ def test_unknown_options_and_layer_counts_are_errors():
         with pytest.raises(ValueError, match="layers must be 1..4"):
             _encoder(layers=5)
     else:
-        with pytest.raises(WeightsError, match=r"timm, which is not installed.*\.\[timm\]"):
+        with pytest.raises(TimmNotInstalledError, match=r"DINOv2 encoders need the timm package.*\.\[timm\]"):
             build_encoder("dinov2_vits14")

@@ -17,7 +17,7 @@ from mit_semseg.inference.slide import SlideWindow
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module", params=["segformer", "dinov2"])
+@pytest.fixture(scope="module", params=["segformer", pytest.param("dinov2", marks=pytest.mark.timm)])
 def model(request, tmp_path_factory):
     if request.param == "dinov2":
         pytest.importorskip("timm")

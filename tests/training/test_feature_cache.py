@@ -174,6 +174,7 @@ def test_cache_needs_a_frozen_encoder(data_root, tmp_path):
              "MODEL.freeze_encoder", "False")
 
 
+@pytest.mark.timm
 @pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="needs timm")
 def test_dinov2_linear_probe_from_the_cache(data_root, tmp_path):
     cfg = _cfg(data_root, tmp_path / "run", "TRAIN.feature_cache", tmp_path / "cache",

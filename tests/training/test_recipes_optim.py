@@ -141,6 +141,7 @@ def test_layer_decay_on_an_encoder_without_layers_is_a_clear_error():
         O.create_optimizers((enc, nn.Linear(2, 2)), _cfg("TRAIN.layer_decay", 0.9))
 
 
+@pytest.mark.timm
 def test_timm_group_matcher_gives_the_depths():
     timm = pytest.importorskip("timm")
     model = timm.create_model("convnext_atto", pretrained=False)
