@@ -36,3 +36,5 @@ def data(tmp_path_factory):
 def pytest_configure(config):
     # tests of timm: encoders (the [timm] extra); .ci/run's timm stage runs only these
     config.addinivalue_line("markers", "timm: needs the [timm] extra (skipped without timm)")
+    # equality with a reference implementation installed only for that (.ci/run's timm stage)
+    config.addinivalue_line("markers", "transformers: needs transformers (skipped without it)")

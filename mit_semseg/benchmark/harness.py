@@ -123,12 +123,13 @@ def original_inference(encoder: nn.Module, decoder: nn.Module, imgs: Sequence[to
     per resized copy ``decoder(encoder(img), segSize)`` (interpolate + softmax
     inside the decoder built with use_softmax=True), ``scores = scores + p / n``,
     labels = argmax. Returns (labels [H, W] int64 on CPU, seconds {total, model, post});
-    ``model`` runs until the class layer (``decoder.conv_last``) has produced its scores.
+    ``model`` runs until the class layer (the decoder's first ``class_layers``) has
+    produced its scores.
     ``gap``: also return, untimed, the margin of the best class over the second
     (``times["gap"]``, [H, W] float32 on CPU) to tell float ties from real differences.
     """
     stamp = _Stamp(device)
-    handle = decoder.conv_last.register_forward_hook(stamp)
+    handle = decoder.get_submodule(decoder.class_layers[0]).register_forward_hook(stamp)
     model_s = 0.0
     try:
         sync(device)
@@ -263,7 +264,7 @@ class Pair:
         safe = self.name.replace(":", "_").replace("/", "_")
         self.enc_weights = os.path.join(workdir, f"{safe}.encoder.pth")
         self.dec_weights = os.path.join(workdir, f"{safe}.decoder.pth")
-        self._stride: int | None = None
+        self._score_sides: dict[int, int] = {}
 
     def network(self, weights: tuple[str, str] | None = None,
                 use_softmax: bool = False) -> nn.Module:
@@ -288,13 +289,19 @@ class Pair:
 
     def label_stride(self) -> int:
         """Input pixels per score pixel (8 for the dilated encoders with C1/PPM, 4 for
-        UPerNet ...): how much training labels are downsampled for this pair."""
-        if self._stride is None:
+        UPerNet, 2 for DINOv2's upsampled linear head ...): how much training labels
+        are downsampled for this pair (probed at 224, a multiple of 32 and of 14)."""
+        return max(1, 224 // self.score_side(224))
+
+    def score_side(self, side: int) -> int:
+        """The side of the scores the network gives for a ``side`` x ``side`` input
+        (training labels come at that size)."""
+        if side not in self._score_sides:
             net = self.network().eval()
             with torch.no_grad():
-                out = net(torch.zeros(1, 3, 64, 64))
-            self._stride = max(1, 64 // int(out.shape[-1]))
-        return self._stride
+                out = net(torch.zeros(1, 3, side, side))
+            self._score_sides[side] = int(out.shape[-1])
+        return self._score_sides[side]
 
 
 def scene(height: int, width: int, seed: int = 0):

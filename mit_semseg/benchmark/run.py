@@ -88,6 +88,8 @@ def resolve_options(options: BenchmarkOptions) -> BenchmarkOptions:
     device has (fp32; bf16 where supported; fp16 on CUDA). Raises BenchmarkError
     for an unknown preset, section, method, precision or pair."""
     o = dataclasses.replace(options)
+    explicit = {name for name in ("scales", "max_size", "padding")
+                if getattr(o, name) != default_of(name)}
     if o.preset not in PRESETS:
         raise BenchmarkError(f"unknown preset '{o.preset}'; expected one of {', '.join(PRESETS)}")
     if o.preset == "quick":
@@ -96,6 +98,7 @@ def resolve_options(options: BenchmarkOptions) -> BenchmarkOptions:
                 continue  # the configs' models
             if getattr(o, name) is None or getattr(o, name) == default_of(name):
                 setattr(o, name, value)
+                explicit.add(name)  # the quick sizes stay with --cfg
     elif o.preset == "targets":
         if o.single_pairs is None and o.pairs is None:
             o.single_pairs = list(TARGET_SINGLE_PAIRS)
@@ -114,10 +117,15 @@ def resolve_options(options: BenchmarkOptions) -> BenchmarkOptions:
             if options:
                 o.pair_options[spec] = _plain(options)
             o.num_class = int(c.DATASET.num_class)
-            o.scales = tuple(int(s) for s in (c.DATASET.imgSizes if isinstance(
-                c.DATASET.imgSizes, (list, tuple)) else (c.DATASET.imgSizes,)))
-            o.max_size = int(c.DATASET.imgMaxSize)
-            o.padding = int(c.DATASET.padding_constant)
+            sizes = c.DATASET.imgSizes if isinstance(c.DATASET.imgSizes, (list, tuple)) \
+                else (c.DATASET.imgSizes,)
+            # the config's sizes unless a flag or the preset set them (several configs:
+            # the last one's)
+            for name, value in (("scales", tuple(int(v) for v in sizes)),
+                                ("max_size", int(c.DATASET.imgMaxSize)),
+                                ("padding", int(c.DATASET.padding_constant))):
+                if name not in explicit:
+                    setattr(o, name, value)
         o.pairs = o.pairs or pairs
         if o.train_pairs is None:
             o.train_pairs = list(pairs)  # the configs' models train too

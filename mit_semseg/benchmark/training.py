@@ -52,9 +52,9 @@ def train_setup(pair: Pair, method: str, device: torch.device,
 def _batches(bench: Bench, pair: Pair, count: int) -> list[dict[str, torch.Tensor]]:
     a = bench.options
     g = torch.Generator().manual_seed(11)
-    s, rate = a.train_size, pair.label_stride()  # labels at the scores' resolution
+    s, ls = a.train_size, pair.score_side(a.train_size)  # labels at the scores' size
     return [{"img_data": torch.randn(a.train_batch, 3, s, s, generator=g),
-             "seg_label": torch.randint(-1, pair.num_class, (a.train_batch, s // rate, s // rate),
+             "seg_label": torch.randint(-1, pair.num_class, (a.train_batch, ls, ls),
                                         generator=g)}
             for _ in range(count)]
 

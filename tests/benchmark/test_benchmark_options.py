@@ -64,3 +64,14 @@ def test_a_pair_of_a_section_not_run_is_not_checked():
     o = resolve_options(BenchmarkOptions(sections=["metrics"], train_pairs=["vgg16+c1"],
                                          device="cpu", precisions=["fp32"]))
     assert o.train_pairs == ["vgg16+c1"]
+
+
+def test_config_sizes_unless_flags_or_quick_set_them():
+    preset = os.path.join(ROOT, "config", "ade20k-segformer_b0.yaml")
+    from_cfg = resolve_options(BenchmarkOptions(cfg=[preset]))
+    assert from_cfg.pairs == ["mit_b0+segformer_head"]
+    assert (from_cfg.scales, from_cfg.max_size, from_cfg.padding) == ((512,), 2048, 32)
+    flags = resolve_options(BenchmarkOptions(cfg=[preset], scales=(300, 450), padding=16))
+    assert (flags.scales, flags.max_size, flags.padding) == ((300, 450), 2048, 16)
+    quick = resolve_options(BenchmarkOptions(cfg=[preset], preset="quick"))
+    assert quick.scales == (32, 48) and quick.pairs == ["mit_b0+segformer_head"]

@@ -157,6 +157,7 @@ def test_key_map_loads_every_key_strictly_and_reports_what_it_does_not_use():
 
 # ----------------------------------------------------------------------------- transformers
 
+@pytest.mark.transformers
 def test_equal_to_transformers_segformer_on_the_same_weights(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("safetensors")
