@@ -142,3 +142,15 @@ def crash_after_checkpoint(name: str):
             yield
     finally:
         T.Trainer.checkpoint = real
+
+
+def assert_same_epoch_weights(dir_a: str, dir_b: str, epoch: int) -> None:
+    """The encoder and decoder of epoch ``epoch`` in two run folders are equal, tensor
+    for tensor (a resumed run against the uninterrupted one)."""
+    from mit_semseg.checkpoints.files import load_file
+    for kind in ("encoder", "decoder"):
+        a = load_file(os.path.join(dir_a, f"{kind}_epoch_{epoch}.pth"))
+        b = load_file(os.path.join(dir_b, f"{kind}_epoch_{epoch}.pth"))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{kind} {key} differs after resume"

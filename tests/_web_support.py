@@ -42,3 +42,22 @@ def encode(arr: np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format=fmt, **kwargs)
     return buf.getvalue()
+
+
+def assert_web_api_gives_segmenter_labels(model_cfg, image: np.ndarray) -> None:
+    """``/api/segment`` of a web app over the model of ``model_cfg`` answers with the
+    labels its Segmenter computes at the scales the answer names."""
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from mit_semseg.web.app import create_app
+    from mit_semseg.web.images import read_label_png
+    from mit_semseg.web.models import WebModel
+    web = WebModel.from_config(model_cfg, device="cpu")
+    with TestClient(create_app([web])) as client:
+        res = client.post("/api/segment", files={"file": ("p.png", encode(image), "image/png")})
+    assert res.status_code == 200, res.text
+    answer = res.json()
+    labels = read_label_png(base64.b64decode(answer["labels_png"]))
+    assert np.array_equal(labels, web.segmenter.predict(image, imgSizes=answer["scales"]))

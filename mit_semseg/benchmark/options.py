@@ -29,6 +29,9 @@ OMP_WAIT_POLICIES = ("default", "passive", "active")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 # --preset quick: these replace the fields left at their defaults
+# what scales / max_size / padding become without a flag or a config
+SIZE_DEFAULTS: dict[str, Any] = dict(scales=DEFAULT_SCALES, max_size=1000, padding=8)
+
 QUICK: dict[str, Any] = dict(
     pairs=["resnet18dilated+c1_deepsup"], train_pairs=["resnet18dilated+c1_deepsup"],
     size=64, photo=(48, 64), scales=(32, 48), max_size=100, train_size=64, train_iters=2,
@@ -59,9 +62,11 @@ class BenchmarkOptions:
     precisions: list[str] | None = None
     size: int = 512
     photo: tuple[int, int] = (480, 640)
-    scales: tuple[int, ...] = DEFAULT_SCALES
-    max_size: int = 1000
-    padding: int = 8
+    # None: the --cfg file's DATASET.imgSizes / imgMaxSize / padding_constant, else
+    # SIZE_DEFAULTS (decided by resolve_options)
+    scales: tuple[int, ...] | None = None
+    max_size: int | None = None
+    padding: int | None = None
     num_class: int = 150
     train_batch: int = 2
     train_size: int = 256

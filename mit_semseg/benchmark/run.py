@@ -35,8 +35,8 @@ from .int8 import run_int8
 from .inference import METHODS, REDUCED, RENAMED, run_multi, run_single
 from .metrics import run_metrics
 from .options import (DEFAULT_PAIRS, DEFAULT_SECTIONS, DEFAULT_TRAIN_PAIRS, OMP_WAIT_POLICIES,
-                      PRECISIONS, PRESETS, QUICK, SECTIONS, TARGET_SINGLE_PAIRS, BenchmarkError,
-                      BenchmarkOptions, default_of)
+                      PRECISIONS, PRESETS, QUICK, SECTIONS, SIZE_DEFAULTS, TARGET_SINGLE_PAIRS,
+                      BenchmarkError, BenchmarkOptions, default_of)
 from .slide import run_slide
 from .testpy import run_testpy
 from .training import run_train
@@ -88,8 +88,6 @@ def resolve_options(options: BenchmarkOptions) -> BenchmarkOptions:
     device has (fp32; bf16 where supported; fp16 on CUDA). Raises BenchmarkError
     for an unknown preset, section, method, precision or pair."""
     o = dataclasses.replace(options)
-    explicit = {name for name in ("scales", "max_size", "padding")
-                if getattr(o, name) != default_of(name)}
     if o.preset not in PRESETS:
         raise BenchmarkError(f"unknown preset '{o.preset}'; expected one of {', '.join(PRESETS)}")
     if o.preset == "quick":
@@ -98,12 +96,12 @@ def resolve_options(options: BenchmarkOptions) -> BenchmarkOptions:
                 continue  # the configs' models
             if getattr(o, name) is None or getattr(o, name) == default_of(name):
                 setattr(o, name, value)
-                explicit.add(name)  # the quick sizes stay with --cfg
     elif o.preset == "targets":
         if o.single_pairs is None and o.pairs is None:
             o.single_pairs = list(TARGET_SINGLE_PAIRS)
         if o.sections is None:
             o.sections = list(DEFAULT_SECTIONS) + ["testpy"]
+    given = {name for name in SIZE_DEFAULTS if getattr(o, name) is not None}  # flags, quick
     if o.cfg:
         from ..config import cfg as base_cfg
         pairs = []
@@ -124,11 +122,14 @@ def resolve_options(options: BenchmarkOptions) -> BenchmarkOptions:
             for name, value in (("scales", tuple(int(v) for v in sizes)),
                                 ("max_size", int(c.DATASET.imgMaxSize)),
                                 ("padding", int(c.DATASET.padding_constant))):
-                if name not in explicit:
+                if name not in given:
                     setattr(o, name, value)
         o.pairs = o.pairs or pairs
         if o.train_pairs is None:
             o.train_pairs = list(pairs)  # the configs' models train too
+    for name, value in SIZE_DEFAULTS.items():
+        if getattr(o, name) is None:
+            setattr(o, name, value)
     pairs = o.pairs or list(DEFAULT_PAIRS)
     o.single_pairs = o.single_pairs or pairs
     o.multi_pairs = o.multi_pairs or pairs

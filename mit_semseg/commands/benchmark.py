@@ -46,8 +46,8 @@ _PAIR_OPTIONS = (
 )
 _INT_OPTIONS = (
     ("--size", "size", "single-scale image side"),
-    ("--max-size", "max_size", "DATASET.imgMaxSize"),
-    ("--padding", "padding", "DATASET.padding_constant"),
+    ("--max-size", "max_size", "DATASET.imgMaxSize (unset: the --cfg file's, else 1000)"),
+    ("--padding", "padding", "DATASET.padding_constant (unset: the --cfg file's, else 8)"),
     ("--num-class", "num_class", "classes of the decoders"),
     ("--train-batch", "train_batch", "training images per iteration"),
     ("--train-size", "train_size", "training image side"),
@@ -100,7 +100,8 @@ def build_parser() -> CommandParser:
     p.add_argument("--photo", type=_size_pair, default=d("photo"),
                    help="photo size HxW of multi-scale inference and testpy")
     p.add_argument("--scales", type=lambda t: tuple(int(x) for x in _csv(t)),
-                   default=d("scales"), help="multi-scale short sides (DATASET.imgSizes)")
+                   default=d("scales"), help="multi-scale short sides, comma-separated "
+                   "(DATASET.imgSizes; unset: the --cfg file's, else 300,375,450,525,600)")
     for flag, key, text in _INT_OPTIONS:
         p.add_argument(flag, type=int, default=d(key), help=text)
     p.add_argument("--data-workers", type=lambda t: [int(x) for x in _csv(t)],

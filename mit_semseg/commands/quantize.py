@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from ..runtime.command import CommandParser, command_parser, parse_command, run_command
+from ..runtime.command import CommandParser, command_parser, run_command
 
 EPILOG = """\
 examples:
@@ -93,9 +93,8 @@ def build_parser() -> CommandParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = build_parser()
-    args = parse_command(parser, argv)
-    if (args.encoder_weights is None) != (args.decoder_weights is None):
-        parser.error("give both --encoder-weights and --decoder-weights, or neither")
+    from ._shared import parse_weight_arguments
+    args = parse_weight_arguments(parser, argv)
     if args.from_onnx is None and args.cfg is None:
         parser.error("give --cfg (with its checkpoint) or --from-onnx FILE")
     if args.from_onnx and (args.encoder_weights or args.checkpoint_dir):

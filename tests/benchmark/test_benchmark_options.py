@@ -71,7 +71,10 @@ def test_config_sizes_unless_flags_or_quick_set_them():
     from_cfg = resolve_options(BenchmarkOptions(cfg=[preset]))
     assert from_cfg.pairs == ["mit_b0+segformer_head"]
     assert (from_cfg.scales, from_cfg.max_size, from_cfg.padding) == ((512,), 2048, 32)
-    flags = resolve_options(BenchmarkOptions(cfg=[preset], scales=(300, 450), padding=16))
-    assert (flags.scales, flags.max_size, flags.padding) == ((300, 450), 2048, 16)
+    flags = resolve_options(BenchmarkOptions(cfg=[preset], scales=(300, 375, 450, 525, 600),
+                                             padding=8))  # the defaults' values, given
+    assert (flags.scales, flags.max_size, flags.padding) == ((300, 375, 450, 525, 600), 2048, 8)
+    plain = resolve_options(BenchmarkOptions())
+    assert (plain.scales, plain.max_size, plain.padding) == ((300, 375, 450, 525, 600), 1000, 8)
     quick = resolve_options(BenchmarkOptions(cfg=[preset], preset="quick"))
     assert quick.scales == (32, 48) and quick.pairs == ["mit_b0+segformer_head"]

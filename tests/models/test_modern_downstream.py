@@ -48,22 +48,8 @@ def test_model_folder_round_trip(model, tmp_path):
 
 def test_web_api_gives_the_segmenters_labels(model):
     pytest.importorskip("fastapi")
-    import base64
-
-    from fastapi.testclient import TestClient
-
-    from _web_support import encode
-    from mit_semseg.web.app import create_app
-    from mit_semseg.web.images import read_label_png
-    from mit_semseg.web.models import WebModel
-    web = WebModel.from_config(model, device="cpu")
-    image = photo(45, 67, seed=2)
-    with TestClient(create_app([web])) as client:
-        res = client.post("/api/segment", files={"file": ("p.png", encode(image), "image/png")})
-    assert res.status_code == 200, res.text
-    answer = res.json()
-    labels = read_label_png(base64.b64decode(answer["labels_png"]))
-    assert np.array_equal(labels, web.segmenter.predict(image, imgSizes=answer["scales"]))
+    from _web_support import assert_web_api_gives_segmenter_labels
+    assert_web_api_gives_segmenter_labels(model, photo(45, 67, seed=2))
 
 
 def test_segformer_onnx_export_agrees_with_pytorch_at_odd_sizes(model, tmp_path, capsys):

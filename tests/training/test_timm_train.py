@@ -13,12 +13,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _custom_data import tiny_model_opts  # noqa: E402
+from _support import assert_same_epoch_weights  # noqa: E402
 from _timm import CONVNEXT, timm_or_skip  # noqa: E402
 
 timm_or_skip()
 
 import mit_semseg.training as T  # noqa: E402
-from mit_semseg.checkpoints.files import load_file  # noqa: E402
+
 from mit_semseg.config import load_cfg  # noqa: E402
 from mit_semseg.models import build_model  # noqa: E402
 
@@ -45,13 +46,6 @@ def reference_run(data, tmp_path_factory):
     return out, summary
 
 
-def _same_weights(dir_a, dir_b, epoch):
-    for kind in ("encoder", "decoder"):
-        a = load_file(os.path.join(dir_a, f"{kind}_epoch_{epoch}.pth"))
-        b = load_file(os.path.join(dir_b, f"{kind}_epoch_{epoch}.pth"))
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), f"{kind} {key} differs after resume"
 
 
 def test_training_writes_checkpoints_that_load(reference_run):
@@ -84,7 +78,7 @@ def test_resume_mid_epoch_is_exact(reference_run, data, tmp_path, monkeypatch):
     monkeypatch.undo()
     summary = T.main(_cfg(data, tmp_path, *RESUME), "cpu", resume="auto")
     assert summary.history == ref_summary.history
-    _same_weights(ref, tmp_path, 2)
+    assert_same_epoch_weights(ref, tmp_path, 2)
 
 
 def test_bf16_autocast_trains(data, tmp_path):

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 import mit_semseg.training as T
-from _support import crash_after_checkpoint
+from _support import assert_same_epoch_weights, crash_after_checkpoint
 from mit_semseg.checkpoints.files import CheckpointError, load_file
 from mit_semseg.training.state import load_training_state
 from mit_semseg.config import load_cfg
@@ -69,13 +69,6 @@ def reference_run(data_root, tmp_path_factory):
     return out, summary
 
 
-def _assert_same_weights(dir_a, dir_b, epoch):
-    for kind in ("encoder", "decoder"):
-        a = load_file(os.path.join(dir_a, f"{kind}_epoch_{epoch}.pth"))
-        b = load_file(os.path.join(dir_b, f"{kind}_epoch_{epoch}.pth"))
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), f"{kind} {key} differs after resume"
 
 
 # ----------------------------------------------------------------------------- recipe
@@ -157,7 +150,7 @@ def test_resume_after_an_epoch_is_exact(reference_run, data_root, tmp_path):
         shutil.copy(ref / f"{kind}_epoch_1.pth", tmp_path)
     summary = T.main(_cfg(data_root, tmp_path, *RESUME_OPTS, "TRAIN.start_epoch", 1), "cpu")
     assert summary.history == ref_summary.history  # per-iteration losses and accuracies
-    _assert_same_weights(ref, tmp_path, 2)
+    assert_same_epoch_weights(ref, tmp_path, 2)
     # the optimizer momenta carried over too
     a = load_training_state(str(ref / "state_epoch_2.pth"))["optimizers"]
     b = load_training_state(str(tmp_path / "state_epoch_2.pth"))["optimizers"]
@@ -175,7 +168,7 @@ def test_resume_mid_epoch_is_exact(reference_run, data_root, tmp_path, monkeypat
 
     summary = T.main(_cfg(data_root, tmp_path, *RESUME_OPTS), "cpu", resume="auto")
     assert summary.history == ref_summary.history
-    _assert_same_weights(ref, tmp_path, 2)
+    assert_same_epoch_weights(ref, tmp_path, 2)
     assert not [n for n in os.listdir(tmp_path) if n.startswith("state_iter_")]
 
 

@@ -1,22 +1,27 @@
-"""Label agreement of every downstream path on the timm presets at odd input sizes.
+"""Label agreement of every downstream path on the modern presets at odd input sizes.
 
 For each preset (full size, 150 classes, random weights with the class layer scaled up
 so that many classes win; no download), on a synthetic photo of odd size:
 
 * test.py (a separate process) vs ``Segmenter`` in whole-image mode, and in slide mode
-  with tiles that are no multiple of 32 (nor of Swin's 7x7 windows);
+  with tiles that are no multiple of 32 (nor of Swin's 7x7 windows, nor of DINOv2's 14);
 * the web API's labels vs ``Segmenter``;
 * ``export`` to ONNX (dynamic height and width), then onnxruntime vs PyTorch: the largest
-  score difference at odd sizes, and the labels in whole and slide mode.
+  score difference at odd sizes, and the labels in whole and slide mode (or the one line
+  export prints for a model it cannot export at dynamic sizes).
 
-    python tools/timm_agreement.py [--presets convnext_tiny swin_tiny] [--photo 181x243]
+    python tools/preset_agreement.py [--presets convnext_tiny-upernet segformer_b0 ...]
+        [--photo 181x243]
 
-Needs the [timm] extra (and [onnx], [web] for those rows). Prints one table.
+Needs the [timm] extra for the timm and DINOv2 presets (and [onnx], [web] for those
+rows). Prints one table per preset.
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -40,10 +45,12 @@ from mit_semseg.models import build_model  # noqa: E402
 OPTS = ["MODEL.pretrained", "False", "DATASET.imgSizes", "(160,)", "DATASET.imgMaxSize", "400",
         "TEST.checkpoint", "epoch_20.pth", "TEST.workers", "0", "TEST.mode", "whole"]
 WINDOW = SlideWindow((96, 112), (64, 75))
+PRESETS = ["convnext_tiny-upernet", "swin_tiny-upernet", "segformer_b0", "segformer_b2",
+           "dinov2_vits14-linear", "dinov2_vits14-ms"]
 
 
 def _model(preset: str, folder: str) -> str:
-    cfg = load_cfg(os.path.join(ROOT, "config", f"ade20k-{preset}-upernet.yaml"),
+    cfg = load_cfg(os.path.join(ROOT, "config", f"ade20k-{preset}.yaml"),
                    OPTS + ["DIR", folder])
     torch.manual_seed(0)
     net = build_model(cfg)
@@ -72,8 +79,6 @@ def _test_py(cfg: str, image: np.ndarray, folder: str, *opts: str) -> np.ndarray
 
 
 def _web(cfg: str, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    import io
-
     from fastapi.testclient import TestClient
 
     from mit_semseg.web.app import create_app
@@ -124,8 +129,12 @@ def run(preset: str, size: tuple[int, int]) -> list[tuple[str, str]]:
             return rows
         path = os.path.join(tmp, "model.onnx")
         t0 = time.perf_counter()
-        if export.main(["--cfg", cfg, "--onnx", path]) != 0:
-            raise SystemExit("export failed")
+        said = io.StringIO()
+        with contextlib.redirect_stderr(said):
+            code = export.main(["--cfg", cfg, "--onnx", path])
+        if code != 0:
+            rows.append(("export", f"exit {code}: {said.getvalue().strip().splitlines()[-1]}"))
+            return rows
         rows.append(("export + onnxruntime check (s)", f"{time.perf_counter() - t0:.0f}"))
         c = load_cfg(cfg)
         net = build_model(c, tuple(os.path.join(c.DIR, f"{p}_epoch_20.pth")
@@ -144,14 +153,16 @@ def run(preset: str, size: tuple[int, int]) -> list[tuple[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", nargs="+", default=["convnext_tiny", "swin_tiny"])
+    parser.add_argument("--presets", nargs="+", default=PRESETS,
+                        help="config/ade20k-<PRESET>.yaml (default: all modern presets)")
     parser.add_argument("--photo", default="181x243", help="HxW of the odd-sized photo")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.photo.split("x"))
     for preset in args.presets:
-        print(f"\nconfig/ade20k-{preset}-upernet.yaml, {size[0]}x{size[1]} photo, random weights")
+        print(f"\nconfig/ade20k-{preset}.yaml, {size[0]}x{size[1]} photo, random weights",
+              flush=True)
         for name, value in run(preset, size):
-            print(f"  {name:<58} {value}")
+            print(f"  {name:<58} {value}", flush=True)
 
 
 if __name__ == "__main__":
