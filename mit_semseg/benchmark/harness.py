@@ -239,24 +239,28 @@ def load_avg() -> list[float] | None:
 class Pair:
     """An encoder/decoder pair with parity-rule weights saved to ``workdir``.
 
-    Any registered encoder (the original's, ``timm:<name>`` ...); ``options``: its
+    ``spec``: ``ENCODER+DECODER``, optionally ``@LABEL`` (a ``--cfg`` pair that repeats
+    another's networks with other options is labelled by its file name). Any
+    registered encoder (the original's, ``timm:<name>`` ...); ``options``: its
     ``MODEL.encoder_options`` (from a ``--cfg`` file). ``fc_dim``: the original's
     width for the original's encoders (the original worker needs it), else 0 (the
     encoder declares its channels)."""
 
     def __init__(self, spec: str, num_class: int, workdir: str,
                  options: dict[str, Any] | None = None) -> None:
-        if "+" not in spec:
+        # ENCODER+DECODER[@LABEL]: a label tells apart pairs of other options
+        archs, _, label = spec.partition("@")
+        if "+" not in archs:
             raise SystemExit(f"pair '{spec}' must be ENCODER+DECODER, "
                              "e.g. resnet50dilated+ppm_deepsup")
-        self.enc_arch, self.dec_arch = (s.strip().lower() for s in spec.split("+", 1))
+        self.enc_arch, self.dec_arch = (s.strip().lower() for s in archs.split("+", 1))
         if self.enc_arch not in FC_DIM:
             from ..models.registry import encoder_factory
             try:
                 encoder_factory(self.enc_arch)
             except ValueError as exc:
                 raise SystemExit(str(exc)) from None
-        self.name = f"{self.enc_arch}+{self.dec_arch}"
+        self.name = f"{self.enc_arch}+{self.dec_arch}" + (f"@{label}" if label else "")
         self.fc_dim = FC_DIM.get(self.enc_arch, 0)
         self.options = dict(options or {})
         self.num_class = num_class

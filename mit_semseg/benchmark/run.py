@@ -110,6 +110,8 @@ def resolve_options(options: BenchmarkOptions) -> BenchmarkOptions:
             c = base_cfg.clone()
             c.merge_from_file(path)
             spec = f"{c.MODEL.arch_encoder}+{c.MODEL.arch_decoder}".lower()
+            if spec in pairs:  # the same networks with other options: named by the file
+                spec += "@" + os.path.splitext(os.path.basename(path))[0]
             pairs.append(spec)
             options = c.MODEL.get("encoder_options", {}) or {}
             if options:

@@ -78,3 +78,15 @@ def test_config_sizes_unless_flags_or_quick_set_them():
     assert (plain.scales, plain.max_size, plain.padding) == ((300, 375, 450, 525, 600), 1000, 8)
     quick = resolve_options(BenchmarkOptions(cfg=[preset], preset="quick"))
     assert quick.scales == (32, 48) and quick.pairs == ["mit_b0+segformer_head"]
+
+
+def test_configs_of_the_same_networks_stay_two_pairs_with_their_options():
+    paths = [os.path.join(ROOT, "config", f"ade20k-dinov2_vits14-{k}.yaml") for k in ("linear", "ms")]
+    o = resolve_options(BenchmarkOptions(cfg=paths))
+    assert o.pairs == ["dinov2_vits14+dinov2_linear",
+                       "dinov2_vits14+dinov2_linear@ade20k-dinov2_vits14-ms"]
+    assert o.pair_options[o.pairs[0]]["layers"] == 1 and o.pair_options[o.pairs[1]]["layers"] == 4
+    from mit_semseg.benchmark.harness import Pair
+    pair = Pair(o.pairs[1], 5, "unused", o.pair_options[o.pairs[1]])
+    assert (pair.enc_arch, pair.dec_arch) == ("dinov2_vits14", "dinov2_linear")
+    assert pair.name.endswith("@ade20k-dinov2_vits14-ms")
