@@ -154,3 +154,29 @@ def assert_same_epoch_weights(dir_a: str, dir_b: str, epoch: int) -> None:
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), f"{kind} {key} differs after resume"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_train(cfg, folder, nproc: int = 2, timeout: float = 300):
+    """``torchrun --nproc_per_node nproc train.py`` on the CPU over ``cfg`` (written to
+    ``folder/cfg.yaml``); asserts that it succeeded and returns the finished process."""
+    import subprocess
+    import sys
+    cfg_file = os.path.join(str(folder), "cfg.yaml")
+    with open(cfg_file, "w") as fh:
+        fh.write(cfg.dump())
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+         "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+         os.path.join(ROOT, "train.py"), "--cfg", cfg_file, "--gpus", "cpu"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc

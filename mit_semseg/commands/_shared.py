@@ -38,14 +38,10 @@ def add_weight_arguments(parser: Any) -> None:
     parser.add_argument("--decoder-weights", metavar="FILE", help=".pth or .safetensors")
 
 
-def parse_weight_arguments(parser: Any, argv: Sequence[str] | None) -> Any:
-    """``parse_command`` for a parser with ``add_weight_arguments``' flags; a usage
-    error when only one of the two weight files is given."""
-    from ..runtime.command import parse_command
-    args = parse_command(parser, argv)
+def check_weight_arguments(parser: Any, args: Any) -> None:
+    """A usage error when only one of ``add_weight_arguments``' two files is given."""
     if (args.encoder_weights is None) != (args.decoder_weights is None):
         parser.error("give both --encoder-weights and --decoder-weights, or neither")
-    return args
 
 
 def weight_files(args: Any, cfg: CfgNode, alternatives: str = "") -> tuple[str, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from ..runtime.command import CommandParser, command_parser, run_command
+from ..runtime.command import CommandParser, command_parser, parse_command, run_command
 
 EPILOG = """\
 example:
@@ -44,8 +44,9 @@ def build_parser() -> CommandParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = build_parser()
-    from ._shared import parse_weight_arguments
-    args = parse_weight_arguments(parser, argv)
+    args = parse_command(parser, argv)
+    from ._shared import check_weight_arguments
+    check_weight_arguments(parser, args)
 
     def body() -> int:
         from ..config import load_cfg

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from ..runtime.command import CommandParser, command_parser, run_command
+from ..runtime.command import CommandParser, command_parser, parse_command, run_command
 
 EPILOG = """\
 examples:
@@ -93,8 +93,9 @@ def build_parser() -> CommandParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = build_parser()
-    from ._shared import parse_weight_arguments
-    args = parse_weight_arguments(parser, argv)
+    args = parse_command(parser, argv)
+    from ._shared import check_weight_arguments
+    check_weight_arguments(parser, args)
     if args.from_onnx is None and args.cfg is None:
         parser.error("give --cfg (with its checkpoint) or --from-onnx FILE")
     if args.from_onnx and (args.encoder_weights or args.checkpoint_dir):

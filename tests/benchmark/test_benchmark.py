@@ -262,3 +262,18 @@ def test_cpu_shim_runs_a_cuda_script_on_the_cpu(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "ran ['--gpu', '0']" in proc.stdout
+
+
+def test_quick_benchmark_of_a_segformer_preset(tmp_path):
+    """A decoder without the original's conv_last (the class-layer timer) whose scores
+    come at stride 4 (training labels at the scores' size), from its config file."""
+    out = tmp_path / "bench.json"
+    cfg = os.path.join(ROOT, "config", "ade20k-segformer_b0.yaml")
+    assert benchmark_main(["--quick", "--quiet", "--cfg", cfg, "--sections", "single,train",
+                           "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["single_scale"][0]["pair"] == "mit_b0+segformer_head"
+    assert data["single_scale"][0]["methods"]["plain"]["model_ms"]["median"] > 0
+    assert all(np.isfinite(data["training"][0]["methods"]["exact"]["losses"]))
+    pair = B.harness.Pair("mit_b0+segformer_head", 5, str(tmp_path))
+    assert pair.label_stride() == 4 and pair.score_side(70) == 18

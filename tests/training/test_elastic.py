@@ -45,6 +45,7 @@ _spec.loader.exec_module(_DRILL)
 NUM_CLASS = 4
 EPOCH_ITERS = 6  # one epoch; mid-epoch state files after iterations 2 and 4
 DEADLINE = 150  # seconds any one wait may take on a busy 2-core machine
+PEER_TIMEOUT = 4  # seconds of silence before a survivor gives up (the silent-peer test)
 
 
 @pytest.fixture(scope="module")
@@ -213,13 +214,13 @@ def test_silent_peer_ends_the_survivor_within_peer_timeout(tmp_path):
     """Rank 1 stops (SIGSTOP) while rank 0 waits for it in a training step's collective,
     or (a second pair of ranks, at the same time) in a barrier of its own, bounded by
     TRAIN.dist_timeout (here 600 s): rank 0 exits with status 1 within
-    TRAIN.peer_timeout (8 s) plus a look at the heartbeats, with one line naming
+    TRAIN.peer_timeout (4 s) plus a look at the heartbeats, with one line naming
     rank 1 and the state file."""
     pairs = {}
     for where in ("collective", "barrier"):
         port, marker = _free_port(), str(tmp_path / f"{where}-running")
         pairs[where] = (marker, [subprocess.Popen(
-            [sys.executable, "-c", _PEER, "8", marker, where], cwd=ROOT,
+            [sys.executable, "-c", _PEER, str(PEER_TIMEOUT), marker, where], cwd=ROOT,
             env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                      MASTER_PORT=str(port)),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -242,7 +243,8 @@ def test_silent_peer_ends_the_survivor_within_peer_timeout(tmp_path):
     for where, (_, ranks) in pairs.items():
         err = ranks[0].stderr.read()
         assert ranks[0].returncode == 1, (where, err[-3000:])
-        assert 6 < took[where] < 8 + 5, f"{where}: rank 0 gave up after {took[where]:.1f} s"
+        assert PEER_TIMEOUT - 2 < took[where] < PEER_TIMEOUT + 5, \
+            f"{where}: rank 0 gave up after {took[where]:.1f} s"
         lines = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(lines) == 1, (where, err[-3000:])
         assert lines[0].startswith("error: rank 0 of 2 stops: lost rank 1 (") and \

@@ -4,8 +4,6 @@ CPU processes; skipped without timm."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 
 import pytest
@@ -13,7 +11,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _custom_data import tiny_model_opts  # noqa: E402
-from _support import assert_same_epoch_weights  # noqa: E402
+from _support import assert_same_epoch_weights, torchrun_train  # noqa: E402
 from _timm import CONVNEXT, timm_or_skip  # noqa: E402
 
 timm_or_skip()
@@ -23,7 +21,6 @@ import mit_semseg.training as T  # noqa: E402
 from mit_semseg.config import load_cfg  # noqa: E402
 from mit_semseg.models import build_model  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = [pytest.mark.timm, pytest.mark.usefixtures("one_thread")]
 
 # stochastic depth draws random numbers every step: resume must restore them too
@@ -87,24 +84,10 @@ def test_bf16_autocast_trains(data, tmp_path):
     assert all(torch.isfinite(torch.tensor(summary.history["train"]["loss"])))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_two_cpu_processes(data, tmp_path):
     cfg = _cfg(data, tmp_path / "run", "TRAIN.num_epoch", 1, "TRAIN.epoch_iters", 2,
                "TRAIN.dist_timeout", 120)
-    cfg_file = tmp_path / "cfg.yaml"
-    cfg_file.write_text(cfg.dump())
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-         os.path.join(ROOT, "train.py"), "--cfg", str(cfg_file), "--gpus", "cpu"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun_train(cfg, tmp_path)
     out = tmp_path / "run"
     build_model(load_cfg(str(out / "config.yaml")),
                 (str(out / "encoder_epoch_1.pth"), str(out / "decoder_epoch_1.pth")))

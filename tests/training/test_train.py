@@ -5,19 +5,15 @@ a few seconds; the multi-process test uses gloo.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn as nn
 
 import mit_semseg.training as T
-from _support import assert_same_epoch_weights, crash_after_checkpoint
+from _support import assert_same_epoch_weights, crash_after_checkpoint, torchrun_train
 from mit_semseg.checkpoints.files import CheckpointError, load_file
 from mit_semseg.training.state import load_training_state
 from mit_semseg.config import load_cfg
@@ -325,24 +321,10 @@ def test_gpu_request_without_cuda_falls_back_to_cpu():
 
 # ----------------------------------------------------------------------------- several devices
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_two_cpu_processes(data_root, tmp_path):
     cfg = _cfg(data_root, tmp_path / "run", "TRAIN.num_epoch", 1, "TRAIN.epoch_iters", 2,
                "TRAIN.precise_bn_iters", 1, "TRAIN.dist_timeout", 120)
-    cfg_file = tmp_path / "cfg.yaml"
-    cfg_file.write_text(cfg.dump())
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-         os.path.join(ROOT, "train.py"), "--cfg", str(cfg_file), "--gpus", "cpu"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun_train(cfg, tmp_path)
     out = tmp_path / "run"
     assert sorted(os.listdir(out)) == ["config.yaml", "decoder_epoch_1.pth", "encoder_epoch_1.pth",
                                        "history_epoch_1.pth", "log.txt", "metrics.jsonl",
