@@ -180,3 +180,13 @@ def torchrun_train(cfg, folder, nproc: int = 2, timeout: float = 300):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def assert_model_folder_round_trip(model_cfg, folder, image) -> None:
+    """A Segmenter saved as a model folder and loaded back labels ``image`` the same."""
+    import numpy as np
+
+    from mit_semseg.inference import Segmenter
+    seg = Segmenter.from_config(model_cfg, device="cpu")
+    again = Segmenter.from_pretrained(seg.save_pretrained(str(folder)), device="cpu")
+    assert np.array_equal(again(image), seg(image))

@@ -65,11 +65,8 @@ def test_flip_and_multi_scale(model):
 
 
 def test_model_folder_round_trip(model, tmp_path):
-    seg = Segmenter.from_config(model, device="cpu")
-    folder = seg.save_pretrained(str(tmp_path / "folder"))
-    again = Segmenter.from_pretrained(folder, device="cpu")
-    image = photo(47, 60, seed=3)
-    assert np.array_equal(again(image), seg(image))
+    from _support import assert_model_folder_round_trip
+    assert_model_folder_round_trip(model, tmp_path / "folder", photo(47, 60, seed=3))
 
 
 def test_test_py_in_slide_mode_with_confidence(model, tmp_path):

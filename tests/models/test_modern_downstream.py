@@ -39,11 +39,8 @@ def test_whole_and_slide_at_odd_sizes_and_test_py(model, tmp_path):
 
 
 def test_model_folder_round_trip(model, tmp_path):
-    seg = Segmenter.from_config(model, device="cpu")
-    folder = seg.save_pretrained(str(tmp_path / "folder"))
-    again = Segmenter.from_pretrained(folder, device="cpu")
-    image = photo(47, 60, seed=1)
-    assert np.array_equal(again(image), seg(image))
+    from _support import assert_model_folder_round_trip
+    assert_model_folder_round_trip(model, tmp_path / "folder", photo(47, 60, seed=1))
 
 
 def test_web_api_gives_the_segmenters_labels(model):
