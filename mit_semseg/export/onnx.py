@@ -22,16 +22,21 @@ difference above ``--tolerance`` is an error (exit code 1).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
+import sys
+import tempfile
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from ..data.classes import class_colors, class_names
+from ..errors import MitSemsegError
 from ..data.transforms import Preprocess
 from ..inference.backends import OnnxBackend, decode_metadata
 from ..models import SegmentationNetwork, build_model
@@ -160,6 +165,30 @@ def _pick_exporter(exporter: str) -> str:
         return "dynamo"
 
 
+@contextlib.contextmanager
+def _c_output_held() -> Iterator[Any]:
+    """File descriptors 1 and 2 (what C++ code prints) go to one temporary file for
+    the block, which is yielded (binary, to read before the block ends)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile() as held:
+        for fd in saved:
+            os.dup2(held.fileno(), fd)
+        try:
+            yield held
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy_ in saved.items():
+                os.dup2(copy_, fd)
+                os.close(copy_)
+
+
+class OnnxExportError(MitSemsegError, RuntimeError):
+    """The exporter cannot write the network (the message names the operator)."""
+
+
 def export_onnx(network: nn.Module, path: str, *, props: Mapping[str, str] | None = None,
                 opset: int = DEFAULT_OPSET, exporter: str = "auto",
                 example_size: tuple[int, int] = (64, 64)) -> None:
@@ -174,10 +203,27 @@ def export_onnx(network: nn.Module, path: str, *, props: Mapping[str, str] | Non
         # shapes are used as values; both are expected here
         warnings.simplefilter("ignore")
         if kind == "torchscript":
-            torch.onnx.export(network, (example,), path, dynamo=False, opset_version=opset,
-                              input_names=["image"], output_names=["scores"],
-                              dynamic_axes={"image": {2: "height", 3: "width"},
-                                            "scores": {2: "score_height", 3: "score_width"}})
+            # the exporter prints its whole graph (hundreds of lines) from C++ before
+            # raising: held, and shown (on stderr) only when the export succeeds
+            with _c_output_held() as held:
+                try:
+                    torch.onnx.export(network, (example,), path, dynamo=False,
+                                      opset_version=opset, input_names=["image"],
+                                      output_names=["scores"],
+                                      dynamic_axes={"image": {2: "height", 3: "width"},
+                                                    "scores": {2: "score_height",
+                                                               3: "score_width"}})
+                except torch.onnx.errors.UnsupportedOperatorError as exc:
+                    # e.g. DINOv2: timm resamples its position embeddings for each input
+                    # size with antialiased bicubic (aten::_upsample_bicubic2d_aa)
+                    raise OnnxExportError(
+                        f"{path}: cannot export this network at dynamic sizes: {exc}. Run it "
+                        f"with the PyTorch backend (TEST.backend torch), or try --exporter "
+                        f"dynamo (needs onnxscript)") from None
+                held.seek(0)
+                shown = held.read()
+            if shown:
+                sys.stderr.write(shown.decode(errors="replace"))
         else:
             try:
                 import onnxscript  # noqa: F401

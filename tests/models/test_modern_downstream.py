@@ -73,16 +73,23 @@ def test_segformer_onnx_export_agrees_with_pytorch_at_odd_sizes(model, tmp_path,
     assert (onnx_seg(image) == torch_seg(image)).mean() >= 0.999
 
 
-def test_dinov2_onnx_export_names_why_it_cannot(model, tmp_path):
+def test_dinov2_onnx_export_names_why_it_cannot(model, tmp_path, capsys):
     """timm interpolates DINOv2's position embeddings for each input size with
     antialiased bicubic resampling (aten::_upsample_bicubic2d_aa), which the
     torchscript ONNX exporter cannot write at opset 17: no dynamic-size graph."""
     if "dinov2" not in model:
         pytest.skip("DINOv2's export")
     pytest.importorskip("onnx")
+    from mit_semseg.commands import export
     from mit_semseg.config import load_cfg
     from mit_semseg.export import export_onnx, exportable
+    from mit_semseg.export.onnx import OnnxExportError
     from mit_semseg.models import build_model
     net = build_model(load_cfg(model)).eval()
-    with pytest.raises(Exception, match="_upsample_bicubic2d_aa"):
+    with pytest.raises(OnnxExportError, match="_upsample_bicubic2d_aa"):
         export_onnx(exportable(net), str(tmp_path / "dinov2.onnx"), example_size=(56, 70))
+    capsys.readouterr()
+    assert export.main(["--cfg", model, "--onnx", str(tmp_path / "cmd.onnx")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "_upsample_bicubic2d_aa" in err[0]
+    assert "Traceback" not in "\n".join(err)
