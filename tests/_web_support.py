@@ -60,4 +60,5 @@ def assert_web_api_gives_segmenter_labels(model_cfg, image: np.ndarray) -> None:
     assert res.status_code == 200, res.text
     answer = res.json()
     labels = read_label_png(base64.b64decode(answer["labels_png"]))
-    assert np.array_equal(labels, web.segmenter.predict(image, imgSizes=answer["scales"]))
+    assert np.array_equal(labels, web.segmenter.predict(image, imgSizes=answer["scales"],
+                                                        flip=answer["flip"]))

@@ -92,7 +92,8 @@ def _web(cfg: str, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     res.raise_for_status()
     answer = res.json()
     labels = read_label_png(base64.b64decode(answer["labels_png"]))
-    return labels, web.segmenter.predict(image, imgSizes=answer["scales"])
+    # the page's own defaults (single scale, no flip) are in the answer
+    return labels, web.segmenter.predict(image, imgSizes=answer["scales"], flip=answer["flip"])
 
 
 def _pct(a: np.ndarray, b: np.ndarray) -> str:
