@@ -75,8 +75,9 @@ class UnknownTimmModelError(UnknownArchError, MitSemsegError):
 
 
 _INSTALL = ("install torch's matching torchvision from the channel torch came from first, "
-            "then pip install -e \".[timm]\" (docs/modern-models.md: installed the other way "
-            "round, pip replaces your torch with the newest CUDA build)")
+            "then pip install -e \".[timm]\" -c <(python -c \"import torch; "
+            "print('torch==' + torch.__version__)\") (docs/modern-models.md: without the "
+            "constraint, pip replaces your torch with the newest CUDA build)")
 
 
 def import_timm(what: str = "timm: encoders") -> Any:
