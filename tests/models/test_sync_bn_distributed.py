@@ -7,7 +7,6 @@ optimises), running statistics by the original's synchronised formula.
 """
 from __future__ import annotations
 
-import socket
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from _support import free_port
 from mit_semseg.nn import SynchronizedBatchNorm2d
 
 WORLD = 2
@@ -81,12 +81,6 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _union_bn(parts: list[torch.Tensor], bn: SynchronizedBatchNorm2d, expected: dict) -> list[torch.Tensor]:
     """BatchNorm over the pixel union of ``parts``; advances ``expected`` running statistics."""
     channels = bn.num_features
@@ -128,7 +122,7 @@ def _reference() -> tuple[list, list, dict]:
 
 
 def test_ddp_gloo_matches_one_process_over_the_whole_batch(tmp_path: Path) -> None:
-    context = mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False)
+    context = mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=False)
     deadline = time.monotonic() + 2 * TIMEOUT_S
     try:
         while not context.join(timeout=1):

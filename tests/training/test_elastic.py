@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -29,6 +28,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from _support import free_port
 from mit_semseg.checkpoints.files import atomic_save, load_file, remove_stale_temporaries
 from mit_semseg.config import load_cfg
 from mit_semseg.data.synthetic import make_synthetic_dataset
@@ -66,12 +66,6 @@ def job(tmp_path_factory):
     cfg_file = folder / "cfg.yaml"
     cfg_file.write_text(load_cfg(None, opts).dump())
     return folder, str(cfg_file)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -136,8 +130,8 @@ def _weights(out) -> dict[str, torch.Tensor]:
 def test_kill_nine_restarts_the_group_and_ends_bit_identical(job, tmp_path):
     folder, cfg = job
     # Reference, at the same time: two processes on one machine, never interrupted.
-    ref, out, port, logs = tmp_path / "reference", tmp_path / "run", _free_port(), []
-    ref_port = str(_free_port())
+    ref, out, port, logs = tmp_path / "reference", tmp_path / "run", free_port(), []
+    ref_port = str(free_port())
     procs = [subprocess.Popen([sys.executable, *_train(cfg, ref)], cwd=ROOT,
                               env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
                                        MASTER_ADDR="127.0.0.1", MASTER_PORT=ref_port),
@@ -218,7 +212,7 @@ def test_silent_peer_ends_the_survivor_within_peer_timeout(tmp_path):
     rank 1 and the state file."""
     pairs = {}
     for where in ("collective", "barrier"):
-        port, marker = _free_port(), str(tmp_path / f"{where}-running")
+        port, marker = free_port(), str(tmp_path / f"{where}-running")
         pairs[where] = (marker, [subprocess.Popen(
             [sys.executable, "-c", _PEER, str(PEER_TIMEOUT), marker, where], cwd=ROOT,
             env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
