@@ -75,8 +75,8 @@ class UnknownTimmModelError(UnknownArchError, MitSemsegError):
 
 
 _INSTALL = ("install torch's matching torchvision from the channel torch came from first, "
-            "then pip install -e \".[timm]\" -c <(python -c \"import torch; "
-            "print('torch==' + torch.__version__)\") (docs/modern-models.md: without the "
+            "then pip install -e \".[timm]\" -c <(python -c \"from importlib.metadata import version; "
+            "print('torch==' + version('torch'))\") (docs/modern-models.md: without the "
             "constraint, pip replaces your torch with the newest CUDA build)")
 
 
